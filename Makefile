@@ -1,0 +1,44 @@
+# LoRA Land. Two commands: `make serve` runs it, `make test` tests it. Both install what is missing first.
+SHELL := /bin/bash
+export PATH := $(CURDIR)/end2end/node_modules/.bin:$(HOME)/.cargo/bin:$(PATH)
+# Two cores here: keep candle's matmuls to one thread in tests so test binaries running side by side don't fight.
+TEST_ENV := RAYON_NUM_THREADS=1
+
+.PHONY: serve test tools test-deps fmt lint unit e2e fetch-model clean
+
+## Build the site in release mode and serve it (fetches the default model on first start).
+serve: tools test-deps-npm
+	@echo "==> LoRA Land will listen on http://127.0.0.1:3000 (set LORALAND_ADDR to change)"
+	cargo leptos serve --release
+
+## Everything CI runs: formatting, lints, unit and integration tests, browser tests.
+test: tools test-deps fmt lint unit e2e
+
+tools:
+	@scripts/install-tools.sh
+
+test-deps:
+	@scripts/install-test-deps.sh
+
+# `make serve` needs only wasm-opt from end2end's npm packages, not Chromium.
+test-deps-npm:
+	@[ -x end2end/node_modules/.bin/wasm-opt ] || (cd end2end && npm ci --no-fund --no-audit --loglevel=error)
+
+fmt:
+	cargo fmt --all -- --check
+
+lint:
+	cargo clippy --workspace --exclude frontend --all-targets -- -D warnings
+	cargo clippy -p frontend --target wasm32-unknown-unknown -- -D warnings
+
+unit:
+	$(TEST_ENV) cargo test --workspace --exclude frontend
+
+e2e:
+	scripts/e2e.sh
+
+fetch-model:
+	cargo run -p server --bin loraland -- fetch-model
+
+clean:
+	cargo clean

@@ -1,0 +1,17 @@
+//! The site header: name, tagline and the hydration marker the browser tests wait for.
+
+use leptos::prelude::*;
+
+/// Site header. Once the WASM has hydrated the page, `data-hydrated="true"` appears on it: effects never run
+/// during server rendering, so the attribute tells tests (and curious users) that the page is interactive.
+#[component]
+pub fn Header() -> impl IntoView {
+    let hydrated = RwSignal::new(false);
+    Effect::new(move |_| hydrated.set(true));
+    view! {
+        <header class="site-header" data-hydrated=move || hydrated.get().to_string()>
+            <a class="brand" href="/">"LoRA Land"</a>
+            <span class="tagline">"Many fine-tuned adapters, one base model"</span>
+        </header>
+    }
+}

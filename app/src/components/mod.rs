@@ -1,0 +1,5 @@
+//! Reusable pieces of the pages.
+
+mod header;
+
+pub use header::Header;

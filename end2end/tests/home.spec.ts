@@ -1,0 +1,47 @@
+import { test, expect, Page } from "@playwright/test";
+
+// Effects never run during server rendering: the header's data-hydrated flips to "true" only in the browser.
+async function waitForHydration(page: Page) {
+  await expect(page.locator("header.site-header")).toHaveAttribute("data-hydrated", "true");
+}
+
+test("home page is rendered on the server", async ({ request }) => {
+  const res = await request.get("/");
+  expect(res.status()).toBe(200);
+  const html = await res.text();
+  expect(html).toContain("<h1>LoRA Land</h1>");
+  expect(html).toContain('id="model-name"');
+  expect(html).toContain("/pkg/loraland.js");
+});
+
+test("the WASM bundle and stylesheet are served", async ({ request }) => {
+  const wasm = await request.get("/pkg/loraland_bg.wasm");
+  expect(wasm.status()).toBe(200);
+  expect(wasm.headers()["content-type"]).toContain("application/wasm");
+  const css = await request.get("/pkg/loraland.css");
+  expect(css.status()).toBe(200);
+});
+
+test("a hydrated button calls the server function, which writes to SQLite", async ({ page }) => {
+  const errors: string[] = [];
+  page.on("pageerror", (e) => errors.push(e.message));
+  await page.goto("/");
+  await waitForHydration(page);
+  await expect(page.locator("#model-name")).toHaveText("base");
+
+  const status = page.locator("#session-status");
+  await expect(status).toHaveText("No session yet.");
+  await page.getByRole("button", { name: "Start a session" }).click();
+  await expect(status).toHaveText(/^Session [0-9a-f-]{36} started \(\d+ in total\)\.$/);
+  const first = Number((await status.textContent())!.match(/\((\d+) in total\)/)![1]);
+
+  await page.getByRole("button", { name: "Start a session" }).click();
+  await expect(status).toHaveText(new RegExp(`\\(${first + 1} in total\\)`));
+  expect(errors).toEqual([]);
+});
+
+test("unknown paths answer 404 with a page", async ({ request }) => {
+  const res = await request.get("/no/such/page");
+  expect(res.status()).toBe(404);
+  expect(await res.text()).toContain("Page not found");
+});

@@ -1,0 +1,30 @@
+//! The `loraland` command line: `serve` (the default) and the tools.
+
+use crate::config::ServeConfig;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+/// LoRA Land: many LoRA adapters on one base model, served and compared.
+#[derive(Parser, Debug)]
+#[command(name = "loraland", version, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    /// What to do; without a subcommand, `serve`.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Server options (when no subcommand is given).
+    #[command(flatten)]
+    pub serve: ServeConfig,
+}
+
+/// The subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Serve the web app and the API.
+    Serve(ServeConfig),
+    /// Fetch the embedded default model (SmolLM2-135M-Instruct) into the data folder and verify it.
+    FetchModel {
+        /// Folder that receives models/<file>.
+        #[arg(long, env = "LORALAND_DATA_DIR", default_value = crate::config::DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+    },
+}

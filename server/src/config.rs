@@ -1,0 +1,77 @@
+//! The server's configuration: command-line flags with environment-variable fallbacks.
+
+use clap::Args;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Where the server listens unless told otherwise (cargo-leptos passes `LEPTOS_SITE_ADDR`).
+pub const DEFAULT_ADDR: &str = "127.0.0.1:3000";
+/// Default folder for the database and the downloaded default model.
+pub const DEFAULT_DATA_DIR: &str = "data";
+/// Default log filter.
+pub const DEFAULT_LOG_FILTER: &str = "server=info,engine=info,tower_http=info";
+/// Default upper bound on prompt length, in tokens.
+pub const DEFAULT_MAX_INPUT_TOKENS: usize = 2048;
+/// Default upper bound on `max_new_tokens`.
+pub const DEFAULT_MAX_NEW_TOKENS: usize = 512;
+/// Default upper bound on a request body, in bytes.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
+
+/// `loraland serve`: the web app and the API.
+#[derive(Args, Clone, Debug)]
+pub struct ServeConfig {
+    /// Address to listen on.
+    #[arg(long, env = "LORALAND_ADDR")]
+    pub addr: Option<SocketAddr>,
+
+    /// Folder for the SQLite database and the downloaded default model.
+    #[arg(long, env = "LORALAND_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+
+    /// SQLite database URL [default: sqlite://<data-dir>/loraland.db].
+    #[arg(long, env = "LORALAND_DATABASE_URL")]
+    pub database_url: Option<String>,
+
+    /// Base model: a GGUF file or a Hugging Face model folder. Without it, the embedded default
+    /// (SmolLM2-135M-Instruct) is used, fetched into <data-dir>/models on first start.
+    #[arg(long, env = "LORALAND_MODEL")]
+    pub model: Option<PathBuf>,
+
+    /// Folder of local LoRA adapters (one PEFT folder per adapter id).
+    #[arg(long, env = "LORALAND_ADAPTERS_DIR", default_value = "adapters")]
+    pub adapters_dir: PathBuf,
+
+    /// Longest prompt accepted, in tokens.
+    #[arg(long, env = "LORALAND_MAX_INPUT_TOKENS", default_value_t = DEFAULT_MAX_INPUT_TOKENS)]
+    pub max_input_tokens: usize,
+
+    /// Largest `max_new_tokens` accepted.
+    #[arg(long, env = "LORALAND_MAX_NEW_TOKENS", default_value_t = DEFAULT_MAX_NEW_TOKENS)]
+    pub max_new_tokens: usize,
+
+    /// Largest request body accepted, in bytes.
+    #[arg(long, env = "LORALAND_MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BODY_BYTES)]
+    pub max_body_bytes: usize,
+
+    /// Folder of the built site (the WASM bundle and CSS under pkg/).
+    #[arg(long, env = "LEPTOS_SITE_ROOT", default_value = "target/site")]
+    pub site_root: PathBuf,
+
+    /// Log filter, in tracing's EnvFilter syntax.
+    #[arg(long, env = "RUST_LOG", default_value = DEFAULT_LOG_FILTER)]
+    pub log: String,
+}
+
+impl ServeConfig {
+    /// The address to listen on: `--addr`, else cargo-leptos' `LEPTOS_SITE_ADDR`, else [`DEFAULT_ADDR`].
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.addr
+            .or_else(|| std::env::var("LEPTOS_SITE_ADDR").ok().and_then(|a| a.parse().ok()))
+            .unwrap_or_else(|| DEFAULT_ADDR.parse().expect("DEFAULT_ADDR is a valid address"))
+    }
+
+    /// The database URL: `--database-url`, else a file in the data folder.
+    pub fn database_url(&self) -> String {
+        self.database_url.clone().unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("loraland.db").display()))
+    }
+}

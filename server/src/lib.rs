@@ -1,0 +1,12 @@
+//! The `loraland` server: the Leptos app (pages and server functions) and, on the same axum router, the API.
+//! `main.rs` parses the command line; everything testable lives here.
+
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod default_model;
+pub mod router;
+pub mod serve;
+
+pub use app::state::AppState;
+pub use router::router;

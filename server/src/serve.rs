@@ -1,0 +1,74 @@
+//! `loraland serve`: opens the database, locates the model, binds the port and serves until SIGINT/SIGTERM.
+
+use crate::config::ServeConfig;
+use crate::{db, default_model, router, AppState};
+use anyhow::Context;
+use leptos::prelude::LeptosOptions;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+/// Runs the server until a shutdown signal arrives. Every start-up failure comes back as one error with context.
+pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
+    let model_path = match &config.model {
+        Some(path) => path.clone(),
+        None => {
+            let data_dir = config.data_dir.clone();
+            tokio::task::spawn_blocking(move || default_model::ensure(&data_dir))
+                .await
+                .context("model fetch task failed")??
+        }
+    };
+    let model = engine::ModelFiles::locate(&model_path)?;
+    tracing::info!(model = %model.name, path = %model.path.display(), format = ?model.format, "model found");
+
+    if config.database_url.is_none() {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("cannot create data folder {}", config.data_dir.display()))?;
+    }
+    let db = db::connect(&config.database_url()).await?;
+
+    let addr = config.listen_addr();
+    let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+    let addr = listener.local_addr()?;
+    let leptos = LeptosOptions::builder()
+        .output_name("loraland")
+        .site_root(config.site_root.to_string_lossy().into_owned())
+        .site_pkg_dir("pkg")
+        .site_addr(addr)
+        .build();
+    let state = AppState { db, leptos, model_name: Arc::from(model.name.as_str()) };
+
+    tracing::info!("LoRA Land listening on http://{addr}");
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown_signal()).await.context("server error")?;
+    tracing::info!("shut down");
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!("cannot listen for Ctrl-C: {e}");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!("cannot listen for SIGTERM: {e}");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutdown signal received, finishing open requests");
+}
