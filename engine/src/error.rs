@@ -1,11 +1,12 @@
-//! The engine's error type.
+//! The engine's error type: one enum, each variant naming what was wrong.
 
 use std::path::PathBuf;
 
-/// Everything that can go wrong in the engine, each variant naming what was wrong.
+/// Everything that can go wrong in the engine.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
+    // ---- models ----
     /// The model path does not exist.
     #[error("model not found at {}", .0.display())]
     ModelNotFound(PathBuf),
@@ -17,6 +18,9 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// The model's configuration is invalid or unsupported.
+    #[error("model config: {0}")]
+    Config(String),
     /// An I/O error on a named file.
     #[error("{}: {source}", .path.display())]
     Io {
@@ -25,6 +29,108 @@ pub enum Error {
         /// The underlying error.
         source: std::io::Error,
     },
+
+    // ---- adapters ----
+    /// The adapter folder has no `adapter_config.json`.
+    #[error("adapter {}: adapter_config.json is missing", .0.display())]
+    AdapterConfigMissing(PathBuf),
+    /// `adapter_config.json` is malformed or has an invalid field.
+    #[error("adapter {}: adapter_config.json field `{field}`: {reason}", .path.display())]
+    AdapterConfig {
+        /// The adapter folder.
+        path: PathBuf,
+        /// The field at fault.
+        field: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A feature of PEFT that this engine does not implement (DoRA, modules_to_save, ...).
+    #[error("adapter {}: `{field}` is not supported: {reason}", .path.display())]
+    AdapterUnsupported {
+        /// The adapter folder.
+        path: PathBuf,
+        /// The config field that asks for it.
+        field: String,
+        /// Details.
+        reason: String,
+    },
+    /// `target_modules` names a module the base model does not have.
+    #[error("adapter {}: unknown target module `{module}` (expected q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj or down_proj)", .path.display())]
+    UnknownModule {
+        /// The adapter folder.
+        path: PathBuf,
+        /// The unknown module name.
+        module: String,
+    },
+    /// `adapter_model.safetensors` cannot be read.
+    #[error("adapter {}: adapter_model.safetensors: {reason}", .path.display())]
+    AdapterWeights {
+        /// The adapter folder.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A LoRA tensor the config implies is absent.
+    #[error("adapter {}: tensor `{tensor}` is missing", .path.display())]
+    MissingTensor {
+        /// The adapter folder.
+        path: PathBuf,
+        /// The missing tensor's name.
+        tensor: String,
+    },
+    /// A tensor that no target module explains.
+    #[error("adapter {}: unexpected tensor `{tensor}`", .path.display())]
+    UnexpectedTensor {
+        /// The adapter folder.
+        path: PathBuf,
+        /// The tensor's name.
+        tensor: String,
+    },
+    /// A LoRA tensor whose shape does not fit the base model or the configured rank.
+    #[error("adapter {}: tensor `{tensor}` has shape {got:?}, expected {expected:?}", .path.display())]
+    ShapeMismatch {
+        /// The adapter folder.
+        path: PathBuf,
+        /// The tensor's name.
+        tensor: String,
+        /// The shape the base model and config imply.
+        expected: Vec<usize>,
+        /// The shape found.
+        got: Vec<usize>,
+    },
+
+    // ---- requests ----
+    /// A prompt with no tokens.
+    #[error("prompt is empty")]
+    EmptyPrompt,
+    /// A token id outside the vocabulary.
+    #[error("token id {id} is out of range (vocabulary size {vocab_size})")]
+    TokenOutOfRange {
+        /// The offending id.
+        id: u32,
+        /// The model's vocabulary size.
+        vocab_size: usize,
+    },
+    /// An adapter index that the bank does not hold.
+    #[error("adapter slot {0} is not loaded")]
+    UnknownAdapterSlot(usize),
+    /// A sequence longer than the model's position tables.
+    #[error("sequence of {len} tokens exceeds the model's maximum of {max}")]
+    SequenceTooLong {
+        /// Tokens in the sequence (cache + new).
+        len: usize,
+        /// The model's limit.
+        max: usize,
+    },
+
+    // ---- tokenizer and templates ----
+    /// Tokenizer construction or use failed.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    /// Chat template rendering failed.
+    #[error("chat template: {0}")]
+    Template(String),
+
     /// A tensor library error.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

@@ -1,0 +1,176 @@
+//! PEFT LoRA adapters: loading `adapter_model.safetensors`, validating every tensor against the base model, and the
+//! bank that applies many adapters to one batch (see [`bank`]).
+//!
+//! An adapter never modifies the base weights: each targeted linear layer computes `W x + s · B (A x)` with the
+//! adapter's own `A`, `B` and scale `s` (alpha / r, or alpha / sqrt(r) with rsLoRA).
+
+pub mod bank;
+pub mod config;
+
+pub use bank::{AdapterBank, LoraPlan, Segment};
+pub use config::AdapterConfig;
+
+use crate::model::RopeStyle;
+use crate::{Error, ModelConfig, Module, Result};
+use candle_core::{DType, Device, Tensor};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// What an adapter must fit: the base model's shapes and weight layout.
+#[derive(Clone, Debug)]
+pub struct AdapterTarget {
+    /// The base model's architecture.
+    pub config: ModelConfig,
+    /// GGUF bases store q/k rows permuted for interleaved RoPE; adapter `B` rows are permuted to match.
+    pub rope_style: RopeStyle,
+    /// Where the adapter's tensors live.
+    pub device: Device,
+    /// The dtype of the activations.
+    pub dtype: DType,
+}
+
+/// One module's LoRA factors, transposed for `x · A^T · (s B)^T` and with the scale folded into B.
+#[derive(Clone, Debug)]
+pub struct LoraWeights {
+    /// `A^T`, `[in, r]`.
+    pub a_t: Tensor,
+    /// `(s · B)^T`, `[r, out]`.
+    pub b_t: Tensor,
+}
+
+/// A loaded LoRA adapter: per layer, the factors of each targeted module.
+#[derive(Debug)]
+pub struct LoraAdapter {
+    /// The adapter's configuration.
+    pub config: AdapterConfig,
+    layers: Vec<[Option<LoraWeights>; 7]>,
+    bytes: usize,
+}
+
+impl LoraAdapter {
+    /// Loads the PEFT adapter in `dir` for `target`, checking every tensor name and shape.
+    pub fn load(dir: &Path, target: &AdapterTarget) -> Result<Self> {
+        let config = AdapterConfig::load(dir)?;
+        let weights_path = dir.join("adapter_model.safetensors");
+        let weights_err = |reason: String| Error::AdapterWeights { path: dir.to_path_buf(), reason };
+        let bytes = std::fs::read(&weights_path).map_err(|e| weights_err(e.to_string()))?;
+        let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
+            .map_err(|e| weights_err(format!("cannot parse: {e}")))?;
+        Self::from_tensors(config, tensors, dir, target)
+    }
+
+    /// Builds an adapter from PEFT-named tensors (`base_model.model.model.layers.N.<module>.lora_{A,B}.weight`).
+    pub fn from_tensors(
+        config: AdapterConfig,
+        tensors: HashMap<String, Tensor>,
+        dir: &Path,
+        target: &AdapterTarget,
+    ) -> Result<Self> {
+        let cfg = &target.config;
+        let mut by_key: HashMap<(usize, Module, char), (String, Tensor)> = HashMap::new();
+        for (name, t) in tensors {
+            let key = parse_tensor_name(&name, cfg.num_hidden_layers)
+                .filter(|(_, m, _)| config.target_modules.contains(m))
+                .ok_or_else(|| Error::UnexpectedTensor { path: dir.to_path_buf(), tensor: name.clone() })?;
+            by_key.insert(key, (name, t));
+        }
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        let mut total = 0;
+        for layer in 0..cfg.num_hidden_layers {
+            let mut mods: [Option<LoraWeights>; 7] = Default::default();
+            for &module in &config.target_modules {
+                let (r, scale) = config.rank_and_scale(layer, module);
+                let (fan_in, fan_out) = cfg.module_shape(module);
+                let mut take = |which: char, expected: [usize; 2]| -> Result<Tensor> {
+                    let (name, t) = by_key.remove(&(layer, module, which)).ok_or_else(|| Error::MissingTensor {
+                        path: dir.to_path_buf(),
+                        tensor: peft_tensor_name(layer, module, which),
+                    })?;
+                    if t.dims() != expected {
+                        return Err(Error::ShapeMismatch {
+                            path: dir.to_path_buf(),
+                            tensor: name,
+                            expected: expected.to_vec(),
+                            got: t.dims().to_vec(),
+                        });
+                    }
+                    Ok(t.to_dtype(DType::F32)?)
+                };
+                let a = take('A', [r, fan_in])?;
+                let b = take('B', [fan_out, r])?;
+                let b = match (target.rope_style, module) {
+                    (RopeStyle::Interleaved, Module::Q) => permute_rows_for_gguf(&b, cfg.num_attention_heads)?,
+                    (RopeStyle::Interleaved, Module::K) => permute_rows_for_gguf(&b, cfg.num_key_value_heads)?,
+                    _ => b,
+                };
+                let a_t = a.t()?.contiguous()?.to_dtype(target.dtype)?.to_device(&target.device)?;
+                let b_t = (b * scale)?.t()?.contiguous()?.to_dtype(target.dtype)?.to_device(&target.device)?;
+                total += (a_t.elem_count() + b_t.elem_count()) * target.dtype.size_in_bytes();
+                mods[module.index()] = Some(LoraWeights { a_t, b_t });
+            }
+            layers.push(mods);
+        }
+        Ok(Self { config, layers, bytes: total })
+    }
+
+    /// The factors of `module` in `layer`, if the adapter targets it.
+    pub fn weights(&self, layer: usize, module: Module) -> Option<&LoraWeights> {
+        self.layers.get(layer).and_then(|m| m[module.index()].as_ref())
+    }
+
+    /// Memory held by the adapter's tensors.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// The largest rank over all modules.
+    pub fn max_rank(&self) -> usize {
+        self.layers.iter().flatten().flatten().map(|w| w.a_t.dims()[1]).max().unwrap_or(0)
+    }
+}
+
+/// The name PEFT writes for a LoRA factor.
+pub fn peft_tensor_name(layer: usize, module: Module, which: char) -> String {
+    format!("base_model.model.model.layers.{layer}.{}.lora_{which}.weight", module.path())
+}
+
+/// Parses `base_model.model.model.layers.N.self_attn.q_proj.lora_A[.default].weight` into (N, module, 'A').
+fn parse_tensor_name(name: &str, num_layers: usize) -> Option<(usize, Module, char)> {
+    let rest = name.strip_prefix("base_model.model.")?.strip_prefix("model.layers.")?;
+    let (layer, rest) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok().filter(|l| *l < num_layers)?;
+    let rest = rest.strip_suffix(".weight")?;
+    let rest = rest.strip_suffix(".default").unwrap_or(rest);
+    let (path, which) = rest.rsplit_once(".lora_")?;
+    let which = match which {
+        "A" => 'A',
+        "B" => 'B',
+        _ => return None,
+    };
+    let module = Module::ALL.into_iter().find(|m| m.path() == path)?;
+    Some((layer, module, which))
+}
+
+/// llama.cpp's GGUF conversion permutes q/k rows within each head (`[h, 2, d/2] -> [h, d/2, 2]`) so that interleaved
+/// RoPE equals Hugging Face's rotate-half RoPE; an adapter's `B` (rows = output features) must be permuted the same.
+fn permute_rows_for_gguf(b: &Tensor, n_heads: usize) -> Result<Tensor> {
+    let (out, r) = b.dims2()?;
+    let half = out / n_heads / 2;
+    Ok(b.reshape((n_heads, 2, half, r))?.transpose(1, 2)?.contiguous()?.reshape((out, r))?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_peft_names() {
+        let n = "base_model.model.model.layers.3.mlp.down_proj.lora_B.weight";
+        assert_eq!(parse_tensor_name(n, 4), Some((3, Module::Down, 'B')));
+        assert_eq!(parse_tensor_name(n, 3), None, "layer out of range");
+        let d = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight";
+        assert_eq!(parse_tensor_name(d, 1), Some((0, Module::Q, 'A')));
+        assert_eq!(parse_tensor_name("base_model.model.lm_head.weight", 1), None);
+        assert_eq!(peft_tensor_name(3, Module::Down, 'B'), n);
+    }
+}

@@ -1,0 +1,50 @@
+//! Rotary position embeddings (RoPE, Su et al. 2021): cos/sin tables shared by every layer.
+
+use candle_core::{DType, Device, Result, Tensor};
+
+/// How the two halves of each head are paired.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RopeStyle {
+    /// Hugging Face: rotate the first half of the head against the second (`rotate_half`).
+    Half,
+    /// llama.cpp/GGUF: rotate adjacent pairs. GGUF stores q/k rows permuted so that this equals [`RopeStyle::Half`].
+    Interleaved,
+}
+
+/// Precomputed cos/sin tables, `[max_positions, head_dim / 2]`.
+#[derive(Clone, Debug)]
+pub struct Rope {
+    cos: Tensor,
+    sin: Tensor,
+    style: RopeStyle,
+}
+
+impl Rope {
+    /// Builds the tables for `head_dim` and base `theta` up to `max_positions`.
+    pub fn new(head_dim: usize, theta: f64, max_positions: usize, style: RopeStyle, device: &Device) -> Result<Self> {
+        let inv_freq: Vec<f32> =
+            (0..head_dim).step_by(2).map(|i| (1.0 / theta.powf(i as f64 / head_dim as f64)) as f32).collect();
+        let n = inv_freq.len();
+        let inv_freq = Tensor::from_vec(inv_freq, (1, n), device)?;
+        let t =
+            Tensor::arange(0u32, max_positions as u32, device)?.to_dtype(DType::F32)?.reshape((max_positions, 1))?;
+        let freqs = t.matmul(&inv_freq)?;
+        Ok(Self { cos: freqs.cos()?, sin: freqs.sin()?, style })
+    }
+
+    /// Applies the rotation to `xs` (`[1, heads, seq_len, head_dim]`) for positions `offset..offset + seq_len`.
+    pub fn apply(&self, xs: &Tensor, offset: usize) -> Result<Tensor> {
+        let seq_len = xs.dim(2)?;
+        let cos = self.cos.narrow(0, offset, seq_len)?.to_dtype(xs.dtype())?;
+        let sin = self.sin.narrow(0, offset, seq_len)?.to_dtype(xs.dtype())?;
+        match self.style {
+            RopeStyle::Half => candle_nn::rotary_emb::rope(&xs.contiguous()?, &cos, &sin),
+            RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i(&xs.contiguous()?, &cos, &sin),
+        }
+    }
+
+    /// The weight layout this RoPE expects.
+    pub fn style(&self) -> RopeStyle {
+        self.style
+    }
+}

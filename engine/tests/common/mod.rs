@@ -1,0 +1,59 @@
+//! Shared helpers for the engine's integration tests: the PEFT reference fixtures in ../shared/fixtures.
+#![allow(dead_code)]
+
+use candle_core::{Device, Tensor};
+use engine::adapter::LoraAdapter;
+use engine::{AdapterBank, LoadOptions, Model};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// `../shared/fixtures/<rel>` from the repository root.
+pub fn fixture(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures").join(rel)
+}
+
+/// A tiny fixture set (`tiny-llama`, `tiny-mistral`): the model, the adapters of the reference rows in a bank, the
+/// rows' adapter slots, and the reference tensors.
+pub struct TinySet {
+    pub model: Model,
+    pub bank: AdapterBank,
+    pub slots: Vec<Option<usize>>,
+    pub adapter_names: Vec<String>,
+    pub reference: HashMap<String, Tensor>,
+}
+
+pub fn tiny_set(name: &str) -> TinySet {
+    let model = Model::load(&fixture(&format!("{name}/base")), &LoadOptions::default()).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture(&format!("{name}/reference.json"))).unwrap()).unwrap();
+    let mut adapters = Vec::new();
+    let mut adapter_names = Vec::new();
+    let mut slots = Vec::new();
+    for row in json["rows"].as_array().unwrap() {
+        match row.as_str() {
+            None => slots.push(None),
+            Some(a) => {
+                let dir = fixture(&format!("{name}/adapters/{a}"));
+                adapters.push(Arc::new(LoraAdapter::load(&dir, &model.adapter_target()).unwrap()));
+                adapter_names.push(a.to_string());
+                slots.push(Some(adapters.len() - 1));
+            }
+        }
+    }
+    let bank = AdapterBank::new(adapters, model.config().num_hidden_layers).unwrap();
+    let reference =
+        candle_core::safetensors::load(fixture(&format!("{name}/reference.safetensors")), &Device::Cpu).unwrap();
+    TinySet { model, bank, slots, adapter_names, reference }
+}
+
+/// Rows of an i64 `[rows, n]` tensor as u32 token lists.
+pub fn token_rows(t: &Tensor) -> Vec<Vec<u32>> {
+    t.to_vec2::<i64>().unwrap().into_iter().map(|r| r.into_iter().map(|x| x as u32).collect()).collect()
+}
+
+/// Largest absolute difference between two tensors of one shape.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+}
