@@ -8,6 +8,7 @@ pub mod kv_cache;
 pub mod model;
 pub mod model_files;
 pub mod module;
+pub mod tokenizer;
 
 pub use adapter::{AdapterBank, LoraAdapter};
 pub use config::ModelConfig;
@@ -16,3 +17,4 @@ pub use kv_cache::KvCache;
 pub use model::{LoadOptions, Logits, Model, QuantMode, SeqInput};
 pub use model_files::{ModelFiles, ModelFormat};
 pub use module::Module;
+pub use tokenizer::{ChatMessage, TokenStream, Tokenizer};

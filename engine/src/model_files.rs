@@ -58,11 +58,14 @@ impl ModelFiles {
         let content = candle_core::quantized::gguf_file::Content::read(&mut file).map_err(|e| {
             Error::UnsupportedModel { path: path.to_path_buf(), reason: format!("not a readable GGUF file: {e}") }
         })?;
-        let name = content
-            .metadata
-            .get("general.name")
-            .and_then(|v| v.to_string().ok().cloned())
-            .unwrap_or_else(|| path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default());
+        if !content.metadata.contains_key("general.architecture") {
+            return Err(Error::UnsupportedModel {
+                path: path.to_path_buf(),
+                reason: "GGUF has no general.architecture".into(),
+            });
+        }
+        // The file name says more than `general.name` does (it names the quantization too).
+        let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         Ok(Self { path: path.to_path_buf(), format: ModelFormat::Gguf, name })
     }
 }

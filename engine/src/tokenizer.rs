@@ -1,0 +1,254 @@
+//! Tokenizers: Hugging Face `tokenizer.json` through the tokenizers crate, or the same rebuilt from GGUF metadata
+//! (`gpt2` byte-level BPE with the GGUF's pre-tokenizer); chat templates rendered with minijinja; and incremental
+//! detokenization that never splits a UTF-8 character.
+
+use crate::{Error, Result};
+use candle_core::quantized::gguf_file;
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+use std::path::Path;
+use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::models::bpe::BPE;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::digits::Digits;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::{AddedToken, PreTokenizerWrapper};
+
+/// One chat message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    /// `system`, `user` or `assistant`.
+    pub role: String,
+    /// The text.
+    pub content: String,
+}
+
+/// A model's tokenizer with its special tokens and chat template.
+#[derive(Clone)]
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    bos: Option<(u32, String)>,
+    eos: Option<(u32, String)>,
+    add_bos: bool,
+    special: HashSet<u32>,
+    chat_template: Option<String>,
+}
+
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokenizer").field("vocab", &self.inner.get_vocab_size(true)).finish_non_exhaustive()
+    }
+}
+
+fn tok_err(e: impl std::fmt::Display) -> Error {
+    Error::Tokenizer(e.to_string())
+}
+
+impl Tokenizer {
+    /// The tokenizer of the model at `path`: `tokenizer.json` (+ `tokenizer_config.json`) in a Hugging Face folder,
+    /// or the GGUF's own metadata.
+    pub fn for_model(path: &Path) -> Result<Self> {
+        if path.is_dir() {
+            return Self::from_hf_folder(path);
+        }
+        let mut file = std::fs::File::open(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+        let content = gguf_file::Content::read(&mut file).map_err(tok_err)?;
+        Self::from_gguf(&content)
+    }
+
+    /// Loads `tokenizer.json` and, when present, `tokenizer_config.json` (chat template, BOS/EOS, add_bos_token).
+    pub fn from_hf_folder(dir: &Path) -> Result<Self> {
+        let inner = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json"))
+            .map_err(|e| Error::Tokenizer(format!("{}: {e}", dir.join("tokenizer.json").display())))?;
+        let cfg: serde_json::Value = match std::fs::read_to_string(dir.join("tokenizer_config.json")) {
+            Ok(text) => serde_json::from_str(&text).map_err(tok_err)?,
+            Err(_) => serde_json::Value::Null,
+        };
+        let token_str = |v: &serde_json::Value| -> Option<String> {
+            v.as_str().map(str::to_string).or_else(|| v.get("content").and_then(|c| c.as_str()).map(str::to_string))
+        };
+        let lookup = |name: Option<String>| name.and_then(|n| inner.token_to_id(&n).map(|id| (id, n)));
+        let bos = lookup(token_str(&cfg["bos_token"]));
+        let eos = lookup(token_str(&cfg["eos_token"]));
+        let add_bos = cfg["add_bos_token"].as_bool().unwrap_or(false);
+        let chat_template = cfg["chat_template"].as_str().map(str::to_string);
+        let special = inner.get_added_tokens_decoder().iter().filter(|(_, t)| t.special).map(|(id, _)| *id).collect();
+        Ok(Self { inner, bos, eos, add_bos, special, chat_template })
+    }
+
+    /// Rebuilds the tokenizer from GGUF metadata (`tokenizer.ggml.*`), as llama.cpp and transformers do.
+    pub fn from_gguf(content: &gguf_file::Content) -> Result<Self> {
+        let md = &content.metadata;
+        let get_str = |k: &str| md.get(k).and_then(|v| v.to_string().ok()).cloned();
+        let get_u32 = |k: &str| md.get(k).and_then(|v| v.to_u32().ok());
+        let model = get_str("tokenizer.ggml.model").unwrap_or_default();
+        if model != "gpt2" {
+            return Err(Error::Tokenizer(format!(
+                "GGUF tokenizer model {model:?} is not supported yet (only \"gpt2\" byte-level BPE); use the model's \
+                 Hugging Face folder, whose tokenizer.json works for any tokenizer"
+            )));
+        }
+        let strings = |k: &str| -> Result<Vec<String>> {
+            let arr = md.get(k).ok_or_else(|| Error::Tokenizer(format!("GGUF has no {k}")))?;
+            let arr = arr.to_vec().map_err(tok_err)?;
+            arr.iter().map(|v| v.to_string().cloned().map_err(tok_err)).collect()
+        };
+        let tokens = strings("tokenizer.ggml.tokens")?;
+        let merges: Vec<(String, String)> = strings("tokenizer.ggml.merges")?
+            .into_iter()
+            .filter_map(|m| m.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())))
+            .collect();
+        let types: Vec<i32> = match md.get("tokenizer.ggml.token_type") {
+            Some(v) => v.to_vec().map_err(tok_err)?.iter().map(|t| t.to_i32().unwrap_or(1)).collect(),
+            None => vec![1; tokens.len()],
+        };
+        let vocab: ahash::AHashMap<String, u32> =
+            tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+        let bpe = BPE::builder().vocab_and_merges(vocab, merges).build().map_err(tok_err)?;
+        let mut inner = tokenizers::Tokenizer::new(bpe);
+        let byte_level = ByteLevel::new(false, true, true);
+        let pre: PreTokenizerWrapper = match get_str("tokenizer.ggml.pre").as_deref() {
+            // SmolLM splits every digit, then applies GPT-2's byte-level regex.
+            Some("smollm") => Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into(),
+            _ => byte_level.into(),
+        };
+        inner.with_pre_tokenizer(Some(pre));
+        inner.with_decoder(Some(ByteLevelDecoder::default()));
+        // Control (3) and user-defined (4) tokens are matched whole in text, like `<|im_start|>`.
+        let special_tokens: Vec<AddedToken> = tokens
+            .iter()
+            .zip(&types)
+            .filter(|(_, t)| **t == 3 || **t == 4)
+            .map(|(tok, _)| AddedToken::from(tok.clone(), true))
+            .collect();
+        inner.add_special_tokens(&special_tokens);
+        let named = |k: &str| get_u32(k).and_then(|id| tokens.get(id as usize).map(|t| (id, t.clone())));
+        let special = tokens.iter().zip(&types).enumerate().filter(|(_, (_, t))| **t == 3).map(|(i, _)| i as u32);
+        Ok(Self {
+            bos: named("tokenizer.ggml.bos_token_id"),
+            eos: named("tokenizer.ggml.eos_token_id"),
+            add_bos: md.get("tokenizer.ggml.add_bos_token").and_then(|v| v.to_bool().ok()).unwrap_or(false),
+            special: special.collect(),
+            chat_template: get_str("tokenizer.chat_template"),
+            inner,
+        })
+    }
+
+    /// Token ids of `text`; special-token strings in the text are matched whole. With `add_bos`, the model's BOS
+    /// is prepended if its config asks for it.
+    pub fn encode(&self, text: &str, add_bos: bool) -> Result<Vec<u32>> {
+        let enc = self.inner.encode(text, false).map_err(tok_err)?;
+        let mut ids = Vec::with_capacity(enc.len() + 1);
+        if let (true, true, Some((bos, _))) = (add_bos, self.add_bos, &self.bos) {
+            ids.push(*bos);
+        }
+        ids.extend_from_slice(enc.get_ids());
+        Ok(ids)
+    }
+
+    /// Text of `ids`; special tokens are kept unless `skip_special`.
+    pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
+        self.inner.decode(ids, skip_special).map_err(tok_err)
+    }
+
+    /// Whether `id` is a special (control) token.
+    pub fn is_special(&self, id: u32) -> bool {
+        self.special.contains(&id)
+    }
+
+    /// The end-of-sequence token, if the tokenizer names one.
+    pub fn eos_token_id(&self) -> Option<u32> {
+        self.eos.as_ref().map(|(id, _)| *id)
+    }
+
+    /// Id of a token string, if it is in the vocabulary.
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    /// Vocabulary size, added tokens included.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// Whether the model ships a chat template.
+    pub fn has_chat_template(&self) -> bool {
+        self.chat_template.is_some()
+    }
+
+    /// Renders `messages` with the model's chat template (Jinja, as transformers' `apply_chat_template`).
+    pub fn apply_chat_template(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
+        let template =
+            self.chat_template.as_deref().ok_or_else(|| Error::Template("the model has no chat template".into()))?;
+        let mut env = minijinja::Environment::new();
+        // transformers renders chat templates with trim_blocks and lstrip_blocks on.
+        let syntax = minijinja::syntax::SyntaxConfig::builder().trim_blocks(true).lstrip_blocks(true).build();
+        env.set_syntax(syntax.map_err(|e| Error::Template(e.to_string()))?);
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
+            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
+        });
+        env.add_template("chat", template).map_err(|e| Error::Template(e.to_string()))?;
+        let tmpl = env.get_template("chat").map_err(|e| Error::Template(e.to_string()))?;
+        tmpl.render(minijinja::context! {
+            messages => message_values(messages),
+            add_generation_prompt => add_generation_prompt,
+            bos_token => self.bos.as_ref().map(|(_, s)| s.as_str()).unwrap_or(""),
+            eos_token => self.eos.as_ref().map(|(_, s)| s.as_str()).unwrap_or(""),
+        })
+        .map_err(|e| Error::Template(e.to_string()))
+    }
+}
+
+/// Chat messages as template values (`message['role']`, `message.content`).
+fn message_values(messages: &[ChatMessage]) -> minijinja::Value {
+    let items: Vec<minijinja::Value> = messages
+        .iter()
+        .map(|m| {
+            let map: std::collections::BTreeMap<&str, String> =
+                [("role", m.role.clone()), ("content", m.content.clone())].into_iter().collect();
+            minijinja::Value::from(map)
+        })
+        .collect();
+    minijinja::Value::from(items)
+}
+
+/// Turns a growing list of token ids into text pieces. A piece is released only once it decodes to complete
+/// characters, so multi-byte characters split across tokens are never cut (the TGI/candle `TokenOutputStream`).
+#[derive(Debug, Default)]
+pub struct TokenStream {
+    tokens: Vec<u32>,
+    prev: usize,
+    current: usize,
+}
+
+impl TokenStream {
+    /// An empty stream.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds `id` and returns the new text it completes, if any.
+    pub fn push(&mut self, tokenizer: &Tokenizer, id: u32) -> Result<Option<String>> {
+        let before = tokenizer.decode(&self.tokens[self.prev..self.current], false)?;
+        self.tokens.push(id);
+        let after = tokenizer.decode(&self.tokens[self.prev..], false)?;
+        if after.len() > before.len() && !after.ends_with('\u{FFFD}') {
+            let piece = after[before.len()..].to_string();
+            self.prev = self.current;
+            self.current = self.tokens.len();
+            Ok(Some(piece))
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Whatever text is still held back (an incomplete character at the end of generation).
+    pub fn flush(&mut self, tokenizer: &Tokenizer) -> Result<Option<String>> {
+        let before = tokenizer.decode(&self.tokens[self.prev..self.current], false)?;
+        let after = tokenizer.decode(&self.tokens[self.prev..], false)?;
+        self.prev = self.current;
+        self.current = self.tokens.len();
+        Ok((after.len() > before.len()).then(|| after[before.len()..].to_string()))
+    }
+}
