@@ -21,6 +21,8 @@ pub struct Cli {
 pub enum Command {
     /// Serve the web app and the API.
     Serve(ServeConfig),
+    /// Generate text for a prompt with the base model and/or adapters, as one mixed batch.
+    Generate(crate::generate::GenerateArgs),
     /// Fetch the embedded default model (SmolLM2-135M-Instruct) into the data folder and verify it.
     FetchModel {
         /// Folder that receives models/<file>.

@@ -5,6 +5,7 @@ pub mod cli;
 pub mod config;
 pub mod db;
 pub mod default_model;
+pub mod generate;
 pub mod router;
 pub mod serve;
 

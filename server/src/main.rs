@@ -27,6 +27,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         None => serve(cli.serve),
         Some(Command::Serve(config)) => serve(config),
+        Some(Command::Generate(args)) => server::generate::run(args),
         Some(Command::FetchModel { data_dir }) => {
             let path = server::default_model::ensure(&data_dir)?;
             tracing::info!("default model at {}", path.display());
