@@ -1,8 +1,10 @@
 # LoRA Land. Two commands: `make serve` runs it, `make test` tests it. Both install what is missing first.
 SHELL := /bin/bash
 export PATH := $(CURDIR)/end2end/node_modules/.bin:$(HOME)/.cargo/bin:$(PATH)
+# cargo-leptos builds debug servers with this flag; tests and lints use it too so they share that build.
+LEPTOS_RUSTFLAGS := --cfg erase_components
 # Two cores here: keep candle's matmuls to one thread in tests so test binaries running side by side don't fight.
-TEST_ENV := RAYON_NUM_THREADS=1
+TEST_ENV := RAYON_NUM_THREADS=1 RUSTFLAGS="$(LEPTOS_RUSTFLAGS)"
 
 .PHONY: serve test tools test-deps fmt lint unit e2e fetch-model clean
 
@@ -12,7 +14,7 @@ serve: tools test-deps-npm
 	cargo leptos serve --release
 
 ## Everything CI runs: formatting, lints, unit and integration tests, browser tests.
-test: tools test-deps fmt lint unit e2e
+test: tools test-deps fmt lint fetch-model unit e2e
 
 tools:
 	@scripts/install-tools.sh
@@ -28,8 +30,8 @@ fmt:
 	cargo fmt --all -- --check
 
 lint:
-	cargo clippy --workspace --exclude frontend --all-targets -- -D warnings
-	cargo clippy -p frontend --target wasm32-unknown-unknown -- -D warnings
+	RUSTFLAGS="$(LEPTOS_RUSTFLAGS)" cargo clippy --workspace --exclude frontend --all-targets -- -D warnings
+	RUSTFLAGS="$(LEPTOS_RUSTFLAGS)" cargo clippy -p frontend --target wasm32-unknown-unknown -- -D warnings
 
 unit:
 	$(TEST_ENV) cargo test --workspace --exclude frontend
@@ -37,8 +39,9 @@ unit:
 e2e:
 	scripts/e2e.sh
 
+## Fetch the default model into data/models (the engine's SmolLM2 tests need it).
 fetch-model:
-	cargo run -p server --bin loraland -- fetch-model
+	RUSTFLAGS="$(LEPTOS_RUSTFLAGS)" cargo run -q -p server --bin loraland -- fetch-model
 
 clean:
 	cargo clean

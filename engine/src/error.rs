@@ -99,7 +99,74 @@ pub enum Error {
         got: Vec<usize>,
     },
 
+    /// No adapter with this id in the catalog.
+    #[error("unknown adapter {0}")]
+    UnknownAdapter(crate::registry::AdapterId),
+    /// A string that is not a valid adapter id (path-like, too long, ...).
+    #[error(transparent)]
+    InvalidAdapterId(#[from] crate::registry::InvalidAdapterId),
+    /// Downloading an adapter from the hub failed.
+    #[error("cannot fetch adapter {repo} from the hub: {reason}")]
+    AdapterFetch {
+        /// The repository.
+        repo: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// Loading an adapter failed; every request for it fails with the cause, and the next request retries.
+    #[error("adapter {id} failed to load: {reason}")]
+    AdapterLoad {
+        /// The adapter.
+        id: crate::registry::AdapterId,
+        /// The cause.
+        reason: String,
+    },
+    /// An adapter whose rank exceeds the configured limit.
+    #[error("adapter rank {rank} exceeds the limit of {max}")]
+    RankLimit {
+        /// The adapter's largest rank.
+        rank: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// An adapter larger than the whole adapter memory budget.
+    #[error("adapter needs {bytes} bytes, more than the adapter budget of {max}")]
+    AdapterTooLarge {
+        /// The adapter's size.
+        bytes: usize,
+        /// The budget.
+        max: usize,
+    },
+
     // ---- requests ----
+    /// The engine's queue is full; retry later.
+    #[error("the server is overloaded: {waiting} requests are already queued")]
+    Overloaded {
+        /// Requests waiting or running.
+        waiting: usize,
+    },
+    /// The prompt has more tokens than allowed.
+    #[error("prompt has {len} tokens, more than the limit of {max}")]
+    PromptTooLong {
+        /// Prompt tokens.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// `max_new_tokens` above the limit (or zero).
+    #[error("max_new_tokens must be between 1 and {max}, got {requested}")]
+    MaxNewTokens {
+        /// What was asked.
+        requested: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A forward step failed; the requests in it end with this error.
+    #[error("generation failed: {0}")]
+    Generation(String),
+    /// The engine thread has stopped (it panicked or was shut down).
+    #[error("the inference engine has stopped")]
+    EngineStopped,
     /// A prompt with no tokens.
     #[error("prompt is empty")]
     EmptyPrompt,

@@ -23,10 +23,20 @@ pub enum Command {
     Serve(ServeConfig),
     /// Generate text for a prompt with the base model and/or adapters, as one mixed batch.
     Generate(crate::generate::GenerateArgs),
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// Fetch the embedded default model (SmolLM2-135M-Instruct) into the data folder and verify it.
     FetchModel {
         /// Folder that receives models/<file>.
         #[arg(long, env = "LORALAND_DATA_DIR", default_value = crate::config::DEFAULT_DATA_DIR)]
         data_dir: PathBuf,
     },
+}
+
+/// `loraland bench ...`
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Decode tokens/s of the multi-adapter batch: base vs one adapter vs every row a different adapter.
+    Decode(crate::bench::DecodeBenchArgs),
 }

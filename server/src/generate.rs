@@ -31,6 +31,16 @@ pub enum QuantArg {
     Dequantize,
 }
 
+impl From<QuantArg> for QuantMode {
+    fn from(q: QuantArg) -> Self {
+        match q {
+            QuantArg::Keep => QuantMode::Keep,
+            QuantArg::Q8 => QuantMode::Q8,
+            QuantArg::Dequantize => QuantMode::Dequantize,
+        }
+    }
+}
+
 /// `loraland generate` options.
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
@@ -95,11 +105,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
             DTypeArg::Bf16 => candle_core::DType::BF16,
             DTypeArg::F16 => candle_core::DType::F16,
         },
-        quant: match args.quant {
-            QuantArg::Keep => QuantMode::Keep,
-            QuantArg::Q8 => QuantMode::Q8,
-            QuantArg::Dequantize => QuantMode::Dequantize,
-        },
+        quant: args.quant.into(),
         ..LoadOptions::default()
     };
     let model = Model::load(&args.model, &opts)?;
@@ -163,6 +169,6 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
 
 /// The command's output goes to stdout; logs go to stderr.
 #[allow(clippy::print_stdout)]
-fn print_line(line: &str) {
+pub(crate) fn print_line(line: &str) {
     println!("{line}");
 }

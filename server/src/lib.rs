@@ -1,6 +1,7 @@
 //! The `loraland` server: the Leptos app (pages and server functions) and, on the same axum router, the API.
 //! `main.rs` parses the command line; everything testable lives here.
 
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod db;

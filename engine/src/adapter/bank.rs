@@ -2,9 +2,11 @@
 //! that share an adapter, in one of two ways (after Punica/S-LoRA):
 //! - SGMV (segmented): rows are grouped into contiguous segments by adapter and each segment does two small matmuls
 //!   with its own adapter's factors. Best for prefill, where segments are long.
-//! - BGMV (gathered): each row gathers its adapter's factors from a stack of all adapters (`index_select`), and two
-//!   batched matmuls compute every row's delta at once. Best for decode with many different adapters, where a loop
-//!   over segments would pay per-adapter overhead.
+//! - Masked (decode with several adapters, few of them): every row is multiplied by the concatenated `A` of all
+//!   adapters in one matmul, a 0/1 mask keeps only the row's own adapter's `r` columns, and one matmul with the
+//!   concatenated `B` expands them. Two GEMMs per module whatever the number of adapters, no copies.
+//! - BGMV (gathered, decode with many adapters): each row gathers its adapter's factors from a stack of all adapters
+//!   (`index_select`), and two batched matmuls compute every row's delta at once.
 //!
 //! Rows without an adapter (the base model) get no delta, so their output is bit-for-bit the base output.
 
@@ -17,9 +19,23 @@ use std::sync::Arc;
 #[derive(Debug, Default)]
 pub struct AdapterBank {
     adapters: Vec<Arc<LoraAdapter>>,
-    /// Per layer, per module: `A^T` stacked `[slots + 1, in, r_max]` and `(sB)^T` stacked `[slots + 1, r_max, out]`,
-    /// zero-padded to the largest rank; the extra last slot is all zeros (rows on the base model).
-    stacks: Vec<[Option<(Tensor, Tensor)>; 7]>,
+    /// Per layer, per module, the factors of all adapters side by side (see [`Stack`]).
+    stacks: Vec<[Option<Stack>; 7]>,
+}
+
+/// One module's factors of every adapter in the bank, zero-padded to the largest rank `r_max`; an extra last slot
+/// is all zeros (rows on the base model).
+#[derive(Debug)]
+struct Stack {
+    r_max: usize,
+    /// `A^T` stacked, `[slots + 1, in, r_max]` (gathered path).
+    a: Tensor,
+    /// `(sB)^T` stacked, `[slots + 1, r_max, out]` (gathered path).
+    b: Tensor,
+    /// `A^T` side by side, `[in, (slots + 1) * r_max]` (masked path).
+    a_cat: Tensor,
+    /// `(sB)^T` one above the other, `[(slots + 1) * r_max, out]` (masked path).
+    b_cat: Tensor,
 }
 
 impl AdapterBank {
@@ -27,7 +43,7 @@ impl AdapterBank {
     pub fn new(adapters: Vec<Arc<LoraAdapter>>, num_layers: usize) -> Result<Self> {
         let mut stacks = Vec::with_capacity(num_layers);
         for layer in 0..num_layers {
-            let mut mods: [Option<(Tensor, Tensor)>; 7] = Default::default();
+            let mut mods: [Option<Stack>; 7] = Default::default();
             for module in Module::ALL {
                 mods[module.index()] = stack_module(&adapters, layer, module)?;
             }
@@ -56,11 +72,17 @@ impl AdapterBank {
         match &plan.mode {
             PlanMode::None => Ok(base),
             PlanMode::Gather(ids) => {
-                let Some((a, b)) = &self.stacks[layer][module.index()] else { return Ok(base) };
+                let Some(st) = &self.stacks[layer][module.index()] else { return Ok(base) };
                 let rows = xs.dim(0)?;
-                let a_rows = a.index_select(ids, 0)?; // [rows, in, r]
-                let b_rows = b.index_select(ids, 0)?; // [rows, r, out]
+                let a_rows = st.a.index_select(ids, 0)?; // [rows, in, r]
+                let b_rows = st.b.index_select(ids, 0)?; // [rows, r, out]
                 let delta = xs.unsqueeze(1)?.matmul(&a_rows)?.matmul(&b_rows)?.reshape((rows, ()))?;
+                Ok((base + delta)?)
+            }
+            PlanMode::Masked(slots) => {
+                let Some(st) = &self.stacks[layer][module.index()] else { return Ok(base) };
+                let mask = rank_mask(slots, self.len() + 1, st.r_max, xs)?;
+                let delta = (xs.matmul(&st.a_cat)? * mask)?.matmul(&st.b_cat)?;
                 Ok((base + delta)?)
             }
             PlanMode::Segments => {
@@ -87,7 +109,18 @@ impl AdapterBank {
     }
 }
 
-fn stack_module(adapters: &[Arc<LoraAdapter>], layer: usize, module: Module) -> Result<Option<(Tensor, Tensor)>> {
+/// `[rows, slots * r_max]` with ones where column block `s` is row `n`'s adapter slot.
+fn rank_mask(row_slots: &[u32], slots: usize, r_max: usize, xs: &Tensor) -> Result<Tensor> {
+    let width = slots * r_max;
+    let mut mask = vec![0f32; row_slots.len() * width];
+    for (n, &s) in row_slots.iter().enumerate() {
+        let start = n * width + s as usize * r_max;
+        mask[start..start + r_max].fill(1.0);
+    }
+    Ok(Tensor::from_vec(mask, (row_slots.len(), width), xs.device())?.to_dtype(xs.dtype())?)
+}
+
+fn stack_module(adapters: &[Arc<LoraAdapter>], layer: usize, module: Module) -> Result<Option<Stack>> {
     let present: Vec<_> = adapters.iter().map(|a| a.weights(layer, module)).collect();
     let Some(first) = present.iter().flatten().next() else { return Ok(None) };
     let (fan_in, _) = first.a_t.dims2()?;
@@ -109,7 +142,13 @@ fn stack_module(adapters: &[Arc<LoraAdapter>], layer: usize, module: Module) -> 
             }
         }
     }
-    Ok(Some((Tensor::stack(&a_list, 0)?, Tensor::stack(&b_list, 0)?)))
+    Ok(Some(Stack {
+        r_max,
+        a_cat: Tensor::cat(&a_list, 1)?,
+        b_cat: Tensor::cat(&b_list, 0)?,
+        a: Tensor::stack(&a_list, 0)?,
+        b: Tensor::stack(&b_list, 0)?,
+    }))
 }
 
 /// A run of consecutive token rows that share one adapter (or none).
@@ -131,12 +170,20 @@ enum PlanMode {
     Segments,
     /// Per-row gather of stacked factors; the tensor holds each row's slot (the zero slot for base rows).
     Gather(Tensor),
+    /// Masked concatenated factors; each row's slot (the zero slot for base rows).
+    Masked(Vec<u32>),
 }
+
+/// Up to this many adapters in the bank, decode uses the masked path; beyond, multiplying every row by every
+/// adapter's `A` costs more than gathering each row's own.
+pub const MASKED_MAX_ADAPTERS: usize = 64;
 
 /// How one forward pass applies adapters, computed once per batch and reused by every layer.
 #[derive(Debug)]
 pub struct LoraPlan {
     segments: Vec<Segment>,
+    row_slots: Vec<Option<usize>>,
+    zero_slot: u32,
     mode: PlanMode,
 }
 
@@ -157,11 +204,15 @@ impl LoraPlan {
         } else if decode_only && adapter_segments > 1 {
             let zero_slot = bank.len() as u32;
             let ids: Vec<u32> = row_slots.iter().map(|s| s.map_or(zero_slot, |s| s as u32)).collect();
-            PlanMode::Gather(Tensor::new(ids, device)?)
+            if bank.len() < MASKED_MAX_ADAPTERS {
+                PlanMode::Masked(ids)
+            } else {
+                PlanMode::Gather(Tensor::new(ids, device)?)
+            }
         } else {
             PlanMode::Segments
         };
-        Ok(Self { segments, mode })
+        Ok(Self { segments, row_slots: row_slots.to_vec(), zero_slot: bank.len() as u32, mode })
     }
 
     /// The segments of the batch.
@@ -169,8 +220,106 @@ impl LoraPlan {
         &self.segments
     }
 
-    /// Whether rows gather their factors (BGMV) rather than going segment by segment (SGMV).
-    pub fn is_gather(&self) -> bool {
-        matches!(self.mode, PlanMode::Gather(_))
+    /// Which strategy the plan uses: `"none"`, `"segments"`, `"masked"` or `"gather"`.
+    pub fn strategy(&self) -> &'static str {
+        match self.mode {
+            PlanMode::None => "none",
+            PlanMode::Segments => "segments",
+            PlanMode::Masked(_) => "masked",
+            PlanMode::Gather(_) => "gather",
+        }
+    }
+
+    /// The same plan with another strategy, for tests that compare strategies on one batch.
+    #[doc(hidden)]
+    pub fn with_strategy(mut self, strategy: &str, device: &Device) -> Result<Self> {
+        let ids: Vec<u32> = self.row_slots.iter().map(|s| s.map_or(self.zero_slot, |s| s as u32)).collect();
+        self.mode = match strategy {
+            "segments" => PlanMode::Segments,
+            "masked" => PlanMode::Masked(ids),
+            "gather" => PlanMode::Gather(Tensor::new(ids, device)?),
+            _ => PlanMode::None,
+        };
+        Ok(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::adapter::AdapterTarget;
+    use crate::model::RopeStyle;
+    use crate::ModelConfig;
+
+    fn target() -> AdapterTarget {
+        let cfg = ModelConfig::from_hf_json(
+            r#"{"vocab_size":10,"hidden_size":16,"intermediate_size":24,"num_hidden_layers":1,
+                "num_attention_heads":2,"num_key_value_heads":1,"rms_norm_eps":1e-5}"#,
+        )
+        .unwrap();
+        AdapterTarget { config: cfg, rope_style: RopeStyle::Half, device: Device::Cpu, dtype: candle_core::DType::F32 }
+    }
+
+    fn adapter(r: usize, seed: u64, t: &AdapterTarget) -> Arc<LoraAdapter> {
+        Arc::new(LoraAdapter::random(t, r, &[Module::Q], seed).unwrap())
+    }
+
+    /// The reference: each row alone, `x W^T + x A^T (sB)^T` with its own adapter's unpadded factors.
+    fn per_row_loop(bank: &AdapterBank, slots: &[Option<usize>], xs: &Tensor, base: &Tensor) -> Tensor {
+        let rows: Vec<Tensor> = slots
+            .iter()
+            .enumerate()
+            .map(|(n, slot)| {
+                let x = xs.narrow(0, n, 1).unwrap();
+                let b = base.narrow(0, n, 1).unwrap();
+                match slot.and_then(|s| bank.get(s).unwrap().weights(0, Module::Q)) {
+                    Some(w) => (b + x.matmul(&w.a_t).unwrap().matmul(&w.b_t).unwrap()).unwrap(),
+                    None => b,
+                }
+            })
+            .collect();
+        Tensor::cat(&rows, 0).unwrap()
+    }
+
+    #[test]
+    fn every_strategy_equals_the_per_row_loop() {
+        let t = target();
+        // Different ranks exercise the zero padding.
+        let bank = AdapterBank::new(vec![adapter(8, 1, &t), adapter(4, 2, &t), adapter(2, 3, &t)], 1).unwrap();
+        let slots = [Some(1), None, Some(0), Some(2), Some(0), None, Some(1)];
+        let xs = Tensor::arange(0f32, (slots.len() * 16) as f32, &Device::Cpu)
+            .unwrap()
+            .reshape((slots.len(), 16))
+            .unwrap()
+            .sin()
+            .unwrap();
+        let base = xs.cos().unwrap();
+        let expected = per_row_loop(&bank, &slots, &xs, &base);
+        for strategy in ["segments", "masked", "gather"] {
+            let plan = LoraPlan::new(&slots, &bank, true, &Device::Cpu)
+                .unwrap()
+                .with_strategy(strategy, &Device::Cpu)
+                .unwrap();
+            let got = bank.apply(&plan, 0, Module::Q, &xs, base.clone()).unwrap();
+            let err = (got - &expected).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(err < 1e-5, "{strategy}: max error {err}");
+            // Base rows are bit-for-bit the base output.
+            let got = bank.apply(&plan, 0, Module::Q, &xs, base.clone()).unwrap();
+            assert_eq!(
+                got.narrow(0, 1, 1).unwrap().to_vec2::<f32>().unwrap(),
+                base.narrow(0, 1, 1).unwrap().to_vec2::<f32>().unwrap()
+            );
+        }
+    }
+
+    #[test]
+    fn plan_picks_strategy_by_shape_of_batch() {
+        let t = target();
+        let bank = AdapterBank::new(vec![adapter(8, 1, &t), adapter(8, 2, &t)], 1).unwrap();
+        let dev = Device::Cpu;
+        assert_eq!(LoraPlan::new(&[None, None], &bank, true, &dev).unwrap().strategy(), "none");
+        assert_eq!(LoraPlan::new(&[Some(0), Some(0)], &bank, true, &dev).unwrap().strategy(), "segments");
+        assert_eq!(LoraPlan::new(&[Some(0), Some(1)], &bank, true, &dev).unwrap().strategy(), "masked");
+        assert_eq!(LoraPlan::new(&[Some(0), Some(1)], &bank, false, &dev).unwrap().strategy(), "segments");
     }
 }

@@ -113,6 +113,36 @@ impl LoraAdapter {
         Ok(Self { config, layers, bytes: total })
     }
 
+    /// A random adapter for `target` with PEFT's shapes: rank `r`, alpha `2r`, on `modules`; A ~ N(0, 1/in),
+    /// B ~ N(0, 0.02). For benchmarks and tests; deterministic in `seed`.
+    pub fn random(target: &AdapterTarget, r: usize, modules: &[Module], seed: u64) -> Result<Self> {
+        use rand::{Rng, SeedableRng};
+        let names: Vec<String> = modules.iter().map(|m| format!("\"{}\"", m.short_name())).collect();
+        let json = format!(r#"{{"r":{r},"lora_alpha":{},"target_modules":[{}]}}"#, 2 * r, names.join(","));
+        let config = AdapterConfig::parse(&json, Path::new("random"))?;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        // Box-Muller normals, enough for weights that only need to be random and reproducible.
+        let mut normal = |n: usize, std: f64| -> Vec<f32> {
+            (0..n)
+                .map(|_| {
+                    let (u, v): (f64, f64) = (rng.random::<f64>().max(1e-12), rng.random());
+                    ((-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos() * std) as f32
+                })
+                .collect()
+        };
+        let mut tensors = HashMap::new();
+        for layer in 0..target.config.num_hidden_layers {
+            for &m in modules {
+                let (fan_in, fan_out) = target.config.module_shape(m);
+                let a = Tensor::from_vec(normal(r * fan_in, 1.0 / (fan_in as f64).sqrt()), (r, fan_in), &Device::Cpu)?;
+                let b = Tensor::from_vec(normal(fan_out * r, 0.02), (fan_out, r), &Device::Cpu)?;
+                tensors.insert(peft_tensor_name(layer, m, 'A'), a);
+                tensors.insert(peft_tensor_name(layer, m, 'B'), b);
+            }
+        }
+        Self::from_tensors(config, tensors, Path::new("random"), target)
+    }
+
     /// The factors of `module` in `layer`, if the adapter targets it.
     pub fn weights(&self, layer: usize, module: Module) -> Option<&LoraWeights> {
         self.layers.get(layer).and_then(|m| m[module.index()].as_ref())

@@ -57,3 +57,8 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims());
     (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
 }
+
+/// The reference tensors of a tiny fixture set.
+pub fn tiny_set_reference(name: &str) -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(fixture(&format!("{name}/reference.safetensors")), &Device::Cpu).unwrap()
+}

@@ -1,0 +1,247 @@
+//! `Engine::spawn` and the cheap, cloneable [`EngineHandle`]. The model and the continuous batcher live on their
+//! own OS thread (see [`crate::scheduler`]); adapters load on a second thread. A request is validated and
+//! tokenized on the caller's side, admitted against a bounded queue, and answered through a stream of events;
+//! dropping the stream cancels the request.
+
+use crate::registry::{AdapterId, Catalog, ResidencyLimits};
+use crate::request::{Event, GenerateRequest, Prompt};
+use crate::scheduler::{self, Command, Submission};
+use crate::stats::EngineStats;
+use crate::{Error, LoadOptions, Result, Tokenizer};
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+/// Defaults of [`EngineConfig`].
+pub const DEFAULT_MAX_BATCH_SIZE: usize = 32;
+/// Default token budget of one step (prefill chunks + decode rows).
+pub const DEFAULT_MAX_BATCH_TOKENS: usize = 512;
+/// Default KV budget in tokens (prompt + max_new_tokens of every running request).
+pub const DEFAULT_MAX_KV_TOKENS: usize = 65_536;
+/// Default bound on requests waiting or running.
+pub const DEFAULT_MAX_QUEUE: usize = 256;
+
+/// How to run the engine.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Base model: a GGUF file or a Hugging Face folder.
+    pub model: PathBuf,
+    /// Device, dtype and quantization.
+    pub load: LoadOptions,
+    /// Where adapters come from.
+    pub catalog: Catalog,
+    /// Resident adapter limits.
+    pub limits: ResidencyLimits,
+    /// Adapters loaded at start.
+    pub preload: Vec<AdapterId>,
+    /// Adapters loaded at start and never evicted.
+    pub pinned: Vec<AdapterId>,
+    /// Most sequences in one step.
+    pub max_batch_size: usize,
+    /// Most tokens in one step; long prompts are prefilled in chunks that fit.
+    pub max_batch_tokens: usize,
+    /// KV budget: the sum of prompt + max_new_tokens over running requests.
+    pub max_kv_tokens: usize,
+    /// Most requests waiting or running; beyond it `generate` fails with [`Error::Overloaded`].
+    pub max_queue: usize,
+    /// Longest prompt, in tokens.
+    pub max_input_tokens: usize,
+    /// Largest `max_new_tokens`.
+    pub max_new_tokens: usize,
+}
+
+impl EngineConfig {
+    /// Defaults for `model`.
+    pub fn new(model: impl Into<PathBuf>) -> Self {
+        Self {
+            model: model.into(),
+            load: LoadOptions::default(),
+            catalog: Catalog::default(),
+            limits: ResidencyLimits::default(),
+            preload: Vec::new(),
+            pinned: Vec::new(),
+            max_batch_size: DEFAULT_MAX_BATCH_SIZE,
+            max_batch_tokens: DEFAULT_MAX_BATCH_TOKENS,
+            max_kv_tokens: DEFAULT_MAX_KV_TOKENS,
+            max_queue: DEFAULT_MAX_QUEUE,
+            max_input_tokens: 2048,
+            max_new_tokens: 512,
+        }
+    }
+}
+
+/// Facts about the loaded model.
+#[derive(Clone, Debug)]
+pub struct ModelInfo {
+    /// Display name.
+    pub name: String,
+    /// Context length.
+    pub max_position_embeddings: usize,
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// Activation dtype, e.g. `f32`.
+    pub dtype: String,
+    /// Device, e.g. `cpu`.
+    pub device: String,
+}
+
+/// Starts engines.
+#[derive(Debug)]
+pub struct Engine;
+
+impl Engine {
+    /// Loads the model on a new thread and starts the batching loop; returns once the model is loaded, or with the
+    /// load error.
+    pub fn spawn(config: EngineConfig) -> Result<EngineHandle> {
+        let (cmd_tx, cmd_rx) = mpsc::channel();
+        let (ready_tx, ready_rx) = mpsc::sync_channel(1);
+        let stats = Arc::new(EngineStats::default());
+        let thread_cfg = config.clone();
+        let thread_stats = stats.clone();
+        let loop_tx = cmd_tx.clone();
+        std::thread::Builder::new()
+            .name("loraland-engine".into())
+            .spawn(move || scheduler::run(thread_cfg, cmd_rx, loop_tx, ready_tx, thread_stats))
+            .map_err(|e| Error::Io { path: config.model.clone(), source: e })?;
+        let (tokenizer, info) = ready_rx.recv().map_err(|_| Error::EngineStopped)??;
+        Ok(EngineHandle {
+            inner: Arc::new(Inner {
+                tx: cmd_tx,
+                tokenizer,
+                info,
+                config,
+                stats,
+                in_flight: Arc::new(AtomicUsize::new(0)),
+            }),
+        })
+    }
+}
+
+struct Inner {
+    tx: mpsc::Sender<Command>,
+    tokenizer: Tokenizer,
+    info: ModelInfo,
+    config: EngineConfig,
+    stats: Arc<EngineStats>,
+    in_flight: Arc<AtomicUsize>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let _ = self.tx.send(Command::Shutdown);
+    }
+}
+
+/// A handle on a running engine; clones share it.
+#[derive(Clone)]
+pub struct EngineHandle {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for EngineHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineHandle").field("model", &self.inner.info.name).finish_non_exhaustive()
+    }
+}
+
+/// Held by a request until it ends; frees its place in the queue.
+#[derive(Debug)]
+pub(crate) struct Permit(Arc<AtomicUsize>);
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl EngineHandle {
+    /// The model's tokenizer.
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.inner.tokenizer
+    }
+
+    /// Facts about the loaded model.
+    pub fn model_info(&self) -> &ModelInfo {
+        &self.inner.info
+    }
+
+    /// The configuration the engine runs with.
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.config
+    }
+
+    /// Live counters and gauges.
+    pub fn stats(&self) -> &EngineStats {
+        &self.inner.stats
+    }
+
+    /// Validates `request` (prompt length, `max_new_tokens`, adapter id known to the catalog), admits it to the
+    /// queue or fails with [`Error::Overloaded`], and returns its event stream.
+    pub fn generate(&self, request: GenerateRequest) -> Result<GenerationStream> {
+        let cfg = &self.inner.config;
+        let prompt = match &request.prompt {
+            Prompt::Tokens(ids) => ids.clone(),
+            Prompt::Text(text) => self.inner.tokenizer.encode(text, true)?,
+        };
+        if prompt.is_empty() {
+            return Err(Error::EmptyPrompt);
+        }
+        if prompt.len() > cfg.max_input_tokens {
+            return Err(Error::PromptTooLong { len: prompt.len(), max: cfg.max_input_tokens });
+        }
+        let vocab_size = self.inner.info.vocab_size;
+        if let Some(&id) = prompt.iter().find(|&&t| t as usize >= vocab_size) {
+            return Err(Error::TokenOutOfRange { id, vocab_size });
+        }
+        if request.max_new_tokens == 0 || request.max_new_tokens > cfg.max_new_tokens {
+            return Err(Error::MaxNewTokens { requested: request.max_new_tokens, max: cfg.max_new_tokens });
+        }
+        let source = request.adapter.as_ref().map(|id| cfg.catalog.resolve(id)).transpose()?;
+        let in_flight = &self.inner.in_flight;
+        let waiting = in_flight.fetch_add(1, Ordering::SeqCst);
+        let permit = Permit(in_flight.clone());
+        if waiting >= cfg.max_queue {
+            return Err(Error::Overloaded { waiting });
+        }
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let submission = Submission { request, prompt, source, events: tx, _permit: permit, submitted: Instant::now() };
+        self.inner.tx.send(Command::Submit(Box::new(submission))).map_err(|_| Error::EngineStopped)?;
+        Ok(GenerationStream { rx })
+    }
+
+    /// Loads `id` now (if not resident) so that its first request does not wait.
+    pub fn preload(&self, id: AdapterId) -> Result<()> {
+        let source = self.inner.config.catalog.resolve(&id)?;
+        self.inner.tx.send(Command::Preload(id, source)).map_err(|_| Error::EngineStopped)
+    }
+}
+
+/// The events of one request: zero or more [`Event::Token`], then [`Event::Finished`] (or an error). Dropping it
+/// cancels the request; its KV cache is freed at the next step.
+#[derive(Debug)]
+pub struct GenerationStream {
+    rx: tokio::sync::mpsc::UnboundedReceiver<Result<Event>>,
+}
+
+impl GenerationStream {
+    /// The next event, waiting for it; `None` after the last.
+    pub async fn next_event(&mut self) -> Option<Result<Event>> {
+        self.rx.recv().await
+    }
+
+    /// The next event, blocking the thread (not for async contexts).
+    pub fn blocking_next(&mut self) -> Option<Result<Event>> {
+        self.rx.blocking_recv()
+    }
+}
+
+impl futures_core::Stream for GenerationStream {
+    type Item = Result<Event>;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.rx.poll_recv(cx)
+    }
+}

@@ -1,0 +1,522 @@
+//! The continuous batcher, on the engine thread. Every iteration it takes new commands, admits waiting requests
+//! into the running batch (round-robin over adapters, within the batch size and KV budget, once their adapter is
+//! resident), runs ONE forward step for all running sequences — decode rows and chunks of prompts being prefilled,
+//! base and every adapter together — then emits tokens and drops finished or cancelled sequences at once.
+//! Adapter loads run on a loader thread and come back as commands, so running streams never wait for disk.
+
+use crate::handle::{EngineConfig, ModelInfo, Permit};
+use crate::registry::{self, AdapterId, AdapterSource, Residency};
+use crate::request::{Event, Finished, GenerateRequest, Timings, TokenEvent};
+use crate::sampling::Sampler;
+use crate::stats::EngineStats;
+use crate::tokenizer::TokenStream;
+use crate::{AdapterBank, Error, FinishReason, KvCache, Logits, Model, Result, SeqInput, Tokenizer};
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::sync::mpsc::{Receiver, Sender, SyncSender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+type Events = tokio::sync::mpsc::UnboundedSender<Result<Event>>;
+
+/// A validated request on its way to the engine thread.
+#[derive(Debug)]
+pub(crate) struct Submission {
+    pub request: GenerateRequest,
+    pub prompt: Vec<u32>,
+    pub source: Option<AdapterSource>,
+    pub events: Events,
+    /// Held for its `Drop`: frees the request's place in the queue when the request ends.
+    pub _permit: Permit,
+    pub submitted: Instant,
+}
+
+/// Messages to the engine thread.
+#[derive(Debug)]
+pub(crate) enum Command {
+    Submit(Box<Submission>),
+    Preload(AdapterId, AdapterSource),
+    Loaded { id: AdapterId, result: Result<Arc<crate::LoraAdapter>>, took: Duration },
+    Shutdown,
+}
+
+/// A request in the running batch.
+struct Seq {
+    sub: Submission,
+    cache: KvCache,
+    prefilled: usize,
+    next: Vec<u32>,
+    generated: Vec<u32>,
+    sampler: Sampler,
+    stream: TokenStream,
+    text: String,
+    emitted: usize,
+    started: Instant,
+    first_token: Option<Instant>,
+}
+
+type Key = Option<AdapterId>;
+
+struct Scheduler {
+    cfg: EngineConfig,
+    model: Model,
+    tokenizer: Tokenizer,
+    eos: Vec<u32>,
+    stats: Arc<EngineStats>,
+    residency: Residency,
+    loader: Sender<(AdapterId, AdapterSource)>,
+    loading: HashSet<AdapterId>,
+    /// Loaded adapters waiting for room (every resident one is busy).
+    parked: Vec<(AdapterId, Arc<crate::LoraAdapter>)>,
+    waiting: BTreeMap<Key, VecDeque<Submission>>,
+    running: Vec<Seq>,
+    last_key: Option<Key>,
+}
+
+/// The engine thread's body: loads the model, reports readiness, then serves commands until shutdown.
+pub(crate) fn run(
+    cfg: EngineConfig,
+    rx: Receiver<Command>,
+    tx: Sender<Command>,
+    ready: SyncSender<Result<(Tokenizer, ModelInfo)>>,
+    stats: Arc<EngineStats>,
+) {
+    let loaded = (|| -> Result<(Model, Tokenizer)> {
+        let model = Model::load(&cfg.model, &cfg.load)?;
+        let tokenizer = Tokenizer::for_model(&cfg.model)?;
+        Ok((model, tokenizer))
+    })();
+    let (model, tokenizer) = match loaded {
+        Ok(x) => x,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    let info = ModelInfo {
+        name: crate::ModelFiles::locate(&cfg.model).map(|f| f.name).unwrap_or_default(),
+        max_position_embeddings: model.config().max_position_embeddings,
+        vocab_size: model.config().vocab_size,
+        dtype: format!("{:?}", model.dtype()).to_lowercase(),
+        device: if model.device().is_cpu() { "cpu".into() } else { format!("{:?}", model.device().location()) },
+    };
+    let loader = spawn_loader(model.adapter_target(), tx);
+    let pinned: HashSet<AdapterId> = cfg.pinned.iter().cloned().collect();
+    let residency = Residency::new(cfg.limits, model.config().num_hidden_layers, pinned);
+    let eos = crate::generate::eos_tokens(&model, &tokenizer);
+    let mut s = Scheduler {
+        model,
+        tokenizer: tokenizer.clone(),
+        eos,
+        stats,
+        residency,
+        loader,
+        loading: HashSet::new(),
+        parked: Vec::new(),
+        waiting: BTreeMap::new(),
+        running: Vec::new(),
+        last_key: None,
+        cfg,
+    };
+    for id in s.cfg.pinned.clone().into_iter().chain(s.cfg.preload.clone()) {
+        match s.cfg.catalog.resolve(&id) {
+            Ok(src) => s.start_load(id, src),
+            Err(e) => tracing::warn!(adapter = %id, "cannot preload: {e}"),
+        }
+    }
+    if ready.send(Ok((tokenizer, info))).is_err() {
+        return;
+    }
+    s.serve(rx);
+}
+
+fn spawn_loader(target: crate::adapter::AdapterTarget, done: Sender<Command>) -> Sender<(AdapterId, AdapterSource)> {
+    let (tx, rx) = std::sync::mpsc::channel::<(AdapterId, AdapterSource)>();
+    let spawned = std::thread::Builder::new().name("loraland-adapter-loader".into()).spawn(move || {
+        for (id, source) in rx {
+            let start = Instant::now();
+            let result = registry::load(&source, &target);
+            if done.send(Command::Loaded { id, result, took: start.elapsed() }).is_err() {
+                break;
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::error!("cannot start the adapter loader thread: {e}");
+    }
+    tx
+}
+
+impl Scheduler {
+    fn serve(&mut self, rx: Receiver<Command>) {
+        loop {
+            // Block only when there is nothing to step.
+            if self.running.is_empty() {
+                match rx.recv() {
+                    Ok(cmd) => {
+                        if !self.handle(cmd) {
+                            return;
+                        }
+                    }
+                    Err(_) => return,
+                }
+            }
+            while let Ok(cmd) = rx.try_recv() {
+                if !self.handle(cmd) {
+                    return;
+                }
+            }
+            self.drop_cancelled();
+            self.place_parked();
+            self.admit();
+            self.publish_gauges();
+            if !self.running.is_empty() {
+                if let Err(e) = self.step() {
+                    tracing::error!("forward step failed: {e}");
+                    for seq in self.running.drain(..) {
+                        let _ = seq.sub.events.send(Err(Error::Generation(e.to_string())));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Returns false on shutdown.
+    fn handle(&mut self, cmd: Command) -> bool {
+        match cmd {
+            Command::Submit(sub) => {
+                let key = sub.request.adapter.clone();
+                if let (Some(id), Some(src)) = (&key, &sub.source) {
+                    if self.residency.slot(id).is_none() && !self.loading.contains(id) && !self.is_parked(id) {
+                        self.start_load(id.clone(), src.clone());
+                    }
+                }
+                self.waiting.entry(key).or_default().push_back(*sub);
+            }
+            Command::Preload(id, src) => {
+                if self.residency.slot(&id).is_none() && !self.loading.contains(&id) {
+                    self.start_load(id, src);
+                }
+            }
+            Command::Loaded { id, result, took } => self.on_loaded(id, result, took),
+            Command::Shutdown => return false,
+        }
+        true
+    }
+
+    fn is_parked(&self, id: &AdapterId) -> bool {
+        self.parked.iter().any(|(p, _)| p == id)
+    }
+
+    fn start_load(&mut self, id: AdapterId, source: AdapterSource) {
+        tracing::info!(adapter = %id, ?source, "loading adapter");
+        self.loading.insert(id.clone());
+        if self.loader.send((id.clone(), source)).is_err() {
+            self.loading.remove(&id);
+            self.fail_waiting(&id, "the adapter loader has stopped".into());
+        }
+    }
+
+    fn on_loaded(&mut self, id: AdapterId, result: Result<Arc<crate::LoraAdapter>>, took: Duration) {
+        self.loading.remove(&id);
+        let checked = result.and_then(|a| self.residency.check(&a).map(|()| a));
+        match checked {
+            Ok(adapter) => {
+                EngineStats::add(&self.stats.adapter_loads, 1);
+                EngineStats::set(&self.stats.last_adapter_load_us, took.as_micros() as u64);
+                tracing::info!(adapter = %id, ms = took.as_secs_f64() * 1e3, "adapter loaded");
+                self.parked.push((id, adapter));
+                self.place_parked();
+            }
+            Err(e) => {
+                EngineStats::add(&self.stats.adapter_load_failures, 1);
+                tracing::warn!(adapter = %id, "adapter failed to load: {e}");
+                self.fail_waiting(&id, e.to_string());
+            }
+        }
+    }
+
+    /// Moves loaded adapters into the resident set as room allows (evicting idle ones).
+    fn place_parked(&mut self) {
+        if self.parked.is_empty() {
+            return;
+        }
+        let busy: HashSet<AdapterId> = self.running.iter().filter_map(|s| s.sub.request.adapter.clone()).collect();
+        let mut still = Vec::new();
+        for (id, adapter) in std::mem::take(&mut self.parked) {
+            if self.residency.slot(&id).is_some() {
+                continue;
+            }
+            if self.residency.make_room(adapter.bytes(), &busy) {
+                self.residency.insert(id, adapter);
+            } else {
+                still.push((id, adapter));
+            }
+        }
+        self.parked = still;
+        EngineStats::set(&self.stats.adapter_evictions, self.residency.evictions());
+    }
+
+    fn fail_waiting(&mut self, id: &AdapterId, reason: String) {
+        if let Some(queue) = self.waiting.remove(&Some(id.clone())) {
+            for sub in queue {
+                let _ = sub.events.send(Err(Error::AdapterLoad { id: id.clone(), reason: reason.clone() }));
+            }
+        }
+    }
+
+    fn drop_cancelled(&mut self) {
+        self.running.retain(|s| !s.sub.events.is_closed());
+        for queue in self.waiting.values_mut() {
+            queue.retain(|s| !s.events.is_closed());
+        }
+        self.waiting.retain(|_, q| !q.is_empty());
+    }
+
+    fn kv_reserved(&self) -> usize {
+        self.running.iter().map(|s| s.sub.prompt.len() + s.sub.request.max_new_tokens).sum()
+    }
+
+    /// Admits waiting requests, one per adapter in turn, starting after the adapter admitted last.
+    fn admit(&mut self) {
+        let mut kv = self.kv_reserved();
+        loop {
+            if self.running.len() >= self.cfg.max_batch_size {
+                return;
+            }
+            let keys: Vec<Key> = self.waiting.keys().cloned().collect();
+            if keys.is_empty() {
+                return;
+            }
+            let start = match &self.last_key {
+                Some(last) => keys.iter().position(|k| k > last).unwrap_or(0),
+                None => 0,
+            };
+            let mut admitted = false;
+            for key in keys[start..].iter().chain(&keys[..start]) {
+                if let Some(id) = key {
+                    if self.residency.slot(id).is_none() {
+                        continue;
+                    }
+                }
+                let queue = self.waiting.get_mut(key).expect("key listed");
+                let need = queue.front().map_or(0, |s| s.prompt.len() + s.request.max_new_tokens);
+                if kv + need > self.cfg.max_kv_tokens && !self.running.is_empty() {
+                    continue;
+                }
+                let sub = queue.pop_front().expect("queues are never empty");
+                if queue.is_empty() {
+                    self.waiting.remove(key);
+                }
+                kv += need;
+                self.last_key = Some(key.clone());
+                self.start(sub);
+                admitted = true;
+                break;
+            }
+            if !admitted {
+                return;
+            }
+        }
+    }
+
+    fn start(&mut self, sub: Submission) {
+        if let Some(id) = &sub.request.adapter {
+            self.residency.touch(id);
+        }
+        let sampler = Sampler::new(sub.request.sampling.clone());
+        self.running.push(Seq {
+            cache: self.model.new_cache(),
+            prefilled: 0,
+            next: Vec::new(),
+            generated: Vec::new(),
+            sampler,
+            stream: TokenStream::new(),
+            text: String::new(),
+            emitted: 0,
+            started: Instant::now(),
+            first_token: None,
+            sub,
+        });
+    }
+
+    fn publish_gauges(&self) {
+        let waiting: usize = self.waiting.values().map(VecDeque::len).sum();
+        EngineStats::set(&self.stats.running, self.running.len() as u64);
+        EngineStats::set(&self.stats.waiting, waiting as u64);
+        EngineStats::set(&self.stats.kv_tokens, self.kv_reserved() as u64);
+        EngineStats::set(&self.stats.adapters_resident, self.residency.len() as u64);
+    }
+
+    /// One forward pass over every running sequence.
+    fn step(&mut self) -> Result<()> {
+        let bank = self.residency.bank()?;
+        // Sort by adapter slot so rows sharing an adapter are contiguous segments.
+        let slot_of = |s: &Seq| s.sub.request.adapter.as_ref().and_then(|id| self.residency.slot(id));
+        let mut order: Vec<(Option<usize>, usize)> =
+            self.running.iter().enumerate().map(|(i, s)| (slot_of(s), i)).collect();
+        order.sort();
+        // Token budget: decode rows first, then prompt chunks.
+        let decoding = self.running.iter().filter(|s| s.prefilled == s.sub.prompt.len()).count();
+        let mut budget = self.cfg.max_batch_tokens.saturating_sub(decoding);
+        let mut chunks = vec![0usize; self.running.len()];
+        for &(_, i) in &order {
+            let s = &self.running[i];
+            let left = s.sub.prompt.len() - s.prefilled;
+            if left > 0 {
+                let take = left.min(budget);
+                chunks[i] = take;
+                budget -= take;
+            }
+        }
+        let picked: Vec<(Option<usize>, usize)> = order
+            .into_iter()
+            .filter(|&(_, i)| chunks[i] > 0 || self.running[i].prefilled == self.running[i].sub.prompt.len())
+            .collect();
+        if picked.is_empty() {
+            return Ok(());
+        }
+        let logits = self.forward(&picked, &chunks, &bank)?;
+        EngineStats::add(&self.stats.steps, 1);
+        EngineStats::set(&self.stats.batch_size, picked.len() as u64);
+        let rows: Vec<Vec<f32>> = logits.to_vec2()?;
+        let mut done = Vec::new();
+        for (row, &(_, i)) in rows.iter().zip(&picked) {
+            let s = &mut self.running[i];
+            if chunks[i] > 0 {
+                s.prefilled += chunks[i];
+                if s.prefilled < s.sub.prompt.len() {
+                    continue; // more of the prompt to go; these logits are not needed
+                }
+            }
+            if self.emit(i, row) {
+                done.push(i);
+            }
+        }
+        done.sort_unstable();
+        for i in done.into_iter().rev() {
+            self.running.swap_remove(i);
+        }
+        Ok(())
+    }
+
+    fn forward(
+        &mut self,
+        picked: &[(Option<usize>, usize)],
+        chunks: &[usize],
+        bank: &AdapterBank,
+    ) -> Result<candle_core::Tensor> {
+        let mut seqs: Vec<SeqInput<'_>> = Vec::with_capacity(picked.len());
+        let mut refs: Vec<Option<&mut Seq>> = self.running.iter_mut().map(Some).collect();
+        for &(slot, i) in picked {
+            let s = refs[i].take().expect("each sequence once");
+            let Seq { cache, sub, next, prefilled, .. } = s;
+            let tokens: &[u32] = if chunks[i] > 0 { &sub.prompt[*prefilled..*prefilled + chunks[i]] } else { next };
+            seqs.push(SeqInput { tokens, cache, adapter: slot });
+        }
+        self.model.forward(&mut seqs, bank, Logits::Last)
+    }
+
+    /// Samples the next token of running sequence `i` and sends it; returns whether the sequence is finished.
+    fn emit(&mut self, i: usize, logits: &[f32]) -> bool {
+        let eos = &self.eos;
+        let tokenizer = &self.tokenizer;
+        let s = &mut self.running[i];
+        let mut history = s.sub.prompt.clone();
+        history.extend_from_slice(&s.generated);
+        let next = s.sampler.sample(logits, &history);
+        s.generated.push(next.token);
+        s.next = vec![next.token];
+        s.first_token.get_or_insert_with(Instant::now);
+        EngineStats::add(&self.stats.generated_tokens, 1);
+        let special = tokenizer.is_special(next.token);
+        let mut finish = None;
+        if eos.contains(&next.token) {
+            finish = Some(FinishReason::Eos);
+        } else if !special {
+            match s.stream.push(tokenizer, next.token) {
+                Ok(Some(piece)) => s.text.push_str(&piece),
+                Ok(None) => {}
+                Err(e) => tracing::warn!("detokenization failed: {e}"),
+            }
+        }
+        if finish.is_none() {
+            if let Some(pos) = first_stop(&s.text, &s.sub.request.stop, s.emitted) {
+                s.text.truncate(pos);
+                finish = Some(FinishReason::StopSequence);
+            } else if s.generated.len() >= s.sub.request.max_new_tokens {
+                finish = Some(FinishReason::Length);
+            }
+        }
+        if matches!(finish, Some(FinishReason::Length | FinishReason::Eos)) {
+            if let Ok(Some(rest)) = s.stream.flush(tokenizer) {
+                s.text.push_str(&rest);
+            }
+        }
+        let safe = if finish.is_some() { s.text.len() } else { s.text.len() - held_back(&s.text, &s.sub.request.stop) };
+        let piece = s.text.get(s.emitted..safe.max(s.emitted)).unwrap_or("").to_string();
+        s.emitted = safe.max(s.emitted);
+        let event = TokenEvent { id: next.token, text: piece, logprob: next.logprob, special };
+        let mut gone = s.sub.events.send(Ok(Event::Token(event))).is_err();
+        if let Some(reason) = finish {
+            let now = Instant::now();
+            let submitted = s.sub.submitted;
+            let finished = Finished {
+                reason,
+                prompt_tokens: s.sub.prompt.len(),
+                generated_tokens: s.generated.len(),
+                text: s.text.clone(),
+                timings: Timings {
+                    queue: s.started - submitted,
+                    time_to_first_token: s.first_token.unwrap_or(now) - submitted,
+                    total: now - submitted,
+                },
+            };
+            let _ = s.sub.events.send(Ok(Event::Finished(finished)));
+            gone = true;
+        }
+        gone
+    }
+}
+
+/// Byte offset of the earliest stop sequence in `text` that ends after `from` (earlier text was already checked).
+fn first_stop(text: &str, stops: &[String], from: usize) -> Option<usize> {
+    stops
+        .iter()
+        .filter(|s| !s.is_empty())
+        .filter_map(|stop| {
+            let begin = from.saturating_sub(stop.len());
+            let begin = (0..=begin).rev().find(|&b| text.is_char_boundary(b)).unwrap_or(0);
+            text[begin..].find(stop.as_str()).map(|p| p + begin)
+        })
+        .min()
+}
+
+/// Bytes at the end of `text` that could be the start of a stop sequence, and so are held back.
+fn held_back(text: &str, stops: &[String]) -> usize {
+    let mut hold = 0;
+    for stop in stops {
+        for (len, _) in stop.char_indices().skip(1) {
+            if len > hold && text.ends_with(&stop[..len]) {
+                hold = len;
+            }
+        }
+    }
+    hold
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_sequences_are_found_and_prefixes_held() {
+        let stops = vec!["###".to_string(), "\nUser:".to_string()];
+        assert_eq!(first_stop("abc ### x", &stops, 0), Some(4));
+        assert_eq!(first_stop("abc\nUser: hi", &stops, 5), Some(3));
+        assert_eq!(first_stop("abc", &stops, 0), None);
+        assert_eq!(held_back("answer #", &stops), 1);
+        assert_eq!(held_back("answer ##", &stops), 2);
+        assert_eq!(held_back("answer\nUs", &stops), 3);
+        assert_eq!(held_back("answer", &stops), 0);
+    }
+}

@@ -1,0 +1,194 @@
+//! The continuous batcher behind `EngineHandle`, on the tiny Llama fixture: many concurrent requests over several
+//! adapters give exactly what each gives alone; cancellation, eviction, broken adapters and overload behave.
+
+mod common;
+
+use common::{fixture, token_rows};
+use engine::registry::ResidencyLimits;
+use engine::{
+    AdapterId, Catalog, Engine, EngineConfig, EngineHandle, EngineStats, Error, Event, FinishReason, Finished,
+    GenerateRequest, Prompt, SamplingParams,
+};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+fn config(adapters_dir: &Path) -> EngineConfig {
+    let mut cfg = EngineConfig::new(fixture("tiny-llama/base"));
+    cfg.catalog = Catalog { adapters_dir: Some(adapters_dir.to_path_buf()), allow_hub: false };
+    cfg.max_input_tokens = 64;
+    cfg.max_new_tokens = 200;
+    cfg
+}
+
+fn request(prompt: &[u32], adapter: Option<&str>, max_new_tokens: usize) -> GenerateRequest {
+    GenerateRequest {
+        prompt: Prompt::Tokens(prompt.to_vec()),
+        adapter: adapter.map(|a| AdapterId::new(a).unwrap()),
+        sampling: SamplingParams::greedy(),
+        max_new_tokens,
+        stop: vec![],
+    }
+}
+
+/// Reads a stream to its end: the token ids and the final event.
+fn collect(mut stream: engine::GenerationStream) -> engine::Result<(Vec<u32>, Finished)> {
+    let mut tokens = Vec::new();
+    loop {
+        match stream.blocking_next() {
+            Some(Ok(Event::Token(t))) => tokens.push(t.id),
+            Some(Ok(Event::Finished(f))) => {
+                assert!(stream.blocking_next().is_none(), "nothing after Finished");
+                return Ok((tokens, f));
+            }
+            Some(Err(e)) => return Err(e),
+            None => panic!("stream ended without Finished"),
+        }
+    }
+}
+
+fn run_alone(engine: &EngineHandle, prompt: &[u32], adapter: Option<&str>, n: usize) -> Vec<u32> {
+    collect(engine.generate(request(prompt, adapter, n)).unwrap()).unwrap().0
+}
+
+const ADAPTERS: [Option<&str>; 5] = [None, Some("qv_r8"), Some("all_r4"), Some("attn_r16_rslora"), Some("mlp_r2")];
+
+#[test]
+fn sixty_four_concurrent_requests_equal_each_alone() {
+    let engine = Engine::spawn(config(&fixture("tiny-llama/adapters"))).unwrap();
+    let prompts = token_rows(&common::tiny_set_reference("tiny-llama")["input_ids"]);
+    let jobs: Vec<(Vec<u32>, Option<&str>, usize)> = (0..64)
+        .map(|i| {
+            let p = &prompts[i % 5];
+            (p[..(4 + (i * 7) % 20)].to_vec(), ADAPTERS[(i / 5) % 5], 4 + i % 9)
+        })
+        .collect();
+    let expected: Vec<Vec<u32>> = jobs.iter().map(|(p, a, n)| run_alone(&engine, p, *a, *n)).collect();
+    let streams: Vec<_> = jobs.iter().map(|(p, a, n)| engine.generate(request(p, *a, *n)).unwrap()).collect();
+    for (i, stream) in streams.into_iter().enumerate() {
+        let (tokens, fin) = collect(stream).unwrap();
+        assert_eq!(tokens, expected[i], "request {i} ({:?})", jobs[i].1);
+        assert_eq!(fin.generated_tokens, tokens.len());
+        assert_eq!(fin.prompt_tokens, jobs[i].0.len());
+    }
+    assert!(EngineStats::get(&engine.stats().steps) > 0);
+}
+
+#[test]
+fn a_cancelled_stream_frees_its_slot() {
+    let mut cfg = config(&fixture("tiny-llama/adapters"));
+    cfg.max_batch_size = 1;
+    let engine = Engine::spawn(cfg).unwrap();
+    let prompt = [1u32, 5, 9, 13];
+    let mut long = engine.generate(request(&prompt, Some("qv_r8"), 200)).unwrap();
+    assert!(matches!(long.blocking_next(), Some(Ok(Event::Token(_)))));
+    drop(long);
+    let start = Instant::now();
+    let (tokens, fin) = collect(engine.generate(request(&prompt, None, 5)).unwrap()).unwrap();
+    assert_eq!(tokens.len(), 5);
+    assert_eq!(fin.reason, FinishReason::Length);
+    assert!(start.elapsed() < Duration::from_secs(20));
+}
+
+#[test]
+fn an_evicted_adapter_reloads_and_gives_the_same_tokens() {
+    let mut cfg = config(&fixture("tiny-llama/adapters"));
+    cfg.limits = ResidencyLimits { max_adapters: 1, ..ResidencyLimits::default() };
+    let engine = Engine::spawn(cfg).unwrap();
+    let prompt = [1u32, 20, 30, 40, 50];
+    let first = run_alone(&engine, &prompt, Some("qv_r8"), 8);
+    let other = run_alone(&engine, &prompt, Some("all_r4"), 8);
+    let again = run_alone(&engine, &prompt, Some("qv_r8"), 8);
+    assert_eq!(first, again);
+    assert_ne!(first, other, "different adapters should differ on this prompt");
+    let stats = engine.stats();
+    assert!(EngineStats::get(&stats.adapter_evictions) >= 2);
+    assert_eq!(EngineStats::get(&stats.adapter_loads), 3);
+    assert_eq!(EngineStats::get(&stats.adapters_resident), 1);
+}
+
+#[test]
+fn a_corrupt_adapter_fails_only_its_own_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["qv_r8", "broken"] {
+        let d = dir.path().join(name);
+        std::fs::create_dir(&d).unwrap();
+        for f in ["adapter_config.json", "adapter_model.safetensors"] {
+            std::fs::copy(fixture("tiny-llama/adapters/qv_r8").join(f), d.join(f)).unwrap();
+        }
+    }
+    let broken = dir.path().join("broken/adapter_model.safetensors");
+    let bytes = std::fs::read(&broken).unwrap();
+    std::fs::write(&broken, &bytes[..100]).unwrap();
+    let engine = Engine::spawn(config(dir.path())).unwrap();
+    let prompt = [1u32, 7, 8, 9];
+    let good: Vec<_> = (0..3).map(|_| engine.generate(request(&prompt, Some("qv_r8"), 6)).unwrap()).collect();
+    let bad: Vec<_> = (0..3).map(|_| engine.generate(request(&prompt, Some("broken"), 6)).unwrap()).collect();
+    let base = engine.generate(request(&prompt, None, 6)).unwrap();
+    for s in bad {
+        let err = collect(s).unwrap_err();
+        assert!(matches!(err, Error::AdapterLoad { ref id, .. } if id.as_str() == "broken"), "{err:?}");
+        assert!(err.to_string().contains("adapter_model.safetensors"), "{err}");
+    }
+    for s in good {
+        assert_eq!(collect(s).unwrap().0.len(), 6);
+    }
+    assert_eq!(collect(base).unwrap().0.len(), 6);
+    // The server goes on; a later request for the broken adapter is retried (and fails again, with the cause).
+    let retry = collect(engine.generate(request(&prompt, Some("broken"), 6)).unwrap()).unwrap_err();
+    assert!(matches!(retry, Error::AdapterLoad { .. }));
+    assert_eq!(EngineStats::get(&engine.stats().adapter_load_failures), 2);
+}
+
+#[test]
+fn a_full_queue_answers_overloaded_and_bad_requests_fail_before_queueing() {
+    let mut cfg = config(&fixture("tiny-llama/adapters"));
+    cfg.max_queue = 2;
+    let engine = Engine::spawn(cfg).unwrap();
+    let prompt = [1u32, 2, 3];
+    let a = engine.generate(request(&prompt, None, 150)).unwrap();
+    let b = engine.generate(request(&prompt, None, 150)).unwrap();
+    let err = engine.generate(request(&prompt, None, 5)).unwrap_err();
+    assert!(matches!(err, Error::Overloaded { waiting: 2 }), "{err:?}");
+    drop((a, b));
+    // Once the two finish or are cancelled, there is room again.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let ok = loop {
+        match engine.generate(request(&prompt, None, 3)) {
+            Ok(s) => break collect(s).unwrap(),
+            Err(Error::Overloaded { .. }) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert_eq!(ok.0.len(), 3);
+
+    let long = vec![5u32; 65];
+    assert!(matches!(engine.generate(request(&long, None, 3)), Err(Error::PromptTooLong { len: 65, max: 64 })));
+    assert!(matches!(engine.generate(request(&prompt, None, 0)), Err(Error::MaxNewTokens { requested: 0, .. })));
+    assert!(matches!(engine.generate(request(&prompt, None, 201)), Err(Error::MaxNewTokens { max: 200, .. })));
+    assert!(matches!(engine.generate(request(&prompt, Some("nope"), 3)), Err(Error::UnknownAdapter(_))));
+    assert!(matches!(engine.generate(request(&[], None, 3)), Err(Error::EmptyPrompt)));
+    assert!(AdapterId::new("../../etc").is_err());
+}
+
+#[test]
+fn stop_sequences_end_the_text_before_them() {
+    let engine = Engine::spawn(config(&fixture("tiny-llama/adapters"))).unwrap();
+    let prompt = [1u32, 11, 12, 13];
+    let (_, full) = collect(engine.generate(request(&prompt, None, 12)).unwrap()).unwrap();
+    assert!(full.text.chars().count() >= 4, "need some text to cut: {:?}", full.text);
+    let cut_at: String = full.text.chars().skip(2).take(2).collect();
+    let mut req = request(&prompt, None, 12);
+    req.stop = vec![cut_at.clone()];
+    let mut stream = engine.generate(req).unwrap();
+    let mut streamed = String::new();
+    let fin = loop {
+        match stream.blocking_next().unwrap().unwrap() {
+            Event::Token(t) => streamed.push_str(&t.text),
+            Event::Finished(f) => break f,
+        }
+    };
+    let expected = &full.text[..full.text.find(&cut_at).unwrap()];
+    assert_eq!(fin.reason, FinishReason::StopSequence);
+    assert_eq!(fin.text, expected);
+    assert_eq!(streamed, expected, "streamed pieces never include the stop sequence");
+}

@@ -1,0 +1,104 @@
+//! `loraland bench decode`: decode throughput of the multi-adapter batch on a real model, for batch sizes 1, 8, 16
+//! with (a) every row on the base model, (b) every row on one adapter, (c) every row on a different adapter, using
+//! random r=8 q/v adapters (the LoRA Land training setup). Prints tokens/s and the ratios (b)/(a), (c)/(a).
+
+use anyhow::Context;
+use candle_core::DType;
+use clap::Args;
+use engine::adapter::LoraAdapter;
+use engine::{AdapterBank, KvCache, LoadOptions, Logits, Model, Module, SeqInput};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// `loraland bench decode` options.
+#[derive(Args, Debug)]
+pub struct DecodeBenchArgs {
+    /// Base model: a GGUF file or a Hugging Face folder.
+    #[arg(long, env = "LORALAND_MODEL", default_value = "data/models/SmolLM2-135M-Instruct.Q4_1.gguf")]
+    pub model: PathBuf,
+    /// Batch sizes to measure.
+    #[arg(long, value_delimiter = ',', default_value = "1,8,16")]
+    pub batch_sizes: Vec<usize>,
+    /// Decode steps timed per configuration (after one warm-up step).
+    #[arg(long, default_value_t = 24)]
+    pub steps: usize,
+    /// Prompt tokens prefilled per row before timing.
+    #[arg(long, default_value_t = 32)]
+    pub prompt_len: usize,
+    /// GGUF quantization handling.
+    #[arg(long, value_enum, default_value = "q8")]
+    pub quant: crate::generate::QuantArg,
+}
+
+/// `n` random adapters for `model`: rank `r` on q_proj and v_proj (the LoRA Land training setup).
+pub fn random_adapters(model: &Model, n: usize, r: usize, seed: u64) -> anyhow::Result<Vec<Arc<LoraAdapter>>> {
+    let target = model.adapter_target();
+    (0..n).map(|i| Ok(Arc::new(LoraAdapter::random(&target, r, &[Module::Q, Module::V], seed + i as u64)?))).collect()
+}
+
+/// Tokens per second of `steps` decode steps of a batch whose rows use `slots`.
+fn decode_rate(
+    model: &Model,
+    bank: &AdapterBank,
+    slots: &[Option<usize>],
+    prompt_len: usize,
+    steps: usize,
+) -> anyhow::Result<f64> {
+    let vocab = model.config().vocab_size as u32;
+    let prompts: Vec<Vec<u32>> =
+        (0..slots.len()).map(|i| (0..prompt_len).map(|j| ((i * 31 + j * 7) as u32 + 100) % vocab).collect()).collect();
+    let mut caches: Vec<KvCache> = slots.iter().map(|_| model.new_cache()).collect();
+    let mut feed = prompts;
+    let mut step = |feed: &mut Vec<Vec<u32>>, caches: &mut Vec<KvCache>| -> anyhow::Result<()> {
+        let mut seqs: Vec<SeqInput<'_>> = feed
+            .iter()
+            .zip(caches.iter_mut())
+            .zip(slots)
+            .map(|((tokens, cache), &adapter)| SeqInput { tokens, cache, adapter })
+            .collect();
+        let logits = model.forward(&mut seqs, bank, Logits::Last)?;
+        let next: Vec<u32> = logits.argmax(1)?.to_dtype(DType::U32)?.to_vec1()?;
+        *feed = next.into_iter().map(|t| vec![t]).collect();
+        Ok(())
+    };
+    step(&mut feed, &mut caches)?; // prefill
+    step(&mut feed, &mut caches)?; // warm-up decode
+    let start = Instant::now();
+    for _ in 0..steps {
+        step(&mut feed, &mut caches)?;
+    }
+    Ok((slots.len() * steps) as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Runs the decode benchmark and prints a Markdown table.
+pub fn run_decode(args: DecodeBenchArgs) -> anyhow::Result<()> {
+    let quant = args.quant.into();
+    let model = Model::load(&args.model, &LoadOptions { quant, ..Default::default() })
+        .with_context(|| format!("loading {}", args.model.display()))?;
+    let max_batch = args.batch_sizes.iter().copied().max().unwrap_or(1);
+    let bank = AdapterBank::new(random_adapters(&model, max_batch, 8, 42)?, model.config().num_hidden_layers)?;
+    let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "all cores".into());
+    crate::generate::print_line(&format!(
+        "decode throughput, {} ({quant:?}), prompt {} tokens, {} steps, threads: {threads}\n",
+        args.model.display(),
+        args.prompt_len,
+        args.steps
+    ));
+    crate::generate::print_line(
+        "| batch | (a) base tok/s | (b) one adapter tok/s | (c) all different tok/s | (b)/(a) | (c)/(a) |",
+    );
+    crate::generate::print_line("|---:|---:|---:|---:|---:|---:|");
+    for &b in &args.batch_sizes {
+        let base = decode_rate(&model, &bank, &vec![None; b], args.prompt_len, args.steps)?;
+        let one = decode_rate(&model, &bank, &vec![Some(0); b], args.prompt_len, args.steps)?;
+        let all: Vec<Option<usize>> = (0..b).map(Some).collect();
+        let different = decode_rate(&model, &bank, &all, args.prompt_len, args.steps)?;
+        crate::generate::print_line(&format!(
+            "| {b} | {base:.1} | {one:.1} | {different:.1} | {:.3} | {:.3} |",
+            one / base,
+            different / base
+        ));
+    }
+    Ok(())
+}
