@@ -1,8 +1,10 @@
 # LoRA Land. Two commands: `make serve` runs it, `make test` tests it. Both install what is missing first.
 SHELL := /bin/bash
 export PATH := $(CURDIR)/end2end/node_modules/.bin:$(HOME)/.cargo/bin:$(PATH)
-# cargo-leptos builds debug servers with this flag; tests and lints use it too so they share that build.
+# cargo-leptos builds debug servers with this flag and this compile-time name; tests and lints use them too so they
+# share that build instead of compiling a second set of dependencies.
 LEPTOS_RUSTFLAGS := --cfg erase_components
+export LEPTOS_OUTPUT_NAME := loraland
 # Two cores here: keep candle's matmuls to one thread in tests so test binaries running side by side don't fight.
 TEST_ENV := RAYON_NUM_THREADS=1 RUSTFLAGS="$(LEPTOS_RUSTFLAGS)"
 

@@ -15,7 +15,7 @@ test("home page is rendered on the server", async ({ request }) => {
 });
 
 test("the WASM bundle and stylesheet are served", async ({ request }) => {
-  const wasm = await request.get("/pkg/loraland_bg.wasm");
+  const wasm = await request.get("/pkg/loraland.wasm");
   expect(wasm.status()).toBe(200);
   expect(wasm.headers()["content-type"]).toContain("application/wasm");
   const css = await request.get("/pkg/loraland.css");

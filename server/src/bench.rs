@@ -50,7 +50,7 @@ fn decode_rate(
         (0..slots.len()).map(|i| (0..prompt_len).map(|j| ((i * 31 + j * 7) as u32 + 100) % vocab).collect()).collect();
     let mut caches: Vec<KvCache> = slots.iter().map(|_| model.new_cache()).collect();
     let mut feed = prompts;
-    let mut step = |feed: &mut Vec<Vec<u32>>, caches: &mut Vec<KvCache>| -> anyhow::Result<()> {
+    let step = |feed: &mut Vec<Vec<u32>>, caches: &mut Vec<KvCache>| -> anyhow::Result<()> {
         let mut seqs: Vec<SeqInput<'_>> = feed
             .iter()
             .zip(caches.iter_mut())

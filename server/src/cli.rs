@@ -39,4 +39,6 @@ pub enum Command {
 pub enum BenchCommand {
     /// Decode tokens/s of the multi-adapter batch: base vs one adapter vs every row a different adapter.
     Decode(crate::bench::DecodeBenchArgs),
+    /// Closed-loop load over K adapters vs the base model alone: tokens/s, TTFT and inter-token latency.
+    Load(crate::bench_load::LoadBenchArgs),
 }

@@ -2,6 +2,7 @@
 //! `main.rs` parses the command line; everything testable lives here.
 
 pub mod bench;
+pub mod bench_load;
 pub mod cli;
 pub mod config;
 pub mod db;

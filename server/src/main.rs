@@ -29,6 +29,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Serve(config)) => serve(config),
         Some(Command::Generate(args)) => server::generate::run(args),
         Some(Command::Bench(server::cli::BenchCommand::Decode(args))) => server::bench::run_decode(args),
+        Some(Command::Bench(server::cli::BenchCommand::Load(args))) => server::bench_load::run(args),
         Some(Command::FetchModel { data_dir }) => {
             let path = server::default_model::ensure(&data_dir)?;
             tracing::info!("default model at {}", path.display());

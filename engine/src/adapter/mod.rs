@@ -113,33 +113,10 @@ impl LoraAdapter {
         Ok(Self { config, layers, bytes: total })
     }
 
-    /// A random adapter for `target` with PEFT's shapes: rank `r`, alpha `2r`, on `modules`; A ~ N(0, 1/in),
-    /// B ~ N(0, 0.02). For benchmarks and tests; deterministic in `seed`.
+    /// A random adapter for `target` (see [`random_peft`]).
     pub fn random(target: &AdapterTarget, r: usize, modules: &[Module], seed: u64) -> Result<Self> {
-        use rand::{Rng, SeedableRng};
-        let names: Vec<String> = modules.iter().map(|m| format!("\"{}\"", m.short_name())).collect();
-        let json = format!(r#"{{"r":{r},"lora_alpha":{},"target_modules":[{}]}}"#, 2 * r, names.join(","));
+        let (json, tensors) = random_peft(&target.config, r, modules, seed)?;
         let config = AdapterConfig::parse(&json, Path::new("random"))?;
-        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-        // Box-Muller normals, enough for weights that only need to be random and reproducible.
-        let mut normal = |n: usize, std: f64| -> Vec<f32> {
-            (0..n)
-                .map(|_| {
-                    let (u, v): (f64, f64) = (rng.random::<f64>().max(1e-12), rng.random());
-                    ((-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos() * std) as f32
-                })
-                .collect()
-        };
-        let mut tensors = HashMap::new();
-        for layer in 0..target.config.num_hidden_layers {
-            for &m in modules {
-                let (fan_in, fan_out) = target.config.module_shape(m);
-                let a = Tensor::from_vec(normal(r * fan_in, 1.0 / (fan_in as f64).sqrt()), (r, fan_in), &Device::Cpu)?;
-                let b = Tensor::from_vec(normal(fan_out * r, 0.02), (fan_out, r), &Device::Cpu)?;
-                tensors.insert(peft_tensor_name(layer, m, 'A'), a);
-                tensors.insert(peft_tensor_name(layer, m, 'B'), b);
-            }
-        }
         Self::from_tensors(config, tensors, Path::new("random"), target)
     }
 
@@ -157,6 +134,55 @@ impl LoraAdapter {
     pub fn max_rank(&self) -> usize {
         self.layers.iter().flatten().flatten().map(|w| w.a_t.dims()[1]).max().unwrap_or(0)
     }
+}
+
+/// A random PEFT adapter for a model of `config`: its `adapter_config.json` text and its tensors, with PEFT's names
+/// and shapes (rank `r`, alpha `2r`, on `modules`; A ~ N(0, 1/in), B ~ N(0, 0.02)). For benchmarks and tests;
+/// deterministic in `seed`.
+pub fn random_peft(
+    config: &ModelConfig,
+    r: usize,
+    modules: &[Module],
+    seed: u64,
+) -> Result<(String, HashMap<String, Tensor>)> {
+    use rand::{Rng, SeedableRng};
+    let names: Vec<String> = modules.iter().map(|m| format!("\"{}\"", m.short_name())).collect();
+    let json = format!(
+        r#"{{"peft_type":"LORA","r":{r},"lora_alpha":{},"target_modules":[{}],"bias":"none"}}"#,
+        2 * r,
+        names.join(",")
+    );
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    // Box-Muller normals: the weights only need to be random and reproducible.
+    let mut normal = |n: usize, std: f64| -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                let (u, v): (f64, f64) = (rng.random::<f64>().max(1e-12), rng.random());
+                ((-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos() * std) as f32
+            })
+            .collect()
+    };
+    let mut tensors = HashMap::new();
+    for layer in 0..config.num_hidden_layers {
+        for &m in modules {
+            let (fan_in, fan_out) = config.module_shape(m);
+            let a = Tensor::from_vec(normal(r * fan_in, 1.0 / (fan_in as f64).sqrt()), (r, fan_in), &Device::Cpu)?;
+            let b = Tensor::from_vec(normal(fan_out * r, 0.02), (fan_out, r), &Device::Cpu)?;
+            tensors.insert(peft_tensor_name(layer, m, 'A'), a);
+            tensors.insert(peft_tensor_name(layer, m, 'B'), b);
+        }
+    }
+    Ok((json, tensors))
+}
+
+/// Writes a random PEFT adapter folder (see [`random_peft`]) to `dir`.
+pub fn write_random_peft(dir: &Path, config: &ModelConfig, r: usize, modules: &[Module], seed: u64) -> Result<()> {
+    let (json, tensors) = random_peft(config, r, modules, seed)?;
+    let io = |source| Error::Io { path: dir.to_path_buf(), source };
+    std::fs::create_dir_all(dir).map_err(io)?;
+    std::fs::write(dir.join("adapter_config.json"), json).map_err(io)?;
+    candle_core::safetensors::save(&tensors, dir.join("adapter_model.safetensors"))?;
+    Ok(())
 }
 
 /// The name PEFT writes for a LoRA factor.

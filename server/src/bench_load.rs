@@ -1,0 +1,217 @@
+//! `loraland bench load`: an in-process load generator for the engine handle, shaped like the LoRA Land load test:
+//! N concurrent closed-loop streams, prompts of 90–110 words, 90–110 new tokens, adapters round-robin over K random
+//! r=8 q/v adapters written to disk (so first requests pay a real cold load), against the same load on the base
+//! model alone, in one run.
+
+use anyhow::Context;
+use clap::Args;
+use engine::registry::ResidencyLimits;
+use engine::{
+    AdapterId, Catalog, Engine, EngineConfig, EngineHandle, Event, GenerateRequest, LoadOptions, Module, Prompt,
+    SamplingParams,
+};
+use rand::{Rng, SeedableRng};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// `loraland bench load` options.
+#[derive(Args, Debug)]
+pub struct LoadBenchArgs {
+    /// Base model: a GGUF file or a Hugging Face folder.
+    #[arg(long, env = "LORALAND_MODEL", default_value = "data/models/SmolLM2-135M-Instruct.Q4_1.gguf")]
+    pub model: PathBuf,
+    /// Concurrent streams.
+    #[arg(long, default_value_t = 16)]
+    pub streams: usize,
+    /// Adapter counts to compare with the base model alone.
+    #[arg(long, value_delimiter = ',', default_value = "1,4,25")]
+    pub adapters: Vec<usize>,
+    /// Requests each stream sends, one after the other.
+    #[arg(long, default_value_t = 2)]
+    pub requests_per_stream: usize,
+    /// Also measure one stream on the base model (for the concurrency scaling ratio).
+    #[arg(long, default_value_t = true)]
+    pub single_stream: bool,
+    /// GGUF quantization handling.
+    #[arg(long, value_enum, default_value = "q8")]
+    pub quant: crate::generate::QuantArg,
+}
+
+const WORDS: &[&str] = &[
+    "the", "model", "adapter", "question", "answer", "review", "product", "service", "customer", "weather", "report",
+    "market", "city", "river", "history", "science", "music", "library", "garden", "summary", "travel", "energy",
+    "policy", "health", "team", "season", "language", "number", "result", "table", "story", "friend", "morning",
+];
+
+struct Sample {
+    ttft: Duration,
+    itl: Vec<Duration>,
+    tokens: usize,
+}
+
+struct Outcome {
+    label: String,
+    tokens_per_s: f64,
+    ttft: Vec<Duration>,
+    itl: Vec<Duration>,
+}
+
+fn prompt(rng: &mut rand::rngs::StdRng) -> String {
+    let n = rng.random_range(90..=110);
+    (0..n).map(|_| WORDS[rng.random_range(0..WORDS.len())]).collect::<Vec<_>>().join(" ")
+}
+
+/// Runs `streams` closed-loop clients; stream `i` uses `adapter_of(i, j)` for its `j`-th request.
+fn run_load(
+    engine: &EngineHandle,
+    label: &str,
+    streams: usize,
+    per_stream: usize,
+    adapter_of: impl Fn(usize, usize) -> Option<AdapterId> + Sync,
+) -> anyhow::Result<Outcome> {
+    let start = Instant::now();
+    let results: Vec<anyhow::Result<Vec<Sample>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..streams)
+            .map(|i| {
+                let adapter_of = &adapter_of;
+                scope.spawn(move || -> anyhow::Result<Vec<Sample>> {
+                    let mut rng = rand::rngs::StdRng::seed_from_u64(i as u64);
+                    let mut samples = Vec::new();
+                    for j in 0..per_stream {
+                        let req = GenerateRequest {
+                            prompt: Prompt::Text(prompt(&mut rng)),
+                            adapter: adapter_of(i, j),
+                            sampling: SamplingParams {
+                                temperature: Some(1.0),
+                                seed: (i * 1000 + j) as u64,
+                                ..Default::default()
+                            },
+                            max_new_tokens: rng.random_range(90..=110),
+                            stop: vec![],
+                        };
+                        let sent = Instant::now();
+                        let mut stream = engine.generate(req)?;
+                        let (mut last, mut ttft, mut itl, mut tokens) = (sent, None, Vec::new(), 0);
+                        while let Some(ev) = stream.blocking_next() {
+                            match ev? {
+                                Event::Token(_) => {
+                                    let now = Instant::now();
+                                    match ttft {
+                                        None => ttft = Some(now - sent),
+                                        Some(_) => itl.push(now - last),
+                                    }
+                                    last = now;
+                                    tokens += 1;
+                                }
+                                Event::Finished(_) => break,
+                            }
+                        }
+                        samples.push(Sample { ttft: ttft.unwrap_or_default(), itl, tokens });
+                    }
+                    Ok(samples)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("stream thread panicked"))))
+            .collect()
+    });
+    let elapsed = start.elapsed().as_secs_f64();
+    let samples: Vec<Sample> = results.into_iter().collect::<anyhow::Result<Vec<_>>>()?.into_iter().flatten().collect();
+    let tokens: usize = samples.iter().map(|s| s.tokens).sum();
+    Ok(Outcome {
+        label: label.to_string(),
+        tokens_per_s: tokens as f64 / elapsed,
+        ttft: samples.iter().map(|s| s.ttft).collect(),
+        itl: samples.into_iter().flat_map(|s| s.itl).collect(),
+    })
+}
+
+fn pct(xs: &[Duration], p: f64) -> f64 {
+    let mut v: Vec<f64> = xs.iter().map(|d| d.as_secs_f64() * 1e3).collect();
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return 0.0;
+    }
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+fn write_adapters(dir: &Path, model: &Path, n: usize) -> anyhow::Result<Vec<AdapterId>> {
+    let m = engine::Model::load(model, &LoadOptions { quant: engine::QuantMode::Keep, ..Default::default() })?;
+    (0..n)
+        .map(|i| {
+            let id = format!("bench-{i:02}");
+            engine::adapter::write_random_peft(
+                &dir.join(&id),
+                m.config(),
+                8,
+                &[Module::Q, Module::V],
+                1000 + i as u64,
+            )?;
+            Ok(AdapterId::new(&id)?)
+        })
+        .collect()
+}
+
+/// Runs the load benchmark and prints a Markdown table.
+pub fn run(args: LoadBenchArgs) -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let max_k = args.adapters.iter().copied().max().unwrap_or(1);
+    let ids = write_adapters(tmp.path(), &args.model, max_k).context("writing random adapters")?;
+    let mut cfg = EngineConfig::new(&args.model);
+    cfg.load = LoadOptions { quant: args.quant.into(), ..Default::default() };
+    cfg.catalog = Catalog { adapters_dir: Some(tmp.path().to_path_buf()), allow_hub: false };
+    cfg.limits = ResidencyLimits { max_adapters: max_k.max(1), ..ResidencyLimits::default() };
+    cfg.max_batch_size = args.streams.max(1);
+    let engine = Engine::spawn(cfg)?;
+    let (n, per) = (args.streams, args.requests_per_stream);
+    let mut rows = Vec::new();
+    if args.single_stream {
+        rows.push(run_load(&engine, "base, 1 stream", 1, per, |_, _| None)?);
+    }
+    let base = run_load(&engine, &format!("base, {n} streams"), n, per, |_, _| None)?;
+    for &k in &args.adapters {
+        let ids = &ids[..k];
+        rows.push(run_load(&engine, &format!("K={k} adapters, {n} streams"), n, per, |i, j| {
+            Some(ids[(i + j * n) % k].clone())
+        })?);
+    }
+    let loads = engine::EngineStats::get(&engine.stats().adapter_loads);
+    let p = |s: &str| crate::generate::print_line(s);
+    p(&format!(
+        "load: {} , {n} closed-loop streams x {per} requests, prompts 90-110 words, 90-110 new tokens\n",
+        args.model.display()
+    ));
+    p("| load | tokens/s | vs base | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms |");
+    p("|---|---:|---:|---:|---:|---:|---:|");
+    for o in std::iter::once(&base).chain(&rows) {
+        p(&format!(
+            "| {} | {:.1} | {:.2} | {:.0} | {:.0} | {:.1} | {:.1} |",
+            o.label,
+            o.tokens_per_s,
+            o.tokens_per_s / base.tokens_per_s,
+            pct(&o.ttft, 0.5),
+            pct(&o.ttft, 0.99),
+            pct(&o.itl, 0.5),
+            pct(&o.itl, 0.99)
+        ));
+    }
+    if let Some(one) = rows.iter().find(|o| o.label == "base, 1 stream") {
+        p(&format!("\nconcurrency scaling: {n} streams / 1 stream = {:.2}x", base.tokens_per_s / one.tokens_per_s));
+    }
+    // Cold loads of one r=8 q/v adapter from disk, off the batching thread.
+    let target = engine::Model::load(&args.model, &LoadOptions::default())?.adapter_target();
+    let mut times: Vec<Duration> = Vec::new();
+    for id in ids.iter().take(10) {
+        let t = Instant::now();
+        engine::LoraAdapter::load(&tmp.path().join(id.as_str()), &target)?;
+        times.push(t.elapsed());
+    }
+    p(&format!(
+        "cold adapter load (r=8 q/v, from disk): p50 {:.1} ms, max {:.1} ms; adapter loads during the run: {loads}",
+        pct(&times, 0.5),
+        pct(&times, 1.0)
+    ));
+    Ok(())
+}
