@@ -84,7 +84,7 @@ impl ModelConfig {
             Some(OneOrMany::Many(ids)) => ids,
             None => vec![],
         };
-        Ok(Self {
+        Self {
             vocab_size: c.vocab_size,
             hidden_size: c.hidden_size,
             intermediate_size: c.intermediate_size,
@@ -100,7 +100,7 @@ impl ModelConfig {
             bos_token_id: c.bos_token_id,
             eos_token_ids,
         }
-        .validated()?)
+        .validated()
     }
 
     /// Reads the architecture from GGUF metadata (`llama.*` keys, as llama.cpp writes them).
@@ -125,7 +125,7 @@ impl ModelConfig {
             .ok_or_else(|| Error::Config("GGUF has no token_embd.weight".into()))?;
         let vocab_size = embd.shape.dims()[0];
         let eos = get_u("tokenizer.ggml.eos_token_id").ok().map(|x| x as u32);
-        Ok(Self {
+        Self {
             vocab_size,
             hidden_size,
             intermediate_size: get_u("llama.feed_forward_length")?,
@@ -141,20 +141,20 @@ impl ModelConfig {
             bos_token_id: get_u("tokenizer.ggml.bos_token_id").ok().map(|x| x as u32),
             eos_token_ids: eos.into_iter().collect(),
         }
-        .validated()?)
+        .validated()
     }
 
     fn validated(self) -> Result<Self> {
         if self.num_attention_heads == 0 || self.num_key_value_heads == 0 {
             return Err(Error::Config("head counts must be positive".into()));
         }
-        if self.num_attention_heads % self.num_key_value_heads != 0 {
+        if !self.num_attention_heads.is_multiple_of(self.num_key_value_heads) {
             return Err(Error::Config(format!(
                 "num_attention_heads {} is not a multiple of num_key_value_heads {}",
                 self.num_attention_heads, self.num_key_value_heads
             )));
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return Err(Error::Config(format!("head_dim {} must be even for RoPE", self.head_dim)));
         }
         Ok(self)

@@ -5,7 +5,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 /// How to pick tokens. `temperature == 0` (or `None`) is greedy.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct SamplingParams {
     /// Softmax temperature; `None` or `0` picks the most likely token.
     pub temperature: Option<f32>,
@@ -17,12 +17,6 @@ pub struct SamplingParams {
     pub repetition_penalty: Option<f32>,
     /// Seed of the random generator.
     pub seed: u64,
-}
-
-impl Default for SamplingParams {
-    fn default() -> Self {
-        Self { temperature: None, top_k: None, top_p: None, repetition_penalty: None, seed: 0 }
-    }
 }
 
 impl SamplingParams {
