@@ -25,7 +25,7 @@ async fn home_page_renders_on_the_server_with_model_and_count() {
     assert!(res.headers().contains_key("x-request-id"));
     let html = body_text(res).await;
     assert!(html.contains("<h1>LoRA Land</h1>"), "{html}");
-    assert!(html.contains(r#"<dd id="model-name">tiny-test-model</dd>"#), "{html}");
+    assert!(html.contains(r#"<dd id="model-name">tiny-test-model"#), "{html}");
     assert!(html.contains("/pkg/loraland.js"), "{html}");
 }
 
