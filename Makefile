@@ -12,7 +12,7 @@ TEST_ENV := RAYON_NUM_THREADS=1 RUSTFLAGS="$(LEPTOS_RUSTFLAGS)"
 
 ## Build the site in release mode and serve it (fetches the default model on first start).
 serve: tools test-deps-npm
-	@echo "==> LoRA Land will listen on http://127.0.0.1:3000 (set LORALAND_ADDR to change)"
+	@echo "==> LoRA Land will listen on http://$${LORALAND_ADDR:-127.0.0.1:3000} (set LORALAND_ADDR to change)"
 	cargo leptos serve --release
 
 ## Everything CI runs: formatting, lints, unit and integration tests, browser tests.

@@ -29,6 +29,10 @@ pub struct DecodeBenchArgs {
     /// GGUF quantization handling.
     #[arg(long, value_enum, default_value = "q8")]
     pub quant: crate::generate::QuantArg,
+    /// Also time batch-1 decode of candle-transformers' own quantized_llama on the same GGUF, next to ours with
+    /// the file's quantization kept (needs a build with `--features bench-reference`).
+    #[arg(long)]
+    pub reference: bool,
 }
 
 /// `n` random adapters for `model`: rank `r` on q_proj and v_proj (the LoRA Land training setup).
@@ -100,5 +104,26 @@ pub fn run_decode(args: DecodeBenchArgs) -> anyhow::Result<()> {
             different / base
         ));
     }
+    if args.reference {
+        reference_comparison(&args)?;
+    }
     Ok(())
+}
+
+#[cfg(feature = "bench-reference")]
+fn reference_comparison(args: &DecodeBenchArgs) -> anyhow::Result<()> {
+    let theirs = crate::bench_reference::decode_rate(&args.model, args.prompt_len, args.steps)?;
+    let model = Model::load(&args.model, &LoadOptions::default())?;
+    let empty = AdapterBank::default();
+    let ours = decode_rate(&model, &empty, &[None], args.prompt_len, args.steps)?;
+    crate::generate::print_line(&format!(
+        "\nbatch 1, file quantization kept: ours {ours:.1} tok/s, candle-transformers quantized_llama {theirs:.1} tok/s, ratio {:.2}",
+        ours / theirs
+    ));
+    Ok(())
+}
+
+#[cfg(not(feature = "bench-reference"))]
+fn reference_comparison(_: &DecodeBenchArgs) -> anyhow::Result<()> {
+    anyhow::bail!("--reference needs a build with `--features bench-reference`")
 }

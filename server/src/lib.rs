@@ -3,6 +3,8 @@
 
 pub mod bench;
 pub mod bench_load;
+#[cfg(feature = "bench-reference")]
+pub mod bench_reference;
 pub mod cli;
 pub mod config;
 pub mod db;
