@@ -48,6 +48,8 @@ impl DecoderLayer {
 }
 
 /// Attention for each sequence against its own cache. `q`, `k`, `v` are packed rows `[tokens, heads * head_dim]`.
+/// RoPE, the score scale and the head split run once for the whole batch; only the part that reads each
+/// sequence's own cache runs per sequence.
 fn attention(
     q: &Tensor,
     k: &Tensor,
@@ -59,23 +61,29 @@ fn attention(
 ) -> Result<Tensor> {
     let (nh, nkv, hd) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
     let n_rep = nh / nkv;
-    let scale = 1.0 / (hd as f64).sqrt();
+    let rows = q.dim(0)?;
+    let mut positions = Vec::with_capacity(rows);
+    for s in seqs.iter() {
+        let offset = s.cache.len() as u32;
+        positions.extend(offset..offset + s.tokens.len() as u32);
+    }
+    let positions = Tensor::new(positions, q.device())?;
+    // [heads, rows, head_dim]
+    let heads = |x: &Tensor, n: usize| -> Result<Tensor> { x.reshape((rows, n, hd))?.transpose(0, 1)?.contiguous() };
+    let qs = (rope.apply_at(&heads(q, nh)?.unsqueeze(0)?, &positions)?.squeeze(0)? * (1.0 / (hd as f64).sqrt()))?;
+    let ks = rope.apply_at(&heads(k, nkv)?.unsqueeze(0)?, &positions)?.squeeze(0)?;
+    let vs = heads(v, nkv)?;
     let mut outs = Vec::with_capacity(seqs.len());
     let mut start = 0;
     for s in seqs.iter_mut() {
         let t = s.tokens.len();
         let offset = s.cache.len();
-        let heads = |x: &Tensor, n: usize| -> Result<Tensor> {
-            x.narrow(0, start, t)?.reshape((1, t, n, hd))?.transpose(1, 2)?.contiguous()
-        };
-        let qs = rope.apply(&heads(q, nh)?, offset)?; // [1, nh, t, hd]
-        let ks = rope.apply(&heads(k, nkv)?, offset)?;
-        let vs = heads(v, nkv)?;
-        let (ks, vs) = s.cache.append(layer, &ks.squeeze(0)?, &vs.squeeze(0)?)?;
-        let total = ks.dim(1)?; // [nkv, total, hd]
-                                // Group query heads by their KV head so K and V are read without being repeated.
-        let qs = qs.reshape((nkv, n_rep * t, hd))?;
-        let att = (qs.matmul(&ks.t()?)? * scale)?; // [nkv, n_rep * t, total]
+        let (k_all, v_all) = s.cache.append(layer, &ks.narrow(1, start, t)?, &vs.narrow(1, start, t)?)?;
+        // k_all, v_all: [nkv, total, hd]
+        let total = k_all.dim(1)?;
+        // Group query heads by their KV head so K and V are read without being repeated.
+        let q_seq = qs.narrow(1, start, t)?.contiguous()?.reshape((nkv, n_rep * t, hd))?;
+        let att = q_seq.matmul(&k_all.t()?)?; // [nkv, n_rep * t, total]
         let att = match causal_mask(t, offset, total, cfg.sliding_window, q.device())? {
             Some(mask) => {
                 att.reshape((nkv, n_rep, t, total))?.broadcast_add(&mask)?.reshape((nkv, n_rep * t, total))?
@@ -83,12 +91,13 @@ fn attention(
             None => att,
         };
         let att = candle_nn::ops::softmax_last_dim(&att)?;
-        let out = att.matmul(&vs)?; // [nkv, n_rep * t, hd]
-        let out = out.reshape((nh, t, hd))?.transpose(0, 1)?.reshape((t, nh * hd))?;
-        outs.push(out);
+        let out = att.matmul(&v_all)?; // [nkv, n_rep * t, hd]
+        outs.push(out.reshape((nh, t, hd))?);
         start += t;
     }
-    Tensor::cat(&outs, 0)
+    // [heads, rows, head_dim] -> [rows, heads * head_dim]
+    let out = if outs.len() == 1 { outs.pop().expect("one") } else { Tensor::cat(&outs, 1)? };
+    out.transpose(0, 1)?.reshape((rows, nh * hd))
 }
 
 /// Additive mask `[t, total]` for queries at positions `offset..offset + t` over keys `0..total`: a query sees keys

@@ -43,6 +43,17 @@ impl Rope {
         }
     }
 
+    /// Applies the rotation to `xs` (`[1, heads, rows, head_dim]`) where row `i` is at position `positions[i]`, so
+    /// that the rows of many sequences at different positions are rotated in one operation.
+    pub fn apply_at(&self, xs: &Tensor, positions: &Tensor) -> Result<Tensor> {
+        let cos = self.cos.index_select(positions, 0)?.to_dtype(xs.dtype())?;
+        let sin = self.sin.index_select(positions, 0)?.to_dtype(xs.dtype())?;
+        match self.style {
+            RopeStyle::Half => candle_nn::rotary_emb::rope(&xs.contiguous()?, &cos, &sin),
+            RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i(&xs.contiguous()?, &cos, &sin),
+        }
+    }
+
     /// The weight layout this RoPE expects.
     pub fn style(&self) -> RopeStyle {
         self.style
