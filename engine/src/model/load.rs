@@ -79,7 +79,7 @@ fn load_hf(dir: &Path, opts: &LoadOptions) -> Result<Model> {
     // process truncates them while the model is loaded.
     #[allow(unsafe_code)]
     let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, opts.dtype, &opts.device)? };
-    let (h, i) = (config.hidden_size, config.intermediate_size);
+    let h = config.hidden_size;
     let mut layers = Vec::with_capacity(config.num_hidden_layers);
     for l in 0..config.num_hidden_layers {
         let lvb = vb.pp(format!("model.layers.{l}"));
@@ -94,7 +94,6 @@ fn load_hf(dir: &Path, opts: &LoadOptions) -> Result<Model> {
             proj,
         });
     }
-    let _ = i;
     let embed = vb.get((config.vocab_size, h), "model.embed_tokens.weight")?;
     let lm_head =
         if config.tie_word_embeddings { embed.clone() } else { vb.get((config.vocab_size, h), "lm_head.weight")? };

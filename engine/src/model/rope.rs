@@ -32,17 +32,6 @@ impl Rope {
         Ok(Self { cos: freqs.cos()?, sin: freqs.sin()?, style })
     }
 
-    /// Applies the rotation to `xs` (`[1, heads, seq_len, head_dim]`) for positions `offset..offset + seq_len`.
-    pub fn apply(&self, xs: &Tensor, offset: usize) -> Result<Tensor> {
-        let seq_len = xs.dim(2)?;
-        let cos = self.cos.narrow(0, offset, seq_len)?.to_dtype(xs.dtype())?;
-        let sin = self.sin.narrow(0, offset, seq_len)?.to_dtype(xs.dtype())?;
-        match self.style {
-            RopeStyle::Half => candle_nn::rotary_emb::rope(&xs.contiguous()?, &cos, &sin),
-            RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i(&xs.contiguous()?, &cos, &sin),
-        }
-    }
-
     /// Applies the rotation to `xs` (`[1, heads, rows, head_dim]`) where row `i` is at position `positions[i]`, so
     /// that the rows of many sequences at different positions are rotated in one operation.
     pub fn apply_at(&self, xs: &Tensor, positions: &Tensor) -> Result<Tensor> {
