@@ -3,6 +3,7 @@
 use clap::Args;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// Where the server listens unless told otherwise (cargo-leptos passes `LEPTOS_SITE_ADDR`).
 pub const DEFAULT_ADDR: &str = "127.0.0.1:3000";
@@ -16,6 +17,11 @@ pub const DEFAULT_MAX_INPUT_TOKENS: usize = 2048;
 pub const DEFAULT_MAX_NEW_TOKENS: usize = 512;
 /// Default upper bound on a request body, in bytes.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
+
+/// Default timeout of a non-streaming request, in seconds.
+pub const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 600;
+/// Default bound on requests waiting or running in the engine.
+pub const DEFAULT_MAX_QUEUE: usize = engine::handle::DEFAULT_MAX_QUEUE;
 
 /// `loraland serve`: the web app and the API.
 #[derive(Args, Clone, Debug)]
@@ -37,6 +43,10 @@ pub struct ServeConfig {
     #[arg(long, env = "LORALAND_MODEL")]
     pub model: Option<PathBuf>,
 
+    /// GGUF quantization handling: keep the file's, requantize Q4 to Q8_0 (faster on CPU), or dequantize.
+    #[arg(long, env = "LORALAND_QUANT", value_enum, default_value = "q8")]
+    pub quant: crate::generate::QuantArg,
+
     /// Folder of local LoRA adapters (one PEFT folder per adapter id).
     #[arg(long, env = "LORALAND_ADAPTERS_DIR", default_value = "adapters")]
     pub adapters_dir: PathBuf,
@@ -52,6 +62,23 @@ pub struct ServeConfig {
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "LORALAND_MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BODY_BYTES)]
     pub max_body_bytes: usize,
+
+    /// Most requests waiting or running; beyond it requests get 429 with Retry-After.
+    #[arg(long, env = "LORALAND_MAX_QUEUE", default_value_t = DEFAULT_MAX_QUEUE)]
+    pub max_queue: usize,
+
+    /// Seconds a non-streaming request may take before it is answered 408 (streams are never cut).
+    #[arg(long, env = "LORALAND_REQUEST_TIMEOUT", default_value_t = DEFAULT_REQUEST_TIMEOUT_SECS)]
+    pub request_timeout: u64,
+
+    /// Origins allowed to call the API from a browser (CORS), comma-separated; `*` for any. Off when empty.
+    #[arg(long, env = "LORALAND_CORS_ALLOW_ORIGIN", value_delimiter = ',')]
+    pub cors_allow_origin: Vec<String>,
+
+    /// Let adapter ids of the form owner/name that are not local be downloaded from the Hugging Face hub
+    /// (honours HF_HOME, HF_ENDPOINT, HF_TOKEN).
+    #[arg(long, env = "LORALAND_ALLOW_HUB")]
+    pub allow_hub: bool,
 
     /// Folder of the built site (the WASM bundle and CSS under pkg/).
     #[arg(long, env = "LEPTOS_SITE_ROOT", default_value = "target/site")]
@@ -70,8 +97,49 @@ impl ServeConfig {
             .unwrap_or_else(|| DEFAULT_ADDR.parse().expect("DEFAULT_ADDR is a valid address"))
     }
 
+    /// The HTTP options of the API routes.
+    pub fn http_options(&self) -> HttpOptions {
+        HttpOptions {
+            max_body_bytes: self.max_body_bytes,
+            request_timeout: Duration::from_secs(self.request_timeout),
+            cors_allow_origins: self.cors_allow_origin.clone(),
+        }
+    }
+
+    /// The engine's configuration.
+    pub fn engine_config(&self, model: PathBuf) -> engine::EngineConfig {
+        let mut cfg = engine::EngineConfig::new(model);
+        cfg.load = engine::LoadOptions { quant: self.quant.into(), ..Default::default() };
+        cfg.catalog = engine::Catalog { adapters_dir: Some(self.adapters_dir.clone()), allow_hub: self.allow_hub };
+        cfg.max_queue = self.max_queue;
+        cfg.max_input_tokens = self.max_input_tokens;
+        cfg.max_new_tokens = self.max_new_tokens;
+        cfg
+    }
+
     /// The database URL: `--database-url`, else a file in the data folder.
     pub fn database_url(&self) -> String {
         self.database_url.clone().unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("loraland.db").display()))
+    }
+}
+
+/// How the API routes treat requests.
+#[derive(Clone, Debug)]
+pub struct HttpOptions {
+    /// Largest request body, in bytes (413 above).
+    pub max_body_bytes: usize,
+    /// Time allowed to produce a response's headers (408 after).
+    pub request_timeout: Duration,
+    /// CORS origins; empty turns CORS off.
+    pub cors_allow_origins: Vec<String>,
+}
+
+impl Default for HttpOptions {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            request_timeout: Duration::from_secs(DEFAULT_REQUEST_TIMEOUT_SECS),
+            cors_allow_origins: Vec::new(),
+        }
     }
 }

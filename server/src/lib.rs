@@ -1,6 +1,7 @@
 //! The `loraland` server: the Leptos app (pages and server functions) and, on the same axum router, the API.
 //! `main.rs` parses the command line; everything testable lives here.
 
+pub mod api;
 pub mod bench;
 pub mod bench_load;
 #[cfg(feature = "bench-reference")]
@@ -10,8 +11,9 @@ pub mod config;
 pub mod db;
 pub mod default_model;
 pub mod generate;
+pub mod metrics;
 pub mod router;
 pub mod serve;
 
 pub use app::state::AppState;
-pub use router::router;
+pub use router::{router, router_with};

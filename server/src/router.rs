@@ -1,7 +1,8 @@
 //! The axum router: Leptos pages and server functions with the app state in their context, static files, and the
 //! HTTP layers around them.
 
-use crate::AppState;
+use crate::config::HttpOptions;
+use crate::{api, AppState};
 use app::{shell, App};
 use axum::Router;
 use leptos::prelude::provide_context;
@@ -9,12 +10,19 @@ use leptos_axum::{generate_route_list, LeptosRoutes};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
-/// Builds the whole router for `state`. Tests drive it with `tower::ServiceExt::oneshot`.
+/// Builds the whole router for `state` with the default HTTP options. Tests drive it with
+/// `tower::ServiceExt::oneshot`.
 pub fn router(state: AppState) -> Router {
+    router_with(state, &HttpOptions::default())
+}
+
+/// Builds the whole router: the API routes, the Leptos pages and server functions, static files.
+pub fn router_with(state: AppState, options: &HttpOptions) -> Router {
     let routes = generate_route_list(App);
     let leptos = state.leptos.clone();
     let context_state = state.clone();
     Router::new()
+        .merge(api::routes(options))
         .leptos_routes_with_context(
             &state,
             routes,

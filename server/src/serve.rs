@@ -1,8 +1,10 @@
 //! `loraland serve`: opens the database, locates the model, binds the port and serves until SIGINT/SIGTERM.
 
 use crate::config::ServeConfig;
-use crate::{db, default_model, router, AppState};
+use crate::{db, default_model, metrics, router_with, AppState};
 use anyhow::Context;
+use app::state::EngineSlot;
+use engine::Engine;
 use leptos::prelude::LeptosOptions;
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -36,10 +38,42 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
         .site_pkg_dir("pkg")
         .site_addr(addr)
         .build();
-    let state = AppState { db, leptos, model_name: Arc::from(model.name.as_str()) };
+    let state = AppState { db, leptos, model_name: Arc::from(model.name.as_str()), engine: EngineSlot::default() };
+
+    // Listen first, load the model meanwhile: /health answers 503 until it is ready. A load failure stops the
+    // server with that error.
+    let (failed_tx, failed_rx) = tokio::sync::oneshot::channel();
+    let slot = state.engine.clone();
+    let engine_config = config.engine_config(model.path.clone());
+    tokio::task::spawn_blocking(move || match Engine::spawn(engine_config) {
+        Ok(handle) => {
+            tracing::info!("model loaded; ready");
+            slot.fill(handle);
+        }
+        Err(e) => {
+            let _ = failed_tx.send(anyhow::Error::new(e).context("cannot load the model"));
+        }
+    });
+    metrics::install();
 
     tracing::info!("LoRA Land listening on http://{addr}");
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown_signal()).await.context("server error")?;
+    let app = router_with(state, &config.http_options());
+    let load_error = Arc::new(std::sync::Mutex::new(None));
+    let load_error_slot = load_error.clone();
+    let shutdown = async move {
+        tokio::select! {
+            () = shutdown_signal() => {},
+            Ok(e) = failed_rx => {
+                if let Ok(mut slot) = load_error_slot.lock() {
+                    *slot = Some(e);
+                }
+            }
+        }
+    };
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("server error")?;
+    if let Some(e) = load_error.lock().ok().and_then(|mut e| e.take()) {
+        return Err(e);
+    }
     tracing::info!("shut down");
     Ok(())
 }

@@ -11,7 +11,7 @@ use tower::ServiceExt;
 async fn state() -> AppState {
     let db = db::connect("sqlite::memory:").await.unwrap();
     let leptos = LeptosOptions::builder().output_name("loraland").site_root("target/site").site_pkg_dir("pkg").build();
-    AppState { db, leptos, model_name: Arc::from("tiny-test-model") }
+    AppState { db, leptos, model_name: Arc::from("tiny-test-model"), engine: Default::default() }
 }
 
 async fn body_text(res: axum::response::Response) -> String {

@@ -1,0 +1,98 @@
+"""The OpenAI SDK and lorax-client, unchanged, against a running `loraland serve` (tiny fixture model with the
+fixture adapters). Run by scripts/clients.sh, which starts the server and passes its URL as the first argument.
+Greedy decoding everywhere, so that the same prompt gives the same text through every route."""
+
+import sys
+
+import lorax
+import lorax.errors
+import openai
+
+BASE = sys.argv[1]
+PROMPT = "The adapters of LoRA Land"
+checks = []
+
+
+def check(name, cond, detail=""):
+    checks.append((name, bool(cond)))
+    print(("ok   " if cond else "FAIL ") + name + ("" if cond else f": {detail}"))
+
+
+oa = openai.OpenAI(base_url=f"{BASE}/v1", api_key="not-needed", max_retries=0)
+
+# --- OpenAI: models list ---
+models = oa.models.list()
+ids = [m.id for m in models.data]
+check("models list has the base and the adapters", "qv_r8" in ids and "all_r4" in ids and len(ids) >= 5, ids)
+base_name = ids[0]
+parents = {m.id: getattr(m, "parent", None) for m in models.data}
+check("adapters have the base as parent", parents["qv_r8"] == base_name, parents)
+
+# --- OpenAI: chat, non-streaming and streaming give the same text ---
+messages = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Name a task."}]
+chat = oa.chat.completions.create(model="qv_r8", messages=messages, max_tokens=8, temperature=0)
+choice = chat.choices[0]
+check("chat completion object", chat.object == "chat.completion" and choice.message.role == "assistant", chat)
+check("chat usage", chat.usage.completion_tokens == 8 and chat.usage.total_tokens == chat.usage.prompt_tokens + 8, chat.usage)
+check("chat finish reason", choice.finish_reason == "length", choice.finish_reason)
+stream = oa.chat.completions.create(
+    model="qv_r8", messages=messages, max_tokens=8, temperature=0, stream=True, stream_options={"include_usage": True}
+)
+pieces, finish, usage = [], None, None
+for chunk in stream:
+    if chunk.choices:
+        pieces.append(chunk.choices[0].delta.content or "")
+        finish = chunk.choices[0].finish_reason or finish
+    if chunk.usage:
+        usage = chunk.usage
+check("chat stream equals non-stream", "".join(pieces) == choice.message.content, (pieces, choice.message.content))
+check("chat stream finish and usage", finish == "length" and usage is not None and usage.completion_tokens == 8, (finish, usage))
+
+# --- OpenAI: completions ---
+comp = oa.completions.create(model="qv_r8", prompt=PROMPT, max_tokens=8, temperature=0)
+check("completion object", comp.object == "text_completion" and comp.usage.completion_tokens == 8, comp)
+text_stream = "".join(c.choices[0].text for c in oa.completions.create(
+    model="qv_r8", prompt=PROMPT, max_tokens=8, temperature=0, stream=True) if c.choices)
+check("completion stream equals non-stream", text_stream == comp.choices[0].text, (text_stream, comp.choices[0].text))
+
+# --- OpenAI: errors ---
+try:
+    oa.chat.completions.create(model="no-such-adapter", messages=messages, max_tokens=4)
+    check("unknown model raises NotFoundError", False, "no exception")
+except openai.NotFoundError as e:
+    check("unknown model raises NotFoundError", "no-such-adapter" in str(e), e)
+try:
+    oa.chat.completions.create(model="qv_r8", messages=messages, max_tokens=4, n=2)
+    check("n=2 raises BadRequestError", False, "no exception")
+except openai.BadRequestError as e:
+    check("n=2 raises BadRequestError", e.body.get("param") == "n", e.body)
+
+# --- lorax-client ---
+lc = lorax.Client(BASE)
+resp = lc.generate(PROMPT, adapter_id="qv_r8", max_new_tokens=8, details=True)
+check("lorax generate details", resp.details.generated_tokens == 8 and resp.details.finish_reason.value == "length", resp.details)
+check("lorax generate tokens", len(resp.details.tokens) == 8 and all(t.logprob <= 0 for t in resp.details.tokens), resp.details.tokens)
+check("lorax and OpenAI agree", resp.generated_text == comp.choices[0].text, (resp.generated_text, comp.choices[0].text))
+base = lc.generate(PROMPT, max_new_tokens=8, details=True)
+check("the adapter changes the log-probabilities",
+      [t.logprob for t in base.details.tokens] != [t.logprob for t in resp.details.tokens], base.details.tokens)
+streamed, last = [], None
+for event in lc.generate_stream(PROMPT, adapter_id="qv_r8", max_new_tokens=8):
+    streamed.append(event.token.text)
+    last = event
+check("lorax stream equals generate", "".join(streamed) == resp.generated_text and last.generated_text == resp.generated_text,
+      (streamed, last))
+try:
+    lc.generate(PROMPT, adapter_id="no-such-adapter", max_new_tokens=4)
+    check("lorax unknown adapter raises", False, "no exception")
+except lorax.errors.NotFoundError as e:
+    check("lorax unknown adapter raises", "no-such-adapter" in str(e), e)
+try:
+    lc.generate(PROMPT, max_new_tokens=100000)
+    check("lorax max_new_tokens over the limit raises", False, "no exception")
+except lorax.errors.ValidationError as e:
+    check("lorax max_new_tokens over the limit raises", "max_new_tokens" in str(e), e)
+
+failed = [name for name, ok in checks if not ok]
+print(f"{len(checks) - len(failed)}/{len(checks)} client checks passed")
+sys.exit(1 if failed else 0)

@@ -1,0 +1,345 @@
+//! The LoRAX (TGI-style) API: `POST /generate`, `POST /generate_stream` and the compatibility route `POST /` that
+//! lorax-client posts to (`stream` in the body decides; a non-streaming answer is a one-element list).
+//! Request and response shapes follow lorax-client's `types.py`.
+
+use super::error::{ApiError, ErrorKind, Flavor, LoraxError};
+use super::extract::LoraxJson;
+use super::generation::{self, AdapterLabel, Collected};
+use super::params::{self, Fields, SamplingInput};
+use super::{engine, sse};
+use crate::AppState;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use engine::{Catalog, EngineHandle, Event, FinishReason, GenerateRequest, Prompt, TokenEvent};
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+
+/// Default `max_new_tokens` when a request does not say (TGI's default).
+pub const DEFAULT_MAX_NEW_TOKENS: usize = 100;
+
+const FIELDS: Fields = Fields { prefix: "parameters." };
+
+/// The body of every LoRAX generation route.
+#[derive(Debug, Deserialize)]
+pub struct GenerateBody {
+    /// The prompt, used as it is (no chat template).
+    pub inputs: String,
+    /// Generation parameters.
+    #[serde(default)]
+    pub parameters: Option<Parameters>,
+    /// On `POST /`: answer as a stream of server-sent events.
+    #[serde(default)]
+    pub stream: bool,
+}
+
+/// LoRAX's generation parameters. Fields that lorax-client always sends but this server does not implement are
+/// accepted when unset (null / false) and refused by name when set.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+#[allow(missing_docs)]
+pub struct Parameters {
+    pub adapter_id: Option<String>,
+    pub adapter_source: Option<String>,
+    pub api_token: Option<String>,
+    pub merged_adapters: Option<serde_json::Value>,
+    pub do_sample: bool,
+    pub max_new_tokens: Option<i64>,
+    pub ignore_eos_token: bool,
+    pub repetition_penalty: Option<f32>,
+    pub return_full_text: bool,
+    pub stop: Option<Vec<String>>,
+    pub seed: Option<u64>,
+    pub temperature: Option<f32>,
+    pub top_k: Option<i64>,
+    pub top_p: Option<f32>,
+    pub truncate: Option<i64>,
+    pub typical_p: Option<f32>,
+    pub best_of: Option<i64>,
+    pub watermark: bool,
+    pub details: bool,
+    pub decoder_input_details: bool,
+    pub return_k_alternatives: Option<i64>,
+    pub response_format: Option<serde_json::Value>,
+}
+
+/// A request that passed every check.
+#[derive(Debug)]
+struct Checked {
+    request: GenerateRequest,
+    inputs: String,
+    prompt_ids: Vec<u32>,
+    seed: Option<u64>,
+    details: bool,
+    decoder_input_details: bool,
+    return_full_text: bool,
+}
+
+fn refuse_unsupported(p: &Parameters) -> Result<(), ApiError> {
+    let set = [
+        ("merged_adapters", p.merged_adapters.is_some(), "adapter merging"),
+        ("response_format", p.response_format.is_some(), "structured output"),
+        ("typical_p", p.typical_p.is_some(), "typical sampling"),
+        ("watermark", p.watermark, "watermarking"),
+        ("ignore_eos_token", p.ignore_eos_token, "ignoring the end-of-sequence token"),
+        ("return_k_alternatives", p.return_k_alternatives.is_some(), "alternative tokens"),
+        ("best_of", p.best_of.is_some_and(|n| n > 1), "best-of-n (only best_of=1)"),
+    ];
+    match set.into_iter().find(|(_, on, _)| *on) {
+        Some((field, _, what)) => Err(ApiError::unsupported(&format!("parameters.{field}"), what)),
+        None => Ok(()),
+    }
+}
+
+/// The adapter, honouring `adapter_source`: `local` (the default) or `hub` (when the server allows the hub).
+fn adapter(engine: &EngineHandle, p: &Parameters) -> Result<Option<engine::AdapterId>, ApiError> {
+    let Some(id) = p.adapter_id.as_deref().filter(|id| !id.is_empty()) else { return Ok(None) };
+    let catalog = &engine.config().catalog;
+    match p.adapter_source.as_deref() {
+        None | Some("local") => {
+            let local = Catalog { allow_hub: false, ..catalog.clone() };
+            let id = engine::AdapterId::new(id).map_err(|e| {
+                ApiError::new(ErrorKind::BadRequest, format!("`parameters.adapter_id`: {e}"))
+                    .with_param("parameters.adapter_id")
+            })?;
+            local.resolve(&id).map_err(|e| ApiError::from(e).with_param("parameters.adapter_id"))?;
+            Ok(Some(id))
+        }
+        Some("hub") if !catalog.allow_hub => Err(ApiError::invalid(
+            "parameters.adapter_source",
+            "`hub` is disabled on this server (start it with --allow-hub)",
+        )),
+        Some("hub") => params::adapter(engine, "parameters.adapter_id", id).map(Some),
+        Some(s @ ("s3" | "pbase")) => Err(ApiError::unsupported("parameters.adapter_source", s)),
+        Some(other) => {
+            Err(ApiError::invalid("parameters.adapter_source", format!("must be `local` or `hub`, got {other:?}")))
+        }
+    }
+}
+
+fn check(engine: &EngineHandle, body: GenerateBody) -> Result<Checked, ApiError> {
+    let p = body.parameters.unwrap_or_default();
+    refuse_unsupported(&p)?;
+    let adapter = adapter(engine, &p)?;
+    let input = SamplingInput {
+        do_sample: p.do_sample,
+        temperature: p.temperature,
+        top_p: p.top_p,
+        top_k: p.top_k,
+        repetition_penalty: p.repetition_penalty,
+        seed: p.seed,
+    };
+    let (sampling, seed) = params::sampling(&input, &FIELDS)?;
+    let stop = params::stop("parameters.stop", p.stop.unwrap_or_default())?;
+    let truncate = match p.truncate {
+        None => None,
+        Some(n) if n > 0 => Some(usize::try_from(n).unwrap_or(usize::MAX)),
+        Some(n) => return Err(ApiError::invalid("parameters.truncate", format!("must be strictly positive, got {n}"))),
+    };
+    let prompt_ids = params::prompt_tokens(engine, "inputs", &body.inputs, true, truncate)?;
+    let field = "parameters.max_new_tokens";
+    let max_new_tokens =
+        params::max_new_tokens(engine, field, p.max_new_tokens, DEFAULT_MAX_NEW_TOKENS, prompt_ids.len())?;
+    let request =
+        GenerateRequest { prompt: Prompt::Tokens(prompt_ids.clone()), adapter, sampling, max_new_tokens, stop };
+    Ok(Checked {
+        request,
+        inputs: body.inputs,
+        prompt_ids,
+        seed,
+        details: p.details,
+        decoder_input_details: p.decoder_input_details,
+        return_full_text: p.return_full_text,
+    })
+}
+
+/// A generated token as LoRAX sends it.
+#[derive(Debug, Serialize)]
+pub struct Token {
+    id: u32,
+    text: String,
+    logprob: f32,
+    special: bool,
+}
+
+impl From<&TokenEvent> for Token {
+    fn from(t: &TokenEvent) -> Self {
+        Self { id: t.id, text: t.text.clone(), logprob: t.logprob, special: t.special }
+    }
+}
+
+/// A prompt token (`decoder_input_details`). The engine does not compute prompt log-probabilities, so `logprob`
+/// is always null (lorax-client's `InputToken.logprob` is optional).
+#[derive(Debug, Serialize)]
+pub struct InputToken {
+    id: u32,
+    text: String,
+    logprob: Option<f32>,
+}
+
+/// `details` of a non-streaming answer.
+#[derive(Debug, Serialize)]
+pub struct Details {
+    finish_reason: &'static str,
+    prompt_tokens: usize,
+    generated_tokens: usize,
+    seed: Option<u64>,
+    prefill: Vec<InputToken>,
+    tokens: Vec<Token>,
+}
+
+/// A non-streaming answer.
+#[derive(Debug, Serialize)]
+pub struct GenerateResponse {
+    generated_text: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    details: Option<Details>,
+}
+
+/// `details` of the last stream event.
+#[derive(Debug, Serialize)]
+pub struct StreamDetails {
+    finish_reason: &'static str,
+    prompt_tokens: usize,
+    generated_tokens: usize,
+    seed: Option<u64>,
+}
+
+/// One stream event: a token; the last also carries the whole text and the details.
+#[derive(Debug, Serialize)]
+pub struct StreamResponse {
+    token: Token,
+    generated_text: Option<String>,
+    details: Option<StreamDetails>,
+}
+
+/// LoRAX's name for a finish reason.
+pub fn finish_reason(reason: FinishReason) -> &'static str {
+    match reason {
+        FinishReason::Length => "length",
+        FinishReason::Eos => "eos_token",
+        FinishReason::StopSequence => "stop_sequence",
+    }
+}
+
+fn prefill(engine: &EngineHandle, ids: &[u32]) -> Vec<InputToken> {
+    let tok = engine.tokenizer();
+    ids.iter().map(|&id| InputToken { id, text: tok.decode(&[id], false).unwrap_or_default(), logprob: None }).collect()
+}
+
+fn answer(engine: &EngineHandle, checked: &Checked, done: Collected) -> GenerateResponse {
+    let f = done.finished;
+    let generated_text = if checked.return_full_text { format!("{}{}", checked.inputs, f.text) } else { f.text };
+    let details = checked.details.then(|| Details {
+        finish_reason: finish_reason(f.reason),
+        prompt_tokens: f.prompt_tokens,
+        generated_tokens: f.generated_tokens,
+        seed: checked.seed,
+        prefill: if checked.decoder_input_details { prefill(engine, &checked.prompt_ids) } else { Vec::new() },
+        tokens: done.tokens.iter().map(Token::from).collect(),
+    });
+    GenerateResponse { generated_text, details }
+}
+
+fn labelled(mut res: Response, adapter: String) -> Response {
+    res.extensions_mut().insert(AdapterLabel(adapter));
+    res
+}
+
+async fn generate_inner(state: &AppState, body: GenerateBody, as_list: bool) -> Result<Response, ApiError> {
+    let engine = engine(state)?;
+    let checked = check(engine, body)?;
+    let running = generation::submit(engine, checked.request.clone())?;
+    let adapter = running.adapter.clone();
+    let done = generation::collect(running).await?;
+    let answer = answer(engine, &checked, done);
+    let res = if as_list { Json(vec![answer]).into_response() } else { Json(answer).into_response() };
+    Ok(labelled(res, adapter))
+}
+
+async fn stream_inner(state: &AppState, body: GenerateBody) -> Result<Response, ApiError> {
+    let engine = engine(state)?;
+    let checked = check(engine, body)?;
+    let mut running = generation::submit(engine, checked.request.clone())?;
+    let first = generation::first_event(&mut running).await?;
+    let adapter = running.adapter.clone();
+    let events = stream_events(generation::events(first, running), StreamContext::from(&checked));
+    Ok(labelled(sse::response(events), adapter))
+}
+
+/// What the last stream event needs to know about the request.
+#[derive(Clone, Debug, Default)]
+pub struct StreamContext {
+    /// Prepended to `generated_text` with `return_full_text`.
+    pub prefix: Option<String>,
+    /// Whether to send details on the last event.
+    pub details: bool,
+    /// The seed, when sampling.
+    pub seed: Option<u64>,
+}
+
+impl From<&Checked> for StreamContext {
+    fn from(c: &Checked) -> Self {
+        Self { prefix: c.return_full_text.then(|| c.inputs.clone()), details: c.details, seed: c.seed }
+    }
+}
+
+/// LoRAX stream events from engine events. Each token is held until the next event, so that the last token can
+/// carry `generated_text` and `details`; a failure ends the stream with an `error` event.
+pub fn stream_events(
+    events: impl futures_util::Stream<Item = Result<Event, ApiError>> + Send + 'static,
+    ctx: StreamContext,
+) -> impl futures_util::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>> + Send + 'static {
+    let mut held: Option<Token> = None;
+    events
+        .map(move |event| {
+            let plain = |token| sse::json_event(&StreamResponse { token, generated_text: None, details: None });
+            let out: Vec<_> = match event {
+                Ok(Event::Token(t)) => held.replace(Token::from(&t)).map(plain).into_iter().collect(),
+                Ok(Event::Finished(f)) => {
+                    let token =
+                        held.take().unwrap_or(Token { id: 0, text: String::new(), logprob: 0.0, special: true });
+                    let text = format!("{}{}", ctx.prefix.as_deref().unwrap_or(""), f.text);
+                    let details = ctx.details.then(|| StreamDetails {
+                        finish_reason: finish_reason(f.reason),
+                        prompt_tokens: f.prompt_tokens,
+                        generated_tokens: f.generated_tokens,
+                        seed: ctx.seed,
+                    });
+                    vec![sse::json_event(&StreamResponse { token, generated_text: Some(text), details })]
+                }
+                // The tokens already generated are sent before the error.
+                Err(e) => held.take().map(plain).into_iter().chain([sse::error_event(&e, Flavor::Lorax)]).collect(),
+            };
+            futures_util::stream::iter(out.into_iter().map(Ok))
+        })
+        .flatten()
+}
+
+/// `POST /generate`.
+pub async fn generate(
+    State(state): State<AppState>,
+    LoraxJson(body): LoraxJson<GenerateBody>,
+) -> Result<Response, LoraxError> {
+    Ok(generate_inner(&state, body, false).await?)
+}
+
+/// `POST /generate_stream`.
+pub async fn generate_stream(
+    State(state): State<AppState>,
+    LoraxJson(body): LoraxJson<GenerateBody>,
+) -> Result<Response, LoraxError> {
+    Ok(stream_inner(&state, body).await?)
+}
+
+/// `POST /`: lorax-client's route; `stream` decides between SSE and a one-element list.
+pub async fn compat(
+    State(state): State<AppState>,
+    LoraxJson(body): LoraxJson<GenerateBody>,
+) -> Result<Response, LoraxError> {
+    if body.stream {
+        Ok(stream_inner(&state, body).await?)
+    } else {
+        Ok(generate_inner(&state, body, true).await?)
+    }
+}

@@ -1,0 +1,59 @@
+//! `GET /health`, `GET /info` and `GET /metrics`: readiness, what the server runs with, and Prometheus metrics.
+
+use crate::{metrics, AppState};
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use engine::EngineStats;
+use serde_json::json;
+
+/// `GET /health`: 200 once the model is loaded, 503 while it loads.
+pub async fn health(State(state): State<AppState>) -> Response {
+    match state.engine.get() {
+        Some(_) => Json(json!({ "status": "ok", "model": &*state.model_name })).into_response(),
+        None => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "loading", "model": &*state.model_name })))
+            .into_response(),
+    }
+}
+
+/// `GET /info`: the model, its dtype and device, the request limits and the adapters.
+pub async fn info(State(state): State<AppState>) -> Response {
+    let Some(engine) = state.engine.get() else {
+        return super::not_ready().into_response_as(super::error::Flavor::Lorax);
+    };
+    let model = engine.model_info();
+    let cfg = engine.config();
+    let stats = engine.stats();
+    let available: Vec<String> = cfg.catalog.list_local().iter().map(ToString::to_string).collect();
+    Json(json!({
+        "model_id": model.name,
+        "model_dtype": model.dtype,
+        "model_device_type": model.device,
+        "max_input_length": cfg.max_input_tokens,
+        "max_new_tokens": cfg.max_new_tokens,
+        "max_total_tokens": model.max_position_embeddings,
+        "max_stop_sequences": super::params::MAX_STOP_SEQUENCES,
+        "max_concurrent_requests": cfg.max_queue,
+        "max_batch_size": cfg.max_batch_size,
+        "max_batch_total_tokens": cfg.max_batch_tokens,
+        "max_kv_tokens": cfg.max_kv_tokens,
+        "vocab_size": model.vocab_size,
+        "adapters": {
+            "available": available,
+            "resident": EngineStats::get(&stats.adapters_resident),
+            "max_resident": cfg.limits.max_adapters,
+            "max_bytes": cfg.limits.max_bytes,
+            "max_rank": cfg.limits.max_rank,
+            "hub": cfg.catalog.allow_hub,
+        },
+        "version": env!("CARGO_PKG_VERSION"),
+    }))
+    .into_response()
+}
+
+/// `GET /metrics`: Prometheus text format.
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let body = metrics::render(state.engine.get());
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
+}
