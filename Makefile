@@ -8,7 +8,7 @@ export LEPTOS_OUTPUT_NAME := loraland
 # Two cores here: keep candle's matmuls to one thread in tests so test binaries running side by side don't fight.
 TEST_ENV := RAYON_NUM_THREADS=1 RUSTFLAGS="$(LEPTOS_RUSTFLAGS)"
 
-.PHONY: serve test tools test-deps fmt lint unit e2e fetch-model clean
+.PHONY: serve test tools test-deps fmt lint unit clients e2e fetch-model clean
 
 ## Build the site in release mode and serve it (fetches the default model on first start).
 serve: tools test-deps-npm
@@ -16,7 +16,7 @@ serve: tools test-deps-npm
 	cargo leptos serve --release
 
 ## Everything CI runs: formatting, lints, unit and integration tests, browser tests.
-test: tools test-deps fmt lint fetch-model unit e2e
+test: tools test-deps fmt lint fetch-model unit clients e2e
 
 tools:
 	@scripts/install-tools.sh
@@ -37,6 +37,10 @@ lint:
 
 unit:
 	$(TEST_ENV) cargo test --workspace --exclude frontend
+
+## The real OpenAI and LoRAX Python clients (from PyPI) against a live server.
+clients:
+	RUSTFLAGS="$(LEPTOS_RUSTFLAGS)" scripts/clients.sh
 
 e2e:
 	scripts/e2e.sh

@@ -176,6 +176,8 @@ impl Scheduler {
                         let _ = seq.sub.events.send(Err(Error::Generation(e.to_string())));
                     }
                 }
+                // Finished and failed sequences have left: the gauges must say so before the loop blocks.
+                self.publish_gauges();
             }
         }
     }

@@ -72,3 +72,24 @@ fn port_in_use_is_refused() {
     ]);
     assert_refused(&out, &format!("cannot listen on {addr}"));
 }
+
+#[test]
+fn model_that_fails_to_load_stops_the_server() {
+    // The server listens while the model loads; a load failure ends it with that error.
+    let model = tempfile::tempdir().unwrap();
+    for f in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(fixture_model().join(f), model.path().join(f)).unwrap();
+    }
+    std::fs::write(model.path().join("model.safetensors"), b"not a safetensors file").unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let out = loraland(&[
+        "serve",
+        "--model",
+        model.path().to_str().unwrap(),
+        "--data-dir",
+        data.path().to_str().unwrap(),
+        "--addr",
+        "127.0.0.1:0",
+    ]);
+    assert_refused(&out, "cannot load the model");
+}

@@ -343,3 +343,34 @@ pub async fn compat(
         Ok(generate_inner(&state, body, true).await?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::response::IntoResponse;
+    use http_body_util::BodyExt;
+
+    fn token(id: u32, text: &str) -> Result<Event, ApiError> {
+        Ok(Event::Token(TokenEvent { id, text: text.into(), logprob: -0.5, special: false }))
+    }
+
+    async fn body_of(events: Vec<Result<Event, ApiError>>) -> String {
+        let stream = stream_events(futures_util::stream::iter(events), StreamContext::default());
+        let bytes = sse::response(stream).into_response().into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_error_after_tokens_ends_the_stream_with_an_error_event() {
+        let failure = ApiError::new(ErrorKind::AdapterLoad, "adapter x failed to load: bad tensor");
+        let body = body_of(vec![token(1, "a"), token(2, "b"), Err(failure)]).await;
+        let blocks: Vec<&str> = body.split("\n\n").filter(|b| !b.is_empty()).collect();
+        assert_eq!(blocks.len(), 3, "{body}");
+        assert!(blocks[0].starts_with("data: {\"token\":{\"id\":1"), "{body}");
+        assert!(blocks[1].starts_with("data: {\"token\":{\"id\":2"), "the held token is sent before the error: {body}");
+        assert_eq!(
+            blocks[2],
+            "event: error\ndata: {\"error\":\"adapter x failed to load: bad tensor\",\"error_type\":\"adapter_load\"}"
+        );
+    }
+}

@@ -38,6 +38,7 @@ fn not_ready() -> ApiError {
 
 /// The API routes with their layers. `POST /` (lorax-client's route) is merged with the app's `GET /`.
 pub fn routes(options: &HttpOptions) -> Router<AppState> {
+    metrics::install();
     let generation = Router::new()
         .route("/", post(lorax::compat))
         .route("/generate", post(lorax::generate))

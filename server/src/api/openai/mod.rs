@@ -375,3 +375,28 @@ pub async fn models(State(state): State<AppState>) -> Result<Json<ModelList>, Op
     data.extend(engine.config().catalog.list_local().into_iter().map(|id| entry(id.to_string(), Some(base.clone()))));
     Ok(Json(ModelList { object: "list", data }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::response::IntoResponse;
+    use engine::TokenEvent;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn an_error_after_tokens_ends_the_stream_with_an_openai_error_event() {
+        let env = Envelope { id: "chatcmpl-1".into(), created: 0, model: "m".into(), route: Route::Chat };
+        let token = Ok(Event::Token(TokenEvent { id: 1, text: "hi".into(), logprob: -0.1, special: false }));
+        let events = vec![token, Err(ApiError::internal("forward step failed"))];
+        let stream = stream_events(futures_util::stream::iter(events), env, false, None);
+        let bytes = sse::response(stream).into_response().into_body().collect().await.unwrap().to_bytes();
+        let body = String::from_utf8(bytes.to_vec()).unwrap();
+        let blocks: Vec<&str> = body.split("\n\n").filter(|b| !b.is_empty()).collect();
+        assert_eq!(blocks.len(), 3, "{body}");
+        assert!(blocks[0].contains(r#""role":"assistant""#), "{body}");
+        assert!(blocks[1].contains(r#""content":"hi""#), "{body}");
+        assert!(blocks[2].starts_with("event: error\ndata: {\"error\":{"), "{body}");
+        assert!(blocks[2].contains(r#""type":"server_error""#), "{body}");
+        assert!(!body.contains("[DONE]"), "a failed stream does not end with [DONE]");
+    }
+}

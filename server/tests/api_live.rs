@@ -1,0 +1,330 @@
+//! The API on a real listener (port 0): server-sent events read by an SSE client, a suite of bad requests that
+//! must each get the right 4xx and message without hurting the server, concurrent requests over adapters, client
+//! disconnects that cancel generation, and a full queue answered 429.
+
+mod common;
+
+use common::{engine_config, listen, state};
+use eventsource_stream::Eventsource;
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use server::config::HttpOptions;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+const PROMPT: &str = "Hello adapters";
+
+async fn live() -> (SocketAddr, app::state::AppState) {
+    let st = state(Some(engine_config())).await;
+    (listen(st.clone(), HttpOptions::default()).await, st)
+}
+
+async fn post_json(addr: SocketAddr, path: &str, body: &Value) -> (u16, Value) {
+    let res = reqwest::Client::new().post(format!("http://{addr}{path}")).json(body).send().await.unwrap();
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap())
+}
+
+/// The `data` of every event of an SSE response, with the event names.
+async fn sse(addr: SocketAddr, path: &str, body: &Value) -> Vec<(String, String)> {
+    let res = reqwest::Client::new().post(format!("http://{addr}{path}")).json(body).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let mut events = res.bytes_stream().eventsource();
+    let mut out = Vec::new();
+    while let Some(e) = events.next().await {
+        let e = e.unwrap();
+        out.push((e.event, e.data));
+    }
+    out
+}
+
+#[tokio::test]
+async fn sse_streams_read_by_an_sse_client() {
+    let (addr, _st) = live().await;
+    let params = json!({"adapter_id": "qv_r8", "max_new_tokens": 9, "details": true});
+    let (_, whole) = post_json(addr, "/generate", &json!({"inputs": PROMPT, "parameters": params.clone()})).await;
+    let events = sse(addr, "/generate_stream", &json!({"inputs": PROMPT, "parameters": params})).await;
+    assert_eq!(events.len(), 9);
+    let parsed: Vec<Value> = events.iter().map(|(_, d)| serde_json::from_str(d).unwrap()).collect();
+    let text: String = parsed.iter().map(|e| e["token"]["text"].as_str().unwrap()).collect();
+    assert_eq!(text, whole["generated_text"].as_str().unwrap());
+    assert_eq!(parsed[8]["details"]["finish_reason"], "length");
+
+    let chat = json!({"model": "qv_r8", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4,
+                      "temperature": 0, "stream": true});
+    let events = sse(addr, "/v1/chat/completions", &chat).await;
+    assert_eq!(events.last().unwrap().1, "[DONE]");
+    assert!(events.iter().all(|(name, _)| name == "message"), "no error events: {events:?}");
+}
+
+#[tokio::test]
+async fn concurrent_requests_over_adapters_each_match_their_solo_run() {
+    let (addr, _st) = live().await;
+    let adapters = [None, Some("qv_r8"), Some("all_r4"), Some("attn_r16_rslora"), Some("mlp_r2")];
+    let body = |a: Option<&str>, i: usize| json!({"inputs": format!("{PROMPT} number {i}"), "parameters": {"adapter_id": a, "max_new_tokens": 10}});
+    let mut solo = Vec::new();
+    for (i, a) in adapters.iter().enumerate() {
+        solo.push(post_json(addr, "/generate", &body(*a, i)).await.1["generated_text"].clone());
+    }
+    let tasks: Vec<_> = (0..20)
+        .map(|k| {
+            let i = k % adapters.len();
+            let b = body(adapters[i], i);
+            tokio::spawn(async move { (i, post_json(addr, "/generate", &b).await) })
+        })
+        .collect();
+    for t in tasks {
+        let (i, (status, v)) = t.await.unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(v["generated_text"], solo[i], "request for {:?}", adapters[i]);
+    }
+}
+
+struct Case {
+    path: &'static str,
+    content_type: Option<&'static str>,
+    body: Vec<u8>,
+    status: u16,
+    needle: &'static str,
+}
+
+fn case(path: &'static str, body: Value, status: u16, needle: &'static str) -> Case {
+    Case { path, content_type: Some("application/json"), body: body.to_string().into_bytes(), status, needle }
+}
+
+fn lorax(params: Value, status: u16, needle: &'static str) -> Case {
+    case("/generate", json!({"inputs": PROMPT, "parameters": params}), status, needle)
+}
+
+fn chat(extra: Value, status: u16, needle: &'static str) -> Case {
+    let mut body = json!({"model": "qv_r8", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2});
+    for (k, v) in extra.as_object().unwrap() {
+        body[k] = v.clone();
+    }
+    case("/v1/chat/completions", body, status, needle)
+}
+
+fn completion(extra: Value, status: u16, needle: &'static str) -> Case {
+    let mut body = json!({"model": "qv_r8", "prompt": "hi", "max_tokens": 2});
+    for (k, v) in extra.as_object().unwrap() {
+        body[k] = v.clone();
+    }
+    case("/v1/completions", body, status, needle)
+}
+
+fn bad_inputs() -> Vec<Case> {
+    let ten_mb = {
+        let mut b = br#"{"inputs": ""#.to_vec();
+        b.extend(std::iter::repeat_n(b'a', 10 << 20));
+        b.extend(br#""}"#);
+        b
+    };
+    vec![
+        lorax(json!({"temperature": -1}), 422, "`parameters.temperature` must be between 0 and 100"),
+        lorax(json!({"temperature": 1e9}), 422, "`parameters.temperature`"),
+        lorax(json!({"temperature": "hot"}), 422, "`parameters.temperature` invalid type"),
+        lorax(json!({"top_p": 0}), 422, "`parameters.top_p` must be > 0"),
+        lorax(json!({"top_p": 1.5}), 422, "`parameters.top_p`"),
+        lorax(json!({"top_p": "x"}), 422, "`parameters.top_p` invalid type"),
+        lorax(json!({"top_k": 0}), 422, "`parameters.top_k` must be strictly positive"),
+        lorax(json!({"top_k": -5}), 422, "`parameters.top_k`"),
+        lorax(json!({"top_k": 1.5}), 422, "`parameters.top_k` invalid type"),
+        lorax(json!({"repetition_penalty": 0}), 422, "`parameters.repetition_penalty`"),
+        lorax(json!({"repetition_penalty": -2}), 422, "`parameters.repetition_penalty`"),
+        lorax(json!({"max_new_tokens": 0}), 422, "`parameters.max_new_tokens` must be between 1 and 200"),
+        lorax(json!({"max_new_tokens": 100_000_000}), 422, "`parameters.max_new_tokens` must be between 1 and 200"),
+        lorax(json!({"max_new_tokens": -1}), 422, "`parameters.max_new_tokens`"),
+        lorax(json!({"max_new_tokens": "ten"}), 422, "`parameters.max_new_tokens` invalid type"),
+        lorax(json!({"seed": -1}), 422, "`parameters.seed`"),
+        lorax(json!({"seed": "abc"}), 422, "`parameters.seed` invalid type"),
+        lorax(json!({"do_sample": "yes"}), 422, "`parameters.do_sample` invalid type"),
+        lorax(json!({"stop": "x"}), 422, "`parameters.stop` invalid type"),
+        lorax(json!({"stop": ["a", "b", "c", "d", "e"]}), 422, "`parameters.stop` has 5 sequences"),
+        lorax(json!({"stop": [""]}), 422, "`parameters.stop` must not contain an empty string"),
+        lorax(json!({"details": 1}), 422, "`parameters.details` invalid type"),
+        lorax(json!({"truncate": 0}), 422, "`parameters.truncate` must be strictly positive"),
+        lorax(json!({"best_of": 2}), 422, "`parameters.best_of` is not supported"),
+        lorax(json!({"typical_p": 0.5}), 422, "`parameters.typical_p` is not supported"),
+        lorax(json!({"watermark": true}), 422, "`parameters.watermark` is not supported"),
+        lorax(json!({"merged_adapters": {"ids": ["a"]}}), 422, "`parameters.merged_adapters` is not supported"),
+        lorax(json!({"adapter_source": "s3", "adapter_id": "x"}), 422, "`parameters.adapter_source` is not supported"),
+        lorax(json!({"adapter_source": "ftp", "adapter_id": "x"}), 422, "must be `local` or `hub`"),
+        lorax(json!({"adapter_source": "hub", "adapter_id": "a/b"}), 422, "--allow-hub"),
+        lorax(json!({"adapter_id": "../../etc/passwd"}), 400, "invalid adapter id"),
+        lorax(json!({"adapter_id": "/etc/passwd"}), 400, "invalid adapter id"),
+        lorax(json!({"adapter_id": "a/b/c"}), 400, "at most one '/'"),
+        lorax(json!({"adapter_id": "qv_r8\u{0}"}), 400, "invalid adapter id"),
+        lorax(json!({"adapter_id": "no_such_adapter"}), 404, "adapter `no_such_adapter` not found"),
+        lorax(json!({"adapter_id": "owner/not-local"}), 404, "adapter `owner/not-local` not found"),
+        case("/generate", json!({"inputs": ""}), 422, "`inputs` must not be empty"),
+        case("/generate", json!({"parameters": {}}), 422, "missing field `inputs`"),
+        case("/generate", json!({"inputs": 123}), 422, "`inputs` invalid type"),
+        case("/generate", json!({"inputs": "word ".repeat(200)}), 422, "more than the limit of 64"),
+        case("/generate", json!({"inputs": PROMPT, "parameters": "fast"}), 422, "`parameters` invalid type"),
+        case("/generate_stream", json!({"inputs": PROMPT, "parameters": {"top_k": 0}}), 422, "`parameters.top_k`"),
+        Case {
+            path: "/generate",
+            content_type: Some("application/json"),
+            body: b"{\"inputs\": \"hi\",".to_vec(),
+            status: 400,
+            needle: "malformed JSON",
+        },
+        Case {
+            path: "/generate",
+            content_type: Some("application/json"),
+            body: b"{\"inputs\": \"\xff\xfe\"}".to_vec(),
+            status: 400,
+            needle: "malformed JSON",
+        },
+        Case {
+            path: "/generate",
+            content_type: Some("application/json"),
+            body: ten_mb.clone(),
+            status: 413,
+            needle: "larger than the server's limit",
+        },
+        Case {
+            path: "/generate",
+            content_type: None,
+            body: b"{\"inputs\": \"hi\"}".to_vec(),
+            status: 415,
+            needle: "content-type: application/json",
+        },
+        chat(json!({"n": 2}), 400, "only n=1 is supported"),
+        chat(json!({"messages": []}), 400, "`messages` must not be empty"),
+        chat(json!({"messages": [{"role": "wizard", "content": "x"}]}), 400, "`messages[0].role`"),
+        chat(
+            json!({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}),
+            400,
+            "`messages[0].content[0]` is not supported",
+        ),
+        chat(json!({"messages": "hi"}), 400, "`messages` invalid type"),
+        chat(json!({"temperature": 3}), 400, "`temperature` must be between 0 and 2"),
+        chat(json!({"top_p": 0}), 400, "`top_p` must be > 0"),
+        chat(json!({"max_tokens": 0}), 400, "`max_tokens` must be between 1 and 200"),
+        chat(json!({"max_tokens": 1_000_000}), 400, "`max_tokens` must be between 1 and 200"),
+        chat(json!({"max_completion_tokens": -3}), 400, "`max_completion_tokens`"),
+        chat(json!({"stop": ["a", "b", "c", "d", "e"]}), 400, "`stop` has 5 sequences"),
+        chat(json!({"stop": 7}), 400, "`stop`"),
+        chat(json!({"presence_penalty": 1}), 400, "`presence_penalty` is not supported"),
+        chat(json!({"logprobs": true}), 400, "`logprobs` is not supported"),
+        chat(json!({"tools": [{"type": "function"}]}), 400, "`tools` is not supported"),
+        chat(json!({"model": "nope"}), 404, "the model `nope` does not exist"),
+        chat(json!({"model": "../adapters"}), 400, "invalid adapter id"),
+        chat(json!({"model": ""}), 400, "`model` must name the base model or an adapter"),
+        chat(json!({"prompt": "x"}), 400, "`prompt` belongs to /v1/completions"),
+        case("/v1/chat/completions", json!({"model": "qv_r8"}), 400, "`messages` is required"),
+        completion(json!({"prompt": ""}), 400, "`prompt` must not be empty"),
+        completion(json!({"prompt": ["a", "b"]}), 400, "only one prompt per request"),
+        completion(json!({"logprobs": 5}), 400, "`logprobs` is not supported"),
+        completion(json!({"suffix": "end"}), 400, "`suffix` is not supported"),
+        completion(json!({"seed": "x"}), 400, "`seed` invalid type"),
+        Case {
+            path: "/v1/completions",
+            content_type: Some("application/json"),
+            body: b"not json".to_vec(),
+            status: 400,
+            needle: "malformed JSON",
+        },
+        Case {
+            path: "/v1/chat/completions",
+            content_type: Some("application/json"),
+            body: ten_mb,
+            status: 413,
+            needle: "larger than the server's limit",
+        },
+    ]
+}
+
+#[tokio::test]
+async fn bad_input_suite_gets_clear_4xx_and_the_server_keeps_serving() {
+    let (addr, _st) = live().await;
+    let client = reqwest::Client::new();
+    let cases = bad_inputs();
+    assert!(cases.len() >= 40, "{} cases", cases.len());
+    let mut failures = Vec::new();
+    for c in &cases {
+        let mut req = client.post(format!("http://{addr}{}", c.path)).body(c.body.clone());
+        if let Some(ct) = c.content_type {
+            req = req.header("content-type", ct);
+        }
+        let res = req.send().await.unwrap();
+        let status = res.status().as_u16();
+        let body: Value = res.json().await.unwrap_or(Value::Null);
+        // LoRAX routes: {"error": "..."}; OpenAI routes: {"error": {"message": "..."}}.
+        let message = body["error"].as_str().or_else(|| body["error"]["message"].as_str()).unwrap_or("").to_string();
+        if status != c.status || !message.contains(c.needle) {
+            let shown: String = String::from_utf8_lossy(&c.body).chars().take(120).collect();
+            failures.push(format!(
+                "{} {shown}: got {status} {message:?}, want {} containing {:?}",
+                c.path, c.status, c.needle
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{} of {} cases failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
+    let (status, ok) =
+        post_json(addr, "/generate", &json!({"inputs": PROMPT, "parameters": {"max_new_tokens": 3}})).await;
+    assert_eq!(status, 200);
+    assert_eq!(ok["details"], Value::Null);
+    assert!(ok["generated_text"].is_string());
+    let health = reqwest::get(format!("http://{addr}/health")).await.unwrap();
+    assert_eq!(health.status(), 200);
+}
+
+fn smollm2() -> PathBuf {
+    let p = std::env::var_os("LORALAND_SMOLLM2").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../data/models/SmolLM2-135M-Instruct.Q4_1.gguf")
+    });
+    assert!(p.is_file(), "{} is missing: run `make fetch-model` first", p.display());
+    p
+}
+
+/// Waits until the engine has no running request, for at most 10 s.
+async fn wait_idle(st: &app::state::AppState) {
+    let engine = st.engine.get().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while engine::EngineStats::get(&engine.stats().running) > 0 {
+        assert!(Instant::now() < deadline, "the engine is still running a request");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// On the real default model (slow enough on CPU that 150 tokens take seconds): a client that disconnects after
+/// its first token stops its generation, and with a queue of one a second request gets 429 until the first ends.
+#[tokio::test]
+async fn disconnect_cancels_generation_and_a_full_queue_is_429() {
+    let mut cfg = engine::EngineConfig::new(smollm2());
+    cfg.load.quant = engine::QuantMode::Q8;
+    cfg.max_queue = 1;
+    let st = state(Some(cfg)).await;
+    let addr = listen(st.clone(), HttpOptions::default()).await;
+    let engine = st.engine.get().unwrap().clone();
+    let generated = || engine::EngineStats::get(&engine.stats().generated_tokens);
+
+    // Sampling at a high temperature keeps the model away from its end-of-sequence token.
+    let params = json!({"max_new_tokens": 150, "do_sample": true, "temperature": 3.0, "seed": 1});
+    let body = json!({"inputs": "Tell me a long story about adapters.", "parameters": params});
+    let before = generated();
+    let res = reqwest::Client::new().post(format!("http://{addr}/generate_stream")).json(&body).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let mut events = res.bytes_stream().eventsource();
+    events.next().await.unwrap().unwrap();
+
+    // The queue (one request) is full while the stream runs.
+    let second = reqwest::Client::new().post(format!("http://{addr}/generate")).json(&body).send().await.unwrap();
+    assert_eq!(second.status(), 429);
+    assert_eq!(second.headers()["retry-after"], "1");
+    let err: Value = second.json().await.unwrap();
+    assert_eq!(err["error_type"], "overloaded");
+
+    drop(events);
+    wait_idle(&st).await;
+    let used = generated() - before;
+    assert!(used < 100, "the disconnected stream kept generating: {used} tokens");
+
+    // The slot is free again.
+    let small = json!({"inputs": "Hi", "parameters": {"max_new_tokens": 2}});
+    let (status, _) = post_json(addr, "/generate", &small).await;
+    assert_eq!(status, 200);
+}
