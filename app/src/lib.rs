@@ -2,6 +2,7 @@
 //! browser (`hydrate`). Layout after Leptos' start-axum-workspace.
 
 pub mod api;
+pub mod catalog;
 pub mod components;
 pub mod pages;
 #[cfg(feature = "ssr")]

@@ -1,0 +1,188 @@
+//! The adapter catalog: the 25 LoRA Land tasks of `catalog/adapters.json` (made by `scripts/make-catalog.py` from
+//! the study's task files), with their exact prompt templates, variables, example inputs, metric and the adapter of
+//! each deployment profile. Compiled into both the server and the WASM bundle.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+
+/// The catalog file, embedded at build time.
+const CATALOG_JSON: &str = include_str!("../../catalog/adapters.json");
+
+/// Where a task's adapter comes from in each deployment profile.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdapterSources {
+    /// The adapter id on the embedded default model (a folder of `--adapters-dir`).
+    pub embedded: String,
+    /// The Hugging Face hub repository of the Mistral-7B adapter.
+    #[serde(rename = "mistral-7b")]
+    pub mistral_7b: String,
+}
+
+/// One task of the catalog.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Task {
+    /// The task id (the study's `dataset_name`).
+    pub id: String,
+    /// The name the LoRA Land app showed.
+    pub name: String,
+    /// The category the LoRA Land app grouped it under.
+    pub category: String,
+    /// One line about the task.
+    pub description: String,
+    /// The exact prompt template (Python `str.format` syntax: `{name}` variables, `{{`/`}}` literal braces).
+    pub template: String,
+    /// The template's variables, in input order.
+    pub variables: Vec<String>,
+    /// How the study scored it.
+    pub metric: String,
+    /// What an answer looks like (`text`, `number`, `json`, `SQL`, `code`).
+    pub output_format: String,
+    /// Five example inputs, each a value per variable.
+    pub examples: Vec<BTreeMap<String, String>>,
+    /// Python's rendering of the first example (the reference the renderer is tested against).
+    pub reference_prompt: String,
+    /// Adapter per deployment profile.
+    pub adapters: AdapterSources,
+    /// Whether Predibase published the Mistral-7B adapter.
+    pub published: bool,
+}
+
+#[derive(Deserialize)]
+struct CatalogFile {
+    tasks: Vec<Task>,
+}
+
+/// Every task, in catalog order.
+pub fn tasks() -> &'static [Task] {
+    static TASKS: OnceLock<Vec<Task>> = OnceLock::new();
+    TASKS.get_or_init(|| {
+        serde_json::from_str::<CatalogFile>(CATALOG_JSON).expect("catalog/adapters.json is valid (tested)").tasks
+    })
+}
+
+/// The task with this id.
+pub fn task(id: &str) -> Option<&'static Task> {
+    tasks().iter().find(|t| t.id == id)
+}
+
+/// The categories, in order of first appearance, with their tasks.
+pub fn by_category() -> Vec<(&'static str, Vec<&'static Task>)> {
+    let mut groups: Vec<(&str, Vec<&Task>)> = Vec::new();
+    for t in tasks() {
+        match groups.iter_mut().find(|(c, _)| *c == t.category) {
+            Some((_, list)) => list.push(t),
+            None => groups.push((&t.category, vec![t])),
+        }
+    }
+    groups
+}
+
+/// Why a template could not be rendered.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TemplateError {
+    /// `{name}` with no value given.
+    #[error("the template uses `{{{0}}}`, which has no value")]
+    Missing(String),
+    /// A `{` or `}` that is neither doubled nor part of a variable.
+    #[error("unbalanced brace at byte {0} of the template")]
+    Unbalanced(usize),
+}
+
+/// Renders `template` as Python's `str.format(**values)` does for plain `{name}` fields: `{{` and `}}` are
+/// literal braces.
+pub fn render(template: &str, values: &BTreeMap<String, String>) -> Result<String, TemplateError> {
+    let mut out = String::with_capacity(template.len() + values.values().map(String::len).sum::<usize>());
+    let mut rest = template;
+    let mut at = 0;
+    while let Some(i) = rest.find(['{', '}']) {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        if tail.starts_with("{{") || tail.starts_with("}}") {
+            out.push_str(&tail[..1]);
+            rest = &tail[2..];
+            at += i + 2;
+            continue;
+        }
+        if tail.starts_with('}') {
+            return Err(TemplateError::Unbalanced(at + i));
+        }
+        let end = tail.find('}').ok_or(TemplateError::Unbalanced(at + i))?;
+        let name = &tail[1..end];
+        let value = values.get(name).ok_or_else(|| TemplateError::Missing(name.to_string()))?;
+        out.push_str(value);
+        rest = &tail[end + 1..];
+        at += i + end + 1;
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// The variables a template uses, in order of first use.
+pub fn variables_of(template: &str) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    let mut rest = template;
+    while let Some(i) = rest.find(['{', '}']) {
+        let tail = &rest[i..];
+        if tail.starts_with("{{") || tail.starts_with("}}") || tail.starts_with('}') {
+            rest = &tail[tail.len().min(2)..];
+            continue;
+        }
+        let Some(end) = tail.find('}') else { break };
+        let name = tail[1..end].to_string();
+        if !names.contains(&name) {
+            names.push(name);
+        }
+        rest = &tail[end + 1..];
+    }
+    names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn catalog_has_25_tasks_with_unique_ids_and_five_examples() {
+        let all = tasks();
+        assert_eq!(all.len(), 25);
+        let mut ids: Vec<&str> = all.iter().map(|t| t.id.as_str()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), 25);
+        for t in all {
+            assert_eq!(t.examples.len(), 5, "{}", t.id);
+            assert!(!t.name.is_empty() && !t.category.is_empty() && !t.description.is_empty(), "{}", t.id);
+            assert_eq!(t.adapters.mistral_7b, format!("predibase/{}", t.id));
+        }
+        assert!(by_category().len() >= 8);
+    }
+
+    #[test]
+    fn every_template_uses_exactly_its_variables_and_renders_like_python() {
+        for t in tasks() {
+            let mut used = variables_of(&t.template);
+            let mut declared = t.variables.clone();
+            used.sort();
+            declared.sort();
+            assert_eq!(used, declared, "{}: template variables vs input_columns", t.id);
+            for example in &t.examples {
+                let rendered = render(&t.template, example).unwrap_or_else(|e| panic!("{}: {e}", t.id));
+                for value in example.values() {
+                    assert!(rendered.contains(value.as_str()), "{}", t.id);
+                }
+            }
+            assert_eq!(render(&t.template, &t.examples[0]).unwrap(), t.reference_prompt, "{}", t.id);
+        }
+    }
+
+    #[test]
+    fn literal_braces_and_errors() {
+        let values: BTreeMap<String, String> = [("x".to_string(), "1".to_string())].into();
+        assert_eq!(render("{{\"a\": {x}}}", &values).unwrap(), "{\"a\": 1}");
+        assert_eq!(render("{y}", &values), Err(TemplateError::Missing("y".into())));
+        assert_eq!(render("a } b", &values), Err(TemplateError::Unbalanced(2)));
+        assert_eq!(render("a { b", &values), Err(TemplateError::Unbalanced(2)));
+        assert_eq!(variables_of("{{no}} {a} {b} {a}"), ["a", "b"]);
+    }
+}
