@@ -6,13 +6,17 @@ pub mod catalog;
 pub mod components;
 pub mod pages;
 #[cfg(feature = "ssr")]
+pub mod run_stream;
+#[cfg(feature = "ssr")]
+pub mod session;
+#[cfg(feature = "ssr")]
 pub mod state;
 
 use leptos::prelude::*;
 use leptos_meta::{provide_meta_context, MetaTags, Stylesheet, Title};
 use leptos_router::{
     components::{Route, Router, Routes},
-    StaticSegment,
+    ParamSegment, StaticSegment,
 };
 
 /// The HTML document around the app; used by the server for every page.
@@ -47,6 +51,7 @@ pub fn App() -> impl IntoView {
             <main id="main">
                 <Routes fallback=|| view! { <pages::NotFound/> }>
                     <Route path=StaticSegment("") view=pages::Home/>
+                    <Route path=(StaticSegment("a"), ParamSegment("adapter")) view=pages::Playground/>
                 </Routes>
             </main>
         </Router>

@@ -23,6 +23,7 @@ pub fn router_with(state: AppState, options: &HttpOptions) -> Router {
     let context_state = state.clone();
     Router::new()
         .merge(api::routes(options))
+        .route("/runs/{id}/stream", axum::routing::get(app::run_stream::run_events))
         .leptos_routes_with_context(
             &state,
             routes,

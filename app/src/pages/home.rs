@@ -1,6 +1,8 @@
-//! The home page: what LoRA Land is, which model is loaded, and a session started through a server function.
+//! The home page: what LoRA Land is, which model is loaded, the adapter gallery, and a session started through a
+//! server function.
 
 use crate::api::{get_overview, StartSession};
+use crate::components::Gallery;
 use leptos::prelude::*;
 
 /// `/`: the landing page.
@@ -35,6 +37,7 @@ pub fn Home() -> impl IntoView {
                 }}
             </Suspense>
         </section>
+        <Gallery/>
         <section class="panel">
             <h2>"Your session"</h2>
             <button

@@ -1,0 +1,95 @@
+//! The adapter gallery: the catalog's tasks grouped by category, filtered by text as the visitor types (or by the
+//! `q` query parameter of a plain form submit without JavaScript).
+
+use crate::catalog::{self, Task};
+use leptos::prelude::*;
+use leptos_router::hooks::use_query_map;
+
+/// Whether `task` matches the filter text (case-insensitive, over name, id, category and description).
+pub fn matches(task: &Task, filter: &str) -> bool {
+    let filter = filter.trim().to_lowercase();
+    filter.is_empty()
+        || [&task.name, &task.id, &task.category, &task.description]
+            .iter()
+            .any(|field| field.to_lowercase().contains(&filter))
+}
+
+/// The gallery.
+#[component]
+pub fn Gallery() -> impl IntoView {
+    let query = use_query_map();
+    let filter = RwSignal::new(query.with_untracked(|q| q.get("q").unwrap_or_default()));
+    let shown = move || catalog::tasks().iter().filter(|t| filter.with(|f| matches(t, f))).count();
+    view! {
+        <section class="panel" aria-labelledby="gallery-title">
+            <div class="gallery-head">
+                <h2 id="gallery-title">"Task adapters"</h2>
+                <form class="filter" method="get" action="/" role="search">
+                    <label for="filter">"Filter"</label>
+                    <input
+                        id="filter"
+                        name="q"
+                        type="search"
+                        placeholder="sentiment, SQL, math…"
+                        prop:value=move || filter.get()
+                        on:input=move |ev| filter.set(event_target_value(&ev))
+                    />
+                    <noscript><button class="button" type="submit">"Filter"</button></noscript>
+                </form>
+                <p class="muted" id="shown-count" aria-live="polite">
+                    {move || format!("{} of {} adapters", shown(), catalog::tasks().len())}
+                </p>
+            </div>
+            {catalog::by_category()
+                .into_iter()
+                .map(|(category, tasks)| {
+                    let in_view = {
+                        let tasks = tasks.clone();
+                        move || tasks.iter().any(|t| filter.with(|f| matches(t, f)))
+                    };
+                    view! {
+                        <section class="category" class:hidden=move || !in_view()>
+                            <h3>{category}</h3>
+                            <ul class="cards">
+                                {tasks.into_iter().map(|t| view! { <Card task=t filter/> }).collect_view()}
+                            </ul>
+                        </section>
+                    }
+                })
+                .collect_view()}
+        </section>
+    }
+}
+
+/// One adapter's card.
+#[component]
+fn Card(task: &'static Task, filter: RwSignal<String>) -> impl IntoView {
+    view! {
+        <li class="card" class:hidden=move || !filter.with(|f| matches(task, f)) data-task=task.id.clone()>
+            <a class="card-link" href=format!("/a/{}", task.id)>
+                <strong class="card-name">{task.name.clone()}</strong>
+            </a>
+            <p class="card-desc">{task.description.clone()}</p>
+            <p class="card-meta muted">
+                <span>"Metric: " {task.metric.clone()}</span>
+                <span>" · Output: " {task.output_format.clone()}</span>
+            </p>
+        </li>
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filter_matches_name_category_and_description_case_insensitively() {
+        let sst2 = catalog::task("glue_sst2").unwrap();
+        assert!(matches(sst2, ""));
+        assert!(matches(sst2, "  SENTIMENT "));
+        assert!(matches(sst2, "sst2"));
+        assert!(!matches(sst2, "sql"));
+        let hits: Vec<&str> = catalog::tasks().iter().filter(|t| matches(t, "sql")).map(|t| t.id.as_str()).collect();
+        assert_eq!(hits, ["wikisql"]);
+    }
+}

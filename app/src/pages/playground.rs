@@ -1,0 +1,277 @@
+//! `/a/:adapter`: one task's adapter beside the base model. One input per template variable, example chips, a live
+//! preview of the rendered prompt with its token count, generation parameters, and Run, which stores the run and
+//! streams both answers side by side (server-sent events); Stop cancels both.
+
+use crate::api::{count_tokens, start_run, RunParams, RunRequest};
+use crate::catalog::{self, Task};
+use crate::components::{Pane, PaneState};
+use leptos::prelude::*;
+use leptos_router::hooks::use_params_map;
+use std::collections::BTreeMap;
+
+/// The playground page.
+#[component]
+pub fn Playground() -> impl IntoView {
+    let params = use_params_map();
+    let id = params.read_untracked().get("adapter").unwrap_or_default();
+    match catalog::task(&id) {
+        Some(task) => view! { <TaskPlayground task/> }.into_any(),
+        None => view! { <crate::pages::NotFound/> }.into_any(),
+    }
+}
+
+/// The panes of a task's playground: its adapter, then the base model.
+pub fn panes_of(task: &Task) -> Vec<(String, String, Option<String>)> {
+    vec![
+        (task.name.clone(), task.adapters.embedded.clone(), Some(task.adapters.embedded.clone())),
+        ("Base model".to_string(), "base".to_string(), None),
+    ]
+}
+
+#[component]
+fn TaskPlayground(task: &'static Task) -> impl IntoView {
+    let first: BTreeMap<String, String> = task.examples[0].clone();
+    let values = RwSignal::new(first);
+    let max_new_tokens = RwSignal::new(RunParams::default().max_new_tokens);
+    let temperature = RwSignal::new(RunParams::default().temperature);
+    let top_p = RwSignal::new(RunParams::default().top_p);
+    let seed = RwSignal::new(RunParams::default().seed);
+    let prompt = Memo::new(move |_| values.with(|v| catalog::render(&task.template, v)));
+    let tokens = Resource::new(
+        move || prompt.get().ok(),
+        |p| async move {
+            match p {
+                Some(p) => count_tokens(p).await.map(Some),
+                None => Ok(None),
+            }
+        },
+    );
+    let panes: Vec<PaneState> = panes_of(task).iter().map(|_| PaneState::new()).collect();
+    let running = RwSignal::new(false);
+    let run_id = RwSignal::new(None::<String>);
+    let error = RwSignal::new(None::<String>);
+    let stream = live::Stream::default();
+
+    let run = {
+        let panes = panes.clone();
+        let stream = stream.clone();
+        move || {
+            let request = RunRequest {
+                task: task.id.clone(),
+                inputs: values.get_untracked(),
+                params: RunParams {
+                    max_new_tokens: max_new_tokens.get_untracked(),
+                    temperature: temperature.get_untracked(),
+                    top_p: top_p.get_untracked(),
+                    seed: seed.get_untracked(),
+                },
+                panes: panes_of(task).into_iter().map(|(_, _, a)| a).collect(),
+            };
+            if let Err(e) = request.params.validate() {
+                error.set(Some(e));
+                return;
+            }
+            error.set(None);
+            running.set(true);
+            panes.iter().for_each(PaneState::reset);
+            let panes = panes.clone();
+            let stream = stream.clone();
+            leptos::task::spawn_local(async move {
+                match start_run(request).await {
+                    Ok(id) => {
+                        run_id.set(Some(id.clone()));
+                        stream.open(&id, panes, move || running.set(false));
+                    }
+                    Err(e) => {
+                        error.set(Some(e.to_string()));
+                        running.set(false);
+                        panes.iter().for_each(|p| p.status.set("idle"));
+                    }
+                }
+            });
+        }
+    };
+    let stop = {
+        let panes = panes.clone();
+        let stream = stream.clone();
+        move || {
+            stream.close();
+            running.set(false);
+            for p in &panes {
+                if p.status.get_untracked() == "running" {
+                    p.status.set("stopped");
+                }
+            }
+        }
+    };
+
+    view! {
+        <section class="panel">
+            <p class="muted"><a href="/">"All adapters"</a> " / " {task.category.clone()}</p>
+            <h1>{task.name.clone()}</h1>
+            <p>{task.description.clone()}</p>
+            <p class="muted">
+                "Metric: " {task.metric.clone()} " · Output: " {task.output_format.clone()}
+                " · Adapter: " <code>{task.adapters.embedded.clone()}</code>
+                " (Mistral-7B: " <code>{task.adapters.mistral_7b.clone()}</code> ")"
+            </p>
+        </section>
+        <section class="panel playground" aria-labelledby="inputs-title">
+            <h2 id="inputs-title">"Inputs"</h2>
+            <div class="chips" role="group" aria-label="Example inputs">
+                {task.examples.iter().enumerate().map(|(i, ex)| {
+                    let ex = ex.clone();
+                    view! {
+                        <button type="button" class="chip" on:click=move |_| values.set(ex.clone())>
+                            {format!("Example {}", i + 1)}
+                        </button>
+                    }
+                }).collect_view()}
+            </div>
+            {task.variables.iter().map(|name| {
+                let key = name.clone();
+                let key2 = name.clone();
+                let input_id = format!("var-{name}");
+                view! {
+                    <label class="field" for=input_id.clone()>
+                        <span>{name.clone()}</span>
+                        <textarea
+                            id=input_id.clone()
+                            name=name.clone()
+                            rows="3"
+                            prop:value=move || values.with(|v| v.get(&key).cloned().unwrap_or_default())
+                            on:input=move |ev| {
+                                let value = event_target_value(&ev);
+                                values.update(|v| { v.insert(key2.clone(), value); });
+                            }
+                        ></textarea>
+                    </label>
+                }
+            }).collect_view()}
+            <details class="preview" open>
+                <summary>
+                    "Prompt preview "
+                    <span id="token-count" class="muted">
+                        <Suspense fallback=|| "(counting tokens…)">
+                            {move || tokens.get().map(|t| match t {
+                                Ok(Some(n)) => format!("({n} tokens)"),
+                                Ok(None) => String::new(),
+                                Err(e) => format!("({e})"),
+                            })}
+                        </Suspense>
+                    </span>
+                </summary>
+                <pre id="prompt-preview">{move || match prompt.get() {
+                    Ok(p) => p,
+                    Err(e) => e.to_string(),
+                }}</pre>
+            </details>
+            <fieldset class="params">
+                <legend>"Generation"</legend>
+                <label for="max-new-tokens">"Max new tokens"
+                    <input id="max-new-tokens" type="number" min="1" max="256"
+                        prop:value=move || max_new_tokens.get().to_string()
+                        on:input=move |ev| max_new_tokens.set(event_target_value(&ev).parse().unwrap_or(0))/>
+                </label>
+                <label for="temperature">"Temperature"
+                    <input id="temperature" type="number" min="0" max="2" step="0.1"
+                        prop:value=move || temperature.get().to_string()
+                        on:input=move |ev| temperature.set(event_target_value(&ev).parse().unwrap_or(-1.0))/>
+                </label>
+                <label for="top-p">"Top-p"
+                    <input id="top-p" type="number" min="0.01" max="1" step="0.05"
+                        prop:value=move || top_p.get().to_string()
+                        on:input=move |ev| top_p.set(event_target_value(&ev).parse().unwrap_or(0.0))/>
+                </label>
+                <label for="seed">"Seed"
+                    <input id="seed" type="number" min="0"
+                        prop:value=move || seed.get().to_string()
+                        on:input=move |ev| seed.set(event_target_value(&ev).parse().unwrap_or(0))/>
+                </label>
+            </fieldset>
+            <div class="actions">
+                <button id="run" type="button" class="button primary" disabled=move || running.get()
+                    on:click={let run = run.clone(); move |_| run()}>"Run"</button>
+                <button id="stop" type="button" class="button" disabled=move || !running.get()
+                    on:click=move |_| stop()>"Stop"</button>
+                {move || run_id.get().map(|id| view! {
+                    <a id="run-link" href=format!("/r/{id}")>"Link to this run"</a>
+                })}
+            </div>
+            {move || error.get().map(|e| view! { <p class="error" role="alert">{e}</p> })}
+        </section>
+        <section class="panes" aria-label="Answers">
+            {panes_of(task).into_iter().zip(panes.clone()).enumerate().map(|(i, ((title, model, _), state))| {
+                view! { <Pane index=i title model state/> }
+            }).collect_view()}
+        </section>
+    }
+}
+
+/// The browser side of `/runs/{id}/stream`: an `EventSource` whose events go to the panes. A no-op on the server.
+mod live {
+    use crate::components::PaneState;
+
+    /// The open stream, if any.
+    #[derive(Clone)]
+    #[cfg_attr(not(feature = "hydrate"), derive(Default))]
+    pub struct Stream {
+        // The browser runs everything on one thread; SendWrapper satisfies the signals' Send bounds.
+        #[cfg(feature = "hydrate")]
+        inner: send_wrapper::SendWrapper<std::rc::Rc<std::cell::RefCell<Option<web_sys::EventSource>>>>,
+    }
+
+    #[cfg(feature = "hydrate")]
+    impl Default for Stream {
+        fn default() -> Self {
+            Self { inner: send_wrapper::SendWrapper::new(Default::default()) }
+        }
+    }
+
+    impl Stream {
+        /// Opens the run's stream; `on_end` runs once every pane has finished (or the connection failed).
+        #[cfg(feature = "hydrate")]
+        pub fn open(&self, id: &str, panes: Vec<PaneState>, on_end: impl Fn() + 'static) {
+            use wasm_bindgen::prelude::*;
+            use wasm_bindgen::JsCast;
+            self.close();
+            let Ok(es) = web_sys::EventSource::new(&format!("/runs/{id}/stream")) else {
+                on_end();
+                return;
+            };
+            let on_message = Closure::<dyn FnMut(web_sys::MessageEvent)>::new(move |ev: web_sys::MessageEvent| {
+                let Some(data) = ev.data().as_string() else { return };
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(&data) else { return };
+                if let Some(p) = v.get("pane").and_then(|p| p.as_u64()).and_then(|i| panes.get(i as usize)) {
+                    p.apply(&v);
+                }
+            });
+            es.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
+            on_message.forget();
+            let on_end = std::rc::Rc::new(on_end);
+            for name in ["end", "error"] {
+                let es2 = es.clone();
+                let on_end = on_end.clone();
+                let done = Closure::<dyn FnMut(web_sys::Event)>::new(move |_| {
+                    // EventSource would reconnect after an error; a run is not resumed that way.
+                    es2.close();
+                    on_end();
+                });
+                let _ = es.add_event_listener_with_callback(name, done.as_ref().unchecked_ref());
+                done.forget();
+            }
+            *self.inner.borrow_mut() = Some(es);
+        }
+
+        #[cfg(not(feature = "hydrate"))]
+        pub fn open(&self, _id: &str, _panes: Vec<PaneState>, _on_end: impl Fn() + 'static) {}
+
+        /// Closes the stream; the server cancels the generations.
+        pub fn close(&self) {
+            #[cfg(feature = "hydrate")]
+            if let Some(es) = self.inner.borrow_mut().take() {
+                es.close();
+            }
+        }
+    }
+}
