@@ -8,6 +8,7 @@ const root = path.resolve(__dirname, "..");
 const port = process.env.E2E_PORT ?? "3000";
 const dataDir = process.env.E2E_DATA_DIR ?? path.join(root, "target", "e2e-data");
 const model = process.env.E2E_MODEL ?? path.resolve(root, "..", "shared", "fixtures", "tiny-llama", "base");
+const adapters = process.env.E2E_ADAPTERS_DIR ?? path.join(dataDir, "adapters");
 const bin = process.env.E2E_BIN ?? path.join(root, "target", "debug", "loraland");
 
 export default defineConfig({
@@ -36,7 +37,7 @@ export default defineConfig({
     },
   },
   webServer: {
-    command: `${bin} serve --addr 127.0.0.1:${port} --data-dir ${dataDir} --model ${model}`,
+    command: `${bin} serve --addr 127.0.0.1:${port} --data-dir ${dataDir} --model ${model} --adapters-dir ${adapters}`,
     url: `http://127.0.0.1:${port}/`,
     timeout: 120_000,
     reuseExistingServer: false,

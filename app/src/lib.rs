@@ -52,6 +52,8 @@ pub fn App() -> impl IntoView {
                 <Routes fallback=|| view! { <pages::NotFound/> }>
                     <Route path=StaticSegment("") view=pages::Home/>
                     <Route path=(StaticSegment("a"), ParamSegment("adapter")) view=pages::Playground/>
+                    <Route path=(StaticSegment("r"), ParamSegment("id")) view=pages::RunPage/>
+                    <Route path=StaticSegment("history") view=pages::History/>
                 </Routes>
             </main>
         </Router>

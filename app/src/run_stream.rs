@@ -81,12 +81,17 @@ fn pane_events(state: AppState, run: RunView) -> impl futures_util::Stream<Item 
 }
 
 /// One pane: submit, forward pieces, store the result.
-fn generate_pane(state: AppState, run: RunView, mut pane: PaneView) -> impl futures_util::Stream<Item = SseEvent> + Send {
+fn generate_pane(
+    state: AppState,
+    run: RunView,
+    mut pane: PaneView,
+) -> impl futures_util::Stream<Item = SseEvent> + Send {
     stream::once(async move {
         let submitted = match state.engine.get() {
             None => Err("the model is still loading; try again shortly".to_string()),
-            Some(engine) => request(&run, pane.adapter.as_deref())
-                .and_then(|r| engine.generate(r).map_err(|e| pane_error(&e))),
+            Some(engine) => {
+                request(&run, pane.adapter.as_deref()).and_then(|r| engine.generate(r).map_err(|e| pane_error(&e)))
+            }
         };
         let events: futures_util::stream::BoxStream<'static, SseEvent> = match submitted {
             Err(e) => {
@@ -95,33 +100,37 @@ fn generate_pane(state: AppState, run: RunView, mut pane: PaneView) -> impl futu
                 store(&state, &run.id, &pane).await;
                 stream::iter([finished(&pane)]).boxed()
             }
-            Ok(gen) => stream::unfold((gen, pane, state, run.id.clone(), false), |(mut gen, mut pane, state, id, over)| async move {
-                if over {
-                    return None;
-                }
-                match gen.next_event().await {
-                    Some(Ok(Event::Token(t))) => {
-                        pane.text.push_str(&t.text);
-                        Some((piece(pane.pane, &t.text), (gen, pane, state, id, false)))
+            Ok(gen) => stream::unfold(
+                (gen, pane, state, run.id.clone(), false),
+                |(mut gen, mut pane, state, id, over)| async move {
+                    if over {
+                        return None;
                     }
-                    Some(Ok(Event::Finished(f))) => {
-                        let decode = f.timings.total.saturating_sub(f.timings.time_to_first_token).as_secs_f64();
-                        pane.finish_reason = Some(engine_reason(f.reason).into());
-                        pane.generated_tokens = Some(f.generated_tokens as i64);
-                        pane.ttft_ms = Some(f.timings.time_to_first_token.as_secs_f64() * 1e3);
-                        pane.tokens_per_s = (decode > 0.0).then(|| (f.generated_tokens.saturating_sub(1)) as f64 / decode);
-                        store(&state, &id, &pane).await;
-                        Some((finished(&pane), (gen, pane, state, id, true)))
+                    match gen.next_event().await {
+                        Some(Ok(Event::Token(t))) => {
+                            pane.text.push_str(&t.text);
+                            Some((piece(pane.pane, &t.text), (gen, pane, state, id, false)))
+                        }
+                        Some(Ok(Event::Finished(f))) => {
+                            let decode = f.timings.total.saturating_sub(f.timings.time_to_first_token).as_secs_f64();
+                            pane.finish_reason = Some(engine_reason(f.reason).into());
+                            pane.generated_tokens = Some(f.generated_tokens as i64);
+                            pane.ttft_ms = Some(f.timings.time_to_first_token.as_secs_f64() * 1e3);
+                            pane.tokens_per_s =
+                                (decode > 0.0).then(|| (f.generated_tokens.saturating_sub(1)) as f64 / decode);
+                            store(&state, &id, &pane).await;
+                            Some((finished(&pane), (gen, pane, state, id, true)))
+                        }
+                        Some(Err(e)) => {
+                            pane.error = Some(pane_error(&e));
+                            pane.finish_reason = Some("error".into());
+                            store(&state, &id, &pane).await;
+                            Some((finished(&pane), (gen, pane, state, id, true)))
+                        }
+                        None => None,
                     }
-                    Some(Err(e)) => {
-                        pane.error = Some(pane_error(&e));
-                        pane.finish_reason = Some("error".into());
-                        store(&state, &id, &pane).await;
-                        Some((finished(&pane), (gen, pane, state, id, true)))
-                    }
-                    None => None,
-                }
-            })
+                },
+            )
             .boxed(),
         };
         events

@@ -24,8 +24,11 @@ pub async fn current(db: &SqlitePool, create: bool) -> Result<Option<String>, Se
     let headers: axum::http::HeaderMap = leptos_axum::extract().await?;
     let cookie = headers.get(axum::http::header::COOKIE).and_then(|v| v.to_str().ok()).and_then(from_cookie_header);
     if let Some(id) = cookie {
-        let known: Option<String> =
-            sqlx::query_scalar("SELECT id FROM sessions WHERE id = ?").bind(id).fetch_optional(db).await.map_err(db_err)?;
+        let known: Option<String> = sqlx::query_scalar("SELECT id FROM sessions WHERE id = ?")
+            .bind(id)
+            .fetch_optional(db)
+            .await
+            .map_err(db_err)?;
         if known.is_some() {
             return Ok(known);
         }

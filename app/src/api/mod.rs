@@ -4,5 +4,8 @@
 pub mod run;
 pub(crate) mod session;
 
+pub use run::{
+    count_tokens, get_run, list_runs, start_run, CountTokens, GetRun, ListRuns, PaneView, RunPage, RunParams,
+    RunRequest, RunSummary, RunView, StartRun,
+};
 pub use session::{get_overview, start_session, GetOverview, Overview, SessionInfo, StartSession};
-pub use run::{count_tokens, get_run, start_run, CountTokens, GetRun, PaneView, RunParams, RunRequest, RunView, StartRun};

@@ -106,7 +106,9 @@ pub async fn start_run(request: RunRequest) -> Result<String, ServerFnError> {
     let state = expect_context::<crate::state::AppState>();
     let session = crate::session::current(&state.db, true).await?.expect("created when asked");
     let prompt = ssr::check(&state, &request).map_err(ServerFnError::new)?;
-    ssr::insert_run(&state.db, &session, &request, &prompt).await.map_err(|e| ServerFnError::new(format!("database error: {e}")))
+    ssr::insert_run(&state.db, &session, &request, &prompt)
+        .await
+        .map_err(|e| ServerFnError::new(format!("database error: {e}")))
 }
 
 /// A stored run, for anyone with its id.
@@ -114,6 +116,47 @@ pub async fn start_run(request: RunRequest) -> Result<String, ServerFnError> {
 pub async fn get_run(id: String) -> Result<Option<RunView>, ServerFnError> {
     let state = expect_context::<crate::state::AppState>();
     ssr::load_run(&state.db, &id).await.map_err(|e| ServerFnError::new(format!("database error: {e}")))
+}
+
+/// A page of this session's runs, newest first.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunPage {
+    /// The runs of this page.
+    pub runs: Vec<RunSummary>,
+    /// Whether an older page exists.
+    pub more: bool,
+}
+
+/// One line of the history.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunSummary {
+    /// The run id.
+    pub id: String,
+    /// The catalog task.
+    pub task: Option<String>,
+    /// The start of the prompt.
+    pub excerpt: String,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    /// Panes, and how many finished.
+    pub panes: i64,
+    /// Finished panes.
+    pub finished: i64,
+}
+
+/// Runs shown per history page.
+pub const HISTORY_PAGE: i64 = 20;
+
+/// This session's runs, newest first, `HISTORY_PAGE` per page (0-based `page`).
+#[server(endpoint = "list_runs")]
+pub async fn list_runs(page: i64) -> Result<RunPage, ServerFnError> {
+    let state = expect_context::<crate::state::AppState>();
+    let Some(session) = crate::session::current(&state.db, false).await? else {
+        return Ok(RunPage { runs: Vec::new(), more: false });
+    };
+    ssr::list_runs(&state.db, &session, page.max(0))
+        .await
+        .map_err(|e| ServerFnError::new(format!("database error: {e}")))
 }
 
 /// The number of tokens `text` has for the loaded model.
@@ -240,9 +283,60 @@ pub(crate) mod ssr {
         }))
     }
 
+    /// A page of a session's runs, newest first.
+    pub async fn list_runs(db: &SqlitePool, session: &str, page: i64) -> sqlx::Result<RunPage> {
+        let rows = sqlx::query(
+            "SELECT r.id, r.task_id, substr(r.prompt, 1, 160) AS excerpt, r.created_at, \
+               (SELECT COUNT(*) FROM outputs o WHERE o.run_id = r.id) AS panes, \
+               (SELECT COUNT(*) FROM outputs o WHERE o.run_id = r.id AND o.finish_reason IS NOT NULL) AS finished \
+             FROM runs r WHERE r.session_id = ? ORDER BY r.created_at DESC, r.rowid DESC LIMIT ? OFFSET ?",
+        )
+        .bind(session)
+        .bind(HISTORY_PAGE + 1)
+        .bind(page * HISTORY_PAGE)
+        .fetch_all(db)
+        .await?;
+        let more = rows.len() as i64 > HISTORY_PAGE;
+        let runs = rows
+            .into_iter()
+            .take(HISTORY_PAGE as usize)
+            .map(|r| RunSummary {
+                id: r.get("id"),
+                task: r.get("task_id"),
+                excerpt: r.get("excerpt"),
+                created_at: r.get("created_at"),
+                panes: r.get("panes"),
+                finished: r.get("finished"),
+            })
+            .collect();
+        Ok(RunPage { runs, more })
+    }
+
     #[cfg(test)]
     mod tests {
         use super::*;
+
+        #[sqlx::test(migrations = "../migrations")]
+        async fn history_pages_newest_first_and_per_session(db: SqlitePool) {
+            let me = crate::api::session::ssr::create_session(&db).await.unwrap();
+            let other = crate::api::session::ssr::create_session(&db).await.unwrap();
+            let inputs: BTreeMap<String, String> = [("question".to_string(), "1+1?".to_string())].into();
+            let req = RunRequest { task: "gsm8k".into(), inputs, params: RunParams::default(), panes: vec![None] };
+            let mut mine = Vec::new();
+            for i in 0..(HISTORY_PAGE + 5) {
+                mine.push(insert_run(&db, &me, &req, &format!("prompt {i}")).await.unwrap());
+            }
+            insert_run(&db, &other, &req, "not mine").await.unwrap();
+            let first = list_runs(&db, &me, 0).await.unwrap();
+            assert_eq!(first.runs.len(), HISTORY_PAGE as usize);
+            assert!(first.more);
+            assert_eq!(first.runs[0].id, *mine.last().unwrap(), "newest first");
+            let second = list_runs(&db, &me, 1).await.unwrap();
+            assert_eq!(second.runs.len(), 5);
+            assert!(!second.more);
+            assert_eq!(second.runs[4].id, mine[0]);
+            assert!(first.runs.iter().chain(&second.runs).all(|r| r.excerpt != "not mine" && r.panes == 1));
+        }
 
         #[sqlx::test(migrations = "../migrations")]
         async fn a_run_is_stored_with_its_panes_and_finished_panes_are_kept(db: SqlitePool) {

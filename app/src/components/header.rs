@@ -12,6 +12,10 @@ pub fn Header() -> impl IntoView {
         <header class="site-header" data-hydrated=move || hydrated.get().to_string()>
             <a class="brand" href="/">"LoRA Land"</a>
             <span class="tagline">"Many fine-tuned adapters, one base model"</span>
+            <nav class="site-nav" aria-label="Site">
+                <a href="/">"Adapters"</a>
+                <a href="/history">"History"</a>
+            </nav>
         </header>
     }
 }
