@@ -16,7 +16,7 @@ use leptos::prelude::*;
 use leptos_meta::{provide_meta_context, MetaTags, Stylesheet, Title};
 use leptos_router::{
     components::{Route, Router, Routes},
-    ParamSegment, StaticSegment,
+    ParamSegment, SsrMode, StaticSegment,
 };
 
 /// The HTML document around the app; used by the server for every page.
@@ -50,10 +50,13 @@ pub fn App() -> impl IntoView {
             <components::Header/>
             <main id="main">
                 <Routes fallback=|| view! { <pages::NotFound/> }>
-                    <Route path=StaticSegment("") view=pages::Home/>
-                    <Route path=(StaticSegment("a"), ParamSegment("adapter")) view=pages::Playground/>
-                    <Route path=(StaticSegment("r"), ParamSegment("id")) view=pages::RunPage/>
-                    <Route path=StaticSegment("history") view=pages::History/>
+                    // Async: the server waits for the data and sends whole pages, so they read the same
+                    // without JavaScript (out-of-order streaming needs a script to place its chunks).
+                    <Route path=StaticSegment("") view=pages::Home ssr=SsrMode::Async/>
+                    <Route path=(StaticSegment("a"), ParamSegment("adapter")) view=pages::Playground ssr=SsrMode::Async/>
+                    <Route path=(StaticSegment("r"), ParamSegment("id")) view=pages::RunPage ssr=SsrMode::Async/>
+                    <Route path=StaticSegment("history") view=pages::History ssr=SsrMode::Async/>
+                    <Route path=StaticSegment("compare") view=pages::Compare ssr=SsrMode::Async/>
                 </Routes>
             </main>
         </Router>

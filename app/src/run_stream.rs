@@ -29,6 +29,13 @@ pub async fn run_events(State(state): State<AppState>, Path(id): Path<String>) -
     Sse::new(events).keep_alive(KeepAlive::default()).into_response()
 }
 
+/// Runs every pending pane of a stored run to its end (the no-JavaScript path); the results are stored.
+pub async fn run_to_end(state: &AppState, id: &str) -> Result<(), String> {
+    let run = runs::load_run(&state.db, id).await.map_err(|e| e.to_string())?.ok_or_else(|| format!("no run {id}"))?;
+    pane_events(state.clone(), run).for_each(|_| async {}).await;
+    Ok(())
+}
+
 fn request(run: &RunView, adapter: Option<&str>) -> Result<GenerateRequest, String> {
     let adapter = adapter.map(AdapterId::new).transpose().map_err(|e| e.to_string())?;
     let p = &run.params;

@@ -1,4 +1,8 @@
 import { test, expect, Page } from "@playwright/test";
+import * as path from "path";
+
+// Screenshots for the README: SCREENSHOTS_DIR=../docs/screenshots scripts/e2e.sh
+const shots = process.env.SCREENSHOTS_DIR ?? path.join(__dirname, "..", "..", "target", "screenshots");
 
 async function waitForHydration(page: Page) {
   await expect(page.locator("header.site-header")).toHaveAttribute("data-hydrated", "true");
@@ -15,6 +19,9 @@ test("gallery groups the 25 adapters and filters them as you type", async ({ pag
   await expect(page.locator('li.card[data-task="glue_sst2"]')).toBeHidden();
   await page.getByLabel("Filter").fill("sentiment");
   await expect(page.locator('li.card[data-task="glue_sst2"]')).toBeVisible();
+  await page.getByLabel("Filter").fill("");
+  await page.setViewportSize({ width: 1200, height: 900 });
+  await page.screenshot({ path: path.join(shots, "gallery.png") });
 });
 
 test("playground: example chip, prompt preview, Run streams both panes, then history and the shared link", async ({
@@ -38,6 +45,8 @@ test("playground: example chip, prompt preview, Run streams both panes, then his
 
   await page.getByLabel("Max new tokens").fill("12");
   await page.getByRole("button", { name: "Run" }).click();
+  await expect(page.locator('section.pane[data-pane="0"] .pane-text')).not.toBeEmpty();
+  await page.screenshot({ path: path.join(shots, "playground.png"), fullPage: true });
   const panes = page.locator("section.pane");
   await expect(panes).toHaveCount(2);
   for (const i of [0, 1]) {
@@ -52,6 +61,7 @@ test("playground: example chip, prompt preview, Run streams both panes, then his
 
   await page.goto("/history");
   await expect(page.locator("#history li").first().locator("a")).toHaveAttribute("href", href!);
+  await page.screenshot({ path: path.join(shots, "history.png") });
 
   // The shared link works in a fresh browser context (no session cookie).
   const other = await browser.newContext();
@@ -61,6 +71,11 @@ test("playground: example chip, prompt preview, Run streams both panes, then his
   await expect(shared.locator('section.pane[data-pane="0"] .pane-text')).toHaveText(adapterText!);
   await expect(shared.locator('section.pane[data-pane="1"]')).toHaveAttribute("data-status", "done");
   await expect(shared.locator(".inputs dd")).toHaveText("the plot is nothing but a string of tired clichés .");
+  // A visitor votes; the vote shows on the gallery as the adapter's win rate.
+  await shared.getByRole("button", { name: "Vote: Sentiment Detection (SST2) is better" }).click();
+  await expect(shared.locator("#vote-status")).toHaveText("Thanks! Your vote: Sentiment Detection (SST2).");
+  await shared.goto("/");
+  await expect(shared.locator('li.card[data-task="glue_sst2"] .card-votes')).toHaveText("Won 1 of 1 votes (100%)");
   // Its history is empty: runs belong to the session that made them.
   await shared.goto("/history");
   await expect(shared.locator("#no-runs")).toBeVisible();
@@ -98,4 +113,35 @@ test("a prompt with markup is shown as text and runs no script", async ({ page }
   await expect(page.locator(".inputs dd")).toHaveText(evil);
   expect(await page.locator("img[src=x]").count()).toBe(0);
   expect(dialogs).toBe(0);
+});
+
+test("compare runs one prompt through three adapters at once", async ({ page }) => {
+  await page.goto("/compare?task=glue_sst2&p1=glue_sst2&p2=customer_support&p3=gsm8k");
+  await waitForHydration(page);
+  await expect(page.locator("section.pane")).toHaveCount(3);
+  await page.getByLabel("Max new tokens").fill("6");
+  await page.getByRole("button", { name: "Run" }).click();
+  for (const i of [0, 1, 2]) {
+    await expect(page.locator(`section.pane[data-pane="${i}"]`)).toHaveAttribute("data-status", "done");
+  }
+  const texts = await page.locator("section.pane .pane-text").allTextContents();
+  expect(texts.length).toBe(3);
+});
+
+test("without JavaScript a plain form submit runs the comparison and shows the finished answers", async ({ browser }) => {
+  const context = await browser.newContext({ javaScriptEnabled: false });
+  const page = await context.newPage();
+  await page.goto("/a/glue_sst2");
+  await expect(page.getByLabel("sentence")).toHaveValue("a gorgeous, witty, seductive movie .");
+  await page.getByLabel("sentence").fill("a plain form, no scripts .");
+  await page.getByLabel("Max new tokens").fill("5");
+  await page.getByRole("button", { name: "Run" }).click();
+  await expect(page).toHaveURL(/\/r\/[0-9a-f-]{36}$/);
+  await expect(page.locator(".inputs dd")).toHaveText("a plain form, no scripts .");
+  for (const i of [0, 1]) {
+    const pane = page.locator(`section.pane[data-pane="${i}"]`);
+    await expect(pane).toHaveAttribute("data-status", "done");
+    await expect(pane.locator(".pane-timings")).toHaveText(/^5 tokens · first token \d+ ms/);
+  }
+  await context.close();
 });

@@ -3,9 +3,11 @@
 
 pub mod run;
 pub(crate) mod session;
+pub mod vote;
 
 pub use run::{
-    count_tokens, get_run, list_runs, start_run, CountTokens, GetRun, ListRuns, PaneView, RunPage, RunParams,
-    RunRequest, RunSummary, RunView, StartRun,
+    count_tokens, get_run, list_runs, run_form, start_run, CountTokens, GetRun, ListRuns, PaneView, RunForm, RunPage,
+    RunParams, RunRequest, RunSummary, RunView, StartRun, MAX_PANES,
 };
 pub use session::{get_overview, start_session, GetOverview, Overview, SessionInfo, StartSession};
+pub use vote::{vote, win_rates, Vote, WinRate, WinRates};

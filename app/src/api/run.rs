@@ -111,6 +111,31 @@ pub async fn start_run(request: RunRequest) -> Result<String, ServerFnError> {
         .map_err(|e| ServerFnError::new(format!("database error: {e}")))
 }
 
+/// The playground's form as a browser posts it without JavaScript (`inputs[name]`, `panes[i]` with `base` for
+/// the base model): the run is stored and answered to the end on the server, then the browser is sent to `/r/:id`.
+#[server(endpoint = "run_form")]
+pub async fn run_form(
+    task: String,
+    inputs: BTreeMap<String, String>,
+    panes: Vec<String>,
+    max_new_tokens: u32,
+    temperature: f32,
+    top_p: f32,
+    seed: u64,
+) -> Result<String, ServerFnError> {
+    let state = expect_context::<crate::state::AppState>();
+    let session = crate::session::current(&state.db, true).await?.expect("created when asked");
+    let panes = panes.into_iter().map(|p| (p != "base").then_some(p)).collect();
+    let request = RunRequest { task, inputs, params: RunParams { max_new_tokens, temperature, top_p, seed }, panes };
+    let prompt = ssr::check(&state, &request).map_err(ServerFnError::new)?;
+    let id = ssr::insert_run(&state.db, &session, &request, &prompt)
+        .await
+        .map_err(|e| ServerFnError::new(format!("database error: {e}")))?;
+    crate::run_stream::run_to_end(&state, &id).await.map_err(ServerFnError::new)?;
+    leptos_axum::redirect(&format!("/r/{id}"));
+    Ok(id)
+}
+
 /// A stored run, for anyone with its id.
 #[server(endpoint = "get_run")]
 pub async fn get_run(id: String) -> Result<Option<RunView>, ServerFnError> {

@@ -1,6 +1,7 @@
 //! The adapter gallery: the catalog's tasks grouped by category, filtered by text as the visitor types (or by the
 //! `q` query parameter of a plain form submit without JavaScript).
 
+use crate::api::{win_rates, WinRate};
 use crate::catalog::{self, Task};
 use leptos::prelude::*;
 use leptos_router::hooks::use_query_map;
@@ -20,6 +21,7 @@ pub fn Gallery() -> impl IntoView {
     let query = use_query_map();
     let filter = RwSignal::new(query.with_untracked(|q| q.get("q").unwrap_or_default()));
     let shown = move || catalog::tasks().iter().filter(|t| filter.with(|f| matches(t, f))).count();
+    let rates = Resource::new(|| (), |_| win_rates());
     view! {
         <section class="panel" aria-labelledby="gallery-title">
             <div class="gallery-head">
@@ -51,7 +53,7 @@ pub fn Gallery() -> impl IntoView {
                         <section class="category" class:hidden=move || !in_view()>
                             <h3>{category}</h3>
                             <ul class="cards">
-                                {tasks.into_iter().map(|t| view! { <Card task=t filter/> }).collect_view()}
+                                {tasks.into_iter().map(|t| view! { <Card task=t filter rates/> }).collect_view()}
                             </ul>
                         </section>
                     }
@@ -63,7 +65,16 @@ pub fn Gallery() -> impl IntoView {
 
 /// One adapter's card.
 #[component]
-fn Card(task: &'static Task, filter: RwSignal<String>) -> impl IntoView {
+fn Card(
+    task: &'static Task,
+    filter: RwSignal<String>,
+    rates: Resource<Result<Vec<WinRate>, ServerFnError>>,
+) -> impl IntoView {
+    let record = move || {
+        let rates = rates.get()?.ok()?;
+        let r = rates.into_iter().find(|r| r.adapter == task.adapters.embedded)?;
+        Some(format!("Won {} of {} votes ({:.0}%)", r.wins, r.votes, 100.0 * r.wins as f64 / r.votes as f64))
+    };
     view! {
         <li class="card" class:hidden=move || !filter.with(|f| matches(task, f)) data-task=task.id.clone()>
             <a class="card-link" href=format!("/a/{}", task.id)>
@@ -74,6 +85,9 @@ fn Card(task: &'static Task, filter: RwSignal<String>) -> impl IntoView {
                 <span>"Metric: " {task.metric.clone()}</span>
                 <span>" · Output: " {task.output_format.clone()}</span>
             </p>
+            <Suspense fallback=|| ()>
+                <p class="card-votes">{record}</p>
+            </Suspense>
         </li>
     }
 }

@@ -14,6 +14,7 @@ pub fn Header() -> impl IntoView {
             <span class="tagline">"Many fine-tuned adapters, one base model"</span>
             <nav class="site-nav" aria-label="Site">
                 <a href="/">"Adapters"</a>
+                <a href="/compare">"Compare"</a>
                 <a href="/history">"History"</a>
             </nav>
         </header>

@@ -1,11 +1,13 @@
 //! One module per page of the site.
 
+mod compare;
 mod history;
 mod home;
 mod not_found;
-mod playground;
+pub(crate) mod playground;
 pub(crate) mod run;
 
+pub use compare::Compare;
 pub use history::History;
 pub use home::Home;
 pub use not_found::NotFound;

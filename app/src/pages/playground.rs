@@ -15,21 +15,27 @@ pub fn Playground() -> impl IntoView {
     let params = use_params_map();
     let id = params.read_untracked().get("adapter").unwrap_or_default();
     match catalog::task(&id) {
-        Some(task) => view! { <TaskPlayground task/> }.into_any(),
+        Some(task) => view! { <TaskPlayground task panes=panes_of(task)/> }.into_any(),
         None => view! { <crate::pages::NotFound/> }.into_any(),
     }
 }
 
+/// A pane to run: heading, model id shown, adapter (`None` = the base model).
+pub type PaneSpec = (String, String, Option<String>);
+
 /// The panes of a task's playground: its adapter, then the base model.
-pub fn panes_of(task: &Task) -> Vec<(String, String, Option<String>)> {
+pub fn panes_of(task: &Task) -> Vec<PaneSpec> {
     vec![
         (task.name.clone(), task.adapters.embedded.clone(), Some(task.adapters.embedded.clone())),
         ("Base model".to_string(), "base".to_string(), None),
     ]
 }
 
+/// The inputs, parameters and answer panes of one task's template, run through `panes`. Used by the playground
+/// and the compare page. Without JavaScript the form posts to `run_form`, which answers with the finished run.
 #[component]
-fn TaskPlayground(task: &'static Task) -> impl IntoView {
+pub fn TaskPlayground(task: &'static Task, panes: Vec<PaneSpec>) -> impl IntoView {
+    let specs = panes;
     let first: BTreeMap<String, String> = task.examples[0].clone();
     let values = RwSignal::new(first);
     let max_new_tokens = RwSignal::new(RunParams::default().max_new_tokens);
@@ -46,7 +52,8 @@ fn TaskPlayground(task: &'static Task) -> impl IntoView {
             }
         },
     );
-    let panes: Vec<PaneState> = panes_of(task).iter().map(|_| PaneState::new()).collect();
+    let panes: Vec<PaneState> = specs.iter().map(|_| PaneState::new()).collect();
+    let adapters: Vec<Option<String>> = specs.iter().map(|(_, _, a)| a.clone()).collect();
     let running = RwSignal::new(false);
     let run_id = RwSignal::new(None::<String>);
     let error = RwSignal::new(None::<String>);
@@ -54,6 +61,7 @@ fn TaskPlayground(task: &'static Task) -> impl IntoView {
 
     let run = {
         let panes = panes.clone();
+        let adapters = adapters.clone();
         let stream = stream.clone();
         move || {
             let request = RunRequest {
@@ -65,7 +73,7 @@ fn TaskPlayground(task: &'static Task) -> impl IntoView {
                     top_p: top_p.get_untracked(),
                     seed: seed.get_untracked(),
                 },
-                panes: panes_of(task).into_iter().map(|(_, _, a)| a).collect(),
+                panes: adapters.clone(),
             };
             if let Err(e) = request.params.validate() {
                 error.set(Some(e));
@@ -116,8 +124,12 @@ fn TaskPlayground(task: &'static Task) -> impl IntoView {
                 " (Mistral-7B: " <code>{task.adapters.mistral_7b.clone()}</code> ")"
             </p>
         </section>
-        <section class="panel playground" aria-labelledby="inputs-title">
+        <form class="panel playground" aria-labelledby="inputs-title" method="post" action="/api/run_form">
             <h2 id="inputs-title">"Inputs"</h2>
+            <input type="hidden" name="task" value=task.id.clone()/>
+            {adapters.iter().enumerate().map(|(i, a)| view! {
+                <input type="hidden" name=format!("panes[{i}]") value=a.clone().unwrap_or_else(|| "base".into())/>
+            }).collect_view()}
             <div class="chips" role="group" aria-label="Example inputs">
                 {task.examples.iter().enumerate().map(|(i, ex)| {
                     let ex = ex.clone();
@@ -132,19 +144,21 @@ fn TaskPlayground(task: &'static Task) -> impl IntoView {
                 let key = name.clone();
                 let key2 = name.clone();
                 let input_id = format!("var-{name}");
+                // Rendered as text too, so that the form posts it without JavaScript.
+                let initial = task.examples[0].get(name).cloned().unwrap_or_default();
                 view! {
                     <label class="field" for=input_id.clone()>
                         <span>{name.clone()}</span>
                         <textarea
                             id=input_id.clone()
-                            name=name.clone()
+                            name=format!("inputs[{name}]")
                             rows="3"
                             prop:value=move || values.with(|v| v.get(&key).cloned().unwrap_or_default())
                             on:input=move |ev| {
                                 let value = event_target_value(&ev);
                                 values.update(|v| { v.insert(key2.clone(), value); });
                             }
-                        ></textarea>
+                        >{initial}</textarea>
                     </label>
                 }
             }).collect_view()}
@@ -169,29 +183,37 @@ fn TaskPlayground(task: &'static Task) -> impl IntoView {
             <fieldset class="params">
                 <legend>"Generation"</legend>
                 <label for="max-new-tokens">"Max new tokens"
-                    <input id="max-new-tokens" type="number" min="1" max="256"
+                    <input id="max-new-tokens" name="max_new_tokens" type="number" min="1" max="256"
+                        value=max_new_tokens.get_untracked().to_string()
                         prop:value=move || max_new_tokens.get().to_string()
                         on:input=move |ev| max_new_tokens.set(event_target_value(&ev).parse().unwrap_or(0))/>
                 </label>
                 <label for="temperature">"Temperature"
-                    <input id="temperature" type="number" min="0" max="2" step="0.1"
+                    <input id="temperature" name="temperature" type="number" min="0" max="2" step="any"
+                        value=temperature.get_untracked().to_string()
                         prop:value=move || temperature.get().to_string()
                         on:input=move |ev| temperature.set(event_target_value(&ev).parse().unwrap_or(-1.0))/>
                 </label>
                 <label for="top-p">"Top-p"
-                    <input id="top-p" type="number" min="0.01" max="1" step="0.05"
+                    <input id="top-p" name="top_p" type="number" min="0.01" max="1" step="any"
+                        value=top_p.get_untracked().to_string()
                         prop:value=move || top_p.get().to_string()
                         on:input=move |ev| top_p.set(event_target_value(&ev).parse().unwrap_or(0.0))/>
                 </label>
                 <label for="seed">"Seed"
-                    <input id="seed" type="number" min="0"
+                    <input id="seed" name="seed" type="number" min="0"
+                        value=seed.get_untracked().to_string()
                         prop:value=move || seed.get().to_string()
                         on:input=move |ev| seed.set(event_target_value(&ev).parse().unwrap_or(0))/>
                 </label>
             </fieldset>
             <div class="actions">
-                <button id="run" type="button" class="button primary" disabled=move || running.get()
-                    on:click={let run = run.clone(); move |_| run()}>"Run"</button>
+                // With JavaScript the click streams the run here (the router would otherwise take the submit);
+                // without it, the button submits the form and the server answers with the finished run.
+                <button id="run" type="submit" class="button primary" disabled=move || running.get()
+                    on:click={let run = run.clone(); move |ev: leptos::ev::MouseEvent| { ev.prevent_default(); run() }}>
+                    "Run"
+                </button>
                 <button id="stop" type="button" class="button" disabled=move || !running.get()
                     on:click=move |_| stop()>"Stop"</button>
                 {move || run_id.get().map(|id| view! {
@@ -199,9 +221,9 @@ fn TaskPlayground(task: &'static Task) -> impl IntoView {
                 })}
             </div>
             {move || error.get().map(|e| view! { <p class="error" role="alert">{e}</p> })}
-        </section>
+        </form>
         <section class="panes" aria-label="Answers">
-            {panes_of(task).into_iter().zip(panes.clone()).enumerate().map(|(i, ((title, model, _), state))| {
+            {specs.into_iter().zip(panes.clone()).enumerate().map(|(i, ((title, model, _), state))| {
                 view! { <Pane index=i title model state/> }
             }).collect_view()}
         </section>

@@ -1,7 +1,7 @@
 //! `/r/:id`: a stored run, read-only and shareable: the task, the inputs, the prompt and every pane's answer with
 //! its timings.
 
-use crate::api::{get_run, RunView};
+use crate::api::{get_run, RunView, Vote};
 use crate::catalog;
 use crate::components::timings;
 use leptos::prelude::*;
@@ -28,6 +28,18 @@ fn RunDetails(run: RunView) -> impl IntoView {
     let task = run.task.as_deref().and_then(catalog::task);
     let title = task.map_or_else(|| "Run".to_string(), |t| t.name.clone());
     let when = format_time(run.created_at);
+    let vote = ServerAction::<Vote>::new();
+    let titles: Vec<String> = run.panes.iter().map(pane_title).collect();
+    let voted = {
+        let titles = titles.clone();
+        move || match vote.value().get() {
+            Some(Ok(p)) => Some(format!("Thanks! Your vote: {}.", titles.get(p as usize).cloned().unwrap_or_default())),
+            Some(Err(e)) => Some(format!("Your vote was not stored: {e}")),
+            None => None,
+        }
+    };
+    let id = run.id.clone();
+    let can_vote = run.panes.len() > 1;
     view! {
         <section class="panel">
             <p class="muted">
@@ -45,12 +57,12 @@ fn RunDetails(run: RunView) -> impl IntoView {
                 <pre>{run.prompt.clone()}</pre>
             </details>
         </section>
+        <p id="vote-status" aria-live="polite">{voted}</p>
         <section class="panes" aria-label="Answers">
             {run.panes.into_iter().map(|p| {
-                let title = p.adapter.as_deref().and_then(catalog::task).map_or_else(
-                    || if p.adapter.is_none() { "Base model".to_string() } else { "Adapter".to_string() },
-                    |t| t.name.clone(),
-                );
+                let title = pane_title(&p);
+                let vote_label = format!("Vote: {title} is better");
+                let run_id = id.clone();
                 let status = match (&p.error, &p.finish_reason) {
                     (Some(_), _) => "error",
                     (None, Some(_)) => "done",
@@ -68,10 +80,28 @@ fn RunDetails(run: RunView) -> impl IntoView {
                         <p class="pane-timings muted">
                             {if status == "stopped" { "Stopped before it finished.".to_string() } else { timings(done, 0) }}
                         </p>
+                        {can_vote.then(move || view! {
+                            <ActionForm action=vote attr:class="vote">
+                                <input type="hidden" name="run_id" value=run_id/>
+                                <input type="hidden" name="pane" value=p.pane.to_string()/>
+                                <button class="button" type="submit">{vote_label}</button>
+                            </ActionForm>
+                        })}
                     </section>
                 }
             }).collect_view()}
         </section>
+    }
+}
+
+/// The heading of a stored pane: the task's name for a catalog adapter, "Base model" for the base.
+fn pane_title(p: &crate::api::PaneView) -> String {
+    match p.adapter.as_deref() {
+        None => "Base model".to_string(),
+        Some(id) => catalog::tasks()
+            .iter()
+            .find(|t| t.adapters.embedded == id)
+            .map_or_else(|| id.to_string(), |t| t.name.clone()),
     }
 }
 
