@@ -1,4 +1,4 @@
-//! The router, driven in-process with `oneshot`: pages render on the server and server functions reach SQLite.
+//! The router, driven in-process with `oneshot`: pages render on the server, server functions reach SQLite, runs stream over SSE.
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
@@ -30,28 +30,128 @@ async fn home_page_renders_on_the_server_with_model_and_count() {
 }
 
 #[tokio::test]
-async fn start_session_server_fn_writes_a_row() {
-    let state = state().await;
-    let app = router(state.clone());
-    for expected_total in 1..=2 {
-        let req = Request::post("/api/start_session")
-            .header("content-type", "application/x-www-form-urlencoded")
-            .header("accept", "application/json")
-            .body(Body::empty())
-            .unwrap();
-        let res = app.clone().oneshot(req).await.unwrap();
-        assert_eq!(res.status(), StatusCode::OK);
-        let json: serde_json::Value = serde_json::from_str(&body_text(res).await).unwrap();
-        assert_eq!(json["total"], expected_total);
-        assert_eq!(json["id"].as_str().unwrap().len(), 36);
-    }
-    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sessions").fetch_one(&state.db).await.unwrap();
-    assert_eq!(n, 2);
-}
-
-#[tokio::test]
 async fn unknown_page_is_404() {
     let res = router(state().await).oneshot(Request::get("/nope").body(Body::empty()).unwrap()).await.unwrap();
     assert_eq!(res.status(), StatusCode::NOT_FOUND);
     assert!(body_text(res).await.contains("Page not found"));
+}
+
+/// An engine on the tiny fixture with the fixture's `qv_r8` adapter installed under a catalog task's id.
+async fn state_with_engine(adapters: &std::path::Path) -> AppState {
+    let fixtures = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/tiny-llama");
+    std::os::unix::fs::symlink(fixtures.join("adapters/qv_r8"), adapters.join("glue_sst2")).unwrap();
+    let mut cfg = engine::EngineConfig::new(fixtures.join("base"));
+    cfg.catalog = engine::Catalog { adapters_dir: Some(adapters.to_path_buf()), allow_hub: false };
+    let handle = tokio::task::spawn_blocking(move || engine::Engine::spawn(cfg)).await.unwrap().unwrap();
+    let st = state().await;
+    st.engine.fill(handle);
+    st
+}
+
+fn run_request() -> serde_json::Value {
+    serde_json::json!({"request": {
+        "task": "glue_sst2",
+        "inputs": {"sentence": "a <b>bold</b> little film ."},
+        "params": {"max_new_tokens": 5, "temperature": 0.0, "top_p": 1.0, "seed": 0},
+        "panes": ["glue_sst2", null]
+    }})
+}
+
+async fn call(app: &axum::Router, req: Request<Body>) -> (StatusCode, axum::http::HeaderMap, String) {
+    let res = app.clone().oneshot(req).await.unwrap();
+    let (status, headers) = (res.status(), res.headers().clone());
+    (status, headers, body_text(res).await)
+}
+
+#[tokio::test]
+async fn a_run_gets_a_session_cookie_streams_both_panes_and_is_stored() {
+    let adapters = tempfile::tempdir().unwrap();
+    let st = state_with_engine(adapters.path()).await;
+    let app = router(st.clone());
+    let start = Request::post("/api/start_run")
+        .header("content-type", "application/json")
+        .header("accept", "application/json")
+        .body(Body::from(run_request().to_string()))
+        .unwrap();
+    let (status, headers, body) = call(&app, start).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let cookie = headers["set-cookie"].to_str().unwrap().to_string();
+    assert!(cookie.starts_with("loraland_session=") && cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"));
+    let id: String = serde_json::from_str(&body).unwrap();
+
+    // The stream: pieces of both panes, a `done` for each, then `end`.
+    let (status, headers, sse) =
+        call(&app, Request::get(format!("/runs/{id}/stream")).body(Body::empty()).unwrap()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(headers["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    let data: Vec<serde_json::Value> = sse
+        .split("\n\n")
+        .filter_map(|b| b.lines().find_map(|l| l.strip_prefix("data: ")))
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    for pane in [0, 1] {
+        let done: Vec<_> = data.iter().filter(|e| e["pane"] == pane && e.get("done").is_some()).collect();
+        assert_eq!(done.len(), 1, "{sse}");
+        assert_eq!(done[0]["done"]["generated_tokens"], 5);
+        assert!(data.iter().any(|e| e["pane"] == pane && e.get("text").is_some()));
+    }
+    assert!(sse.contains("event: end"), "{sse}");
+
+    // Stored, and listed in this session's history only.
+    let stored: Vec<(String, i64)> =
+        sqlx::query_as("SELECT finish_reason, generated_tokens FROM outputs WHERE run_id = ? ORDER BY pane")
+            .bind(&id)
+            .fetch_all(&st.db)
+            .await
+            .unwrap();
+    assert_eq!(stored.len(), 2);
+    assert!(stored.iter().all(|(reason, n)| reason == "length" && *n == 5));
+    let session = cookie.split(';').next().unwrap().to_string();
+    let list = |cookie: Option<&str>| {
+        let mut req = Request::post("/api/list_runs")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("accept", "application/json");
+        if let Some(c) = cookie {
+            req = req.header("cookie", c);
+        }
+        req.body(Body::from("page=0")).unwrap()
+    };
+    let (_, _, mine) = call(&app, list(Some(&session))).await;
+    let mine: serde_json::Value = serde_json::from_str(&mine).unwrap();
+    assert_eq!(mine["runs"][0]["id"], id.as_str());
+    assert_eq!(mine["runs"][0]["finished"], 2);
+    let (_, _, none) = call(&app, list(None)).await;
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&none).unwrap()["runs"].as_array().unwrap().len(), 0);
+
+    // The shared page renders the run, markup escaped.
+    let (status, _, html) = call(&app, Request::get(format!("/r/{id}")).body(Body::empty()).unwrap()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(html.contains("a &lt;b&gt;bold&lt;/b&gt; little film ."), "{html}");
+    assert!(!html.contains("<b>bold</b>"));
+}
+
+#[tokio::test]
+async fn bad_runs_are_refused_and_nothing_is_stored() {
+    let st = state().await;
+    let app = router(st.clone());
+    let mut bad = run_request();
+    bad["request"]["task"] = "no_such_task".into();
+    let mut long = run_request();
+    long["request"]["params"]["max_new_tokens"] = 100_000.into();
+    let mut extra = run_request();
+    extra["request"]["inputs"]["nope"] = "x".into();
+    for (body, needle) in [(bad, "unknown task"), (long, "max new tokens"), (extra, "`nope` is not a variable")] {
+        let req = Request::post("/api/start_run")
+            .header("content-type", "application/json")
+            .header("accept", "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap();
+        let (status, _, text) = call(&app, req).await;
+        assert!(status.is_server_error() || status.is_client_error(), "{status}");
+        assert!(text.contains(needle), "{text}");
+    }
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM runs").fetch_one(&st.db).await.unwrap();
+    assert_eq!(n, 0);
+    let (status, _, _) = call(&app, Request::get("/runs/nope/stream").body(Body::empty()).unwrap()).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
 }

@@ -9,5 +9,5 @@ pub use run::{
     count_tokens, get_run, list_runs, run_form, start_run, CountTokens, GetRun, ListRuns, PaneView, RunForm, RunPage,
     RunParams, RunRequest, RunSummary, RunView, StartRun, MAX_PANES,
 };
-pub use session::{get_overview, start_session, GetOverview, Overview, SessionInfo, StartSession};
+pub use session::{get_overview, GetOverview, Overview};
 pub use vote::{vote, win_rates, Vote, WinRate, WinRates};

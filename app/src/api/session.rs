@@ -1,16 +1,7 @@
-//! Sessions and server facts: the first server functions, each a round trip through SQLite.
+//! Server facts for the home page, and the SQL of visitor sessions (the cookie logic is in `crate::session`).
 
 use leptos::prelude::*;
 use serde::{Deserialize, Serialize};
-
-/// A newly started session.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct SessionInfo {
-    /// The session's id (a random UUID).
-    pub id: String,
-    /// How many sessions the database holds, this one included.
-    pub total: i64,
-}
 
 /// What the home page shows about the server.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -19,15 +10,6 @@ pub struct Overview {
     pub model: String,
     /// Sessions stored in the database.
     pub sessions: i64,
-}
-
-/// Creates a session row and returns it with the number of sessions stored.
-#[server(endpoint = "start_session")]
-pub async fn start_session() -> Result<SessionInfo, ServerFnError> {
-    let state = expect_context::<crate::state::AppState>();
-    let id = ssr::create_session(&state.db).await.map_err(|e| ServerFnError::new(format!("database error: {e}")))?;
-    let total = ssr::count_sessions(&state.db).await.map_err(|e| ServerFnError::new(format!("database error: {e}")))?;
-    Ok(SessionInfo { id, total })
 }
 
 /// The loaded model's name and how many sessions are stored.

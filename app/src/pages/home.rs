@@ -1,7 +1,6 @@
-//! The home page: what LoRA Land is, which model is loaded, the adapter gallery, and a session started through a
-//! server function.
+//! The home page: what LoRA Land is, which model is loaded, and the adapter gallery.
 
-use crate::api::{get_overview, StartSession};
+use crate::api::get_overview;
 use crate::components::Gallery;
 use leptos::prelude::*;
 
@@ -9,8 +8,6 @@ use leptos::prelude::*;
 #[component]
 pub fn Home() -> impl IntoView {
     let info = Resource::new(|| (), |_| get_overview());
-    let start = ServerAction::<StartSession>::new();
-    let session = start.value();
 
     view! {
         <section class="panel intro">
@@ -27,7 +24,7 @@ pub fn Home() -> impl IntoView {
                                 <dl class="server-info" id="server-info">
                                     <dt>"Base model"</dt>
                                     <dd id="model-name">{info.model}</dd>
-                                    <dt>"Sessions stored"</dt>
+                                    <dt>"Visitor sessions"</dt>
                                     <dd>{info.sessions}</dd>
                                 </dl>
                             }
@@ -38,25 +35,5 @@ pub fn Home() -> impl IntoView {
             </Suspense>
         </section>
         <Gallery/>
-        <section class="panel">
-            <h2>"Your session"</h2>
-            <button
-                id="start-session"
-                class="button primary"
-                on:click=move |_| {
-                    start.dispatch(StartSession {});
-                }
-                disabled=move || start.pending().get()
-            >
-                "Start a session"
-            </button>
-            <p id="session-status" aria-live="polite">
-                {move || match session.get() {
-                    None => "No session yet.".to_string(),
-                    Some(Ok(s)) => format!("Session {} started ({} in total).", s.id, s.total),
-                    Some(Err(e)) => format!("Could not start a session: {e}"),
-                }}
-            </p>
-        </section>
     }
 }
