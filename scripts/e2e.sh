@@ -9,10 +9,11 @@ E2E_PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 
 E2E_DATA_DIR=$(mktemp -d -t loraland-e2e.XXXXXX)
 export E2E_PORT E2E_DATA_DIR
 trap 'rm -rf "$E2E_DATA_DIR"' EXIT
-# The tiny fixture model stands in for the demo model; three catalog tasks get fixture adapters under their ids.
-FIXTURE_ADAPTERS="$(cd .. && pwd)/shared/fixtures/tiny-llama/adapters"
+# The tiny fixture model stands in for the demo model (E2E_MODEL overrides it); three catalog tasks get fixture
+# adapters under their ids (E2E_ADAPTER_FIXTURES: a folder of PEFT adapters for that model).
+FIXTURE_ADAPTERS="${E2E_ADAPTER_FIXTURES:-$(cd .. && pwd)/shared/fixtures/tiny-llama/adapters}"
 mkdir -p "$E2E_DATA_DIR/adapters"
-ln -s "$FIXTURE_ADAPTERS/qv_r8" "$E2E_DATA_DIR/adapters/glue_sst2"
-ln -s "$FIXTURE_ADAPTERS/all_r4" "$E2E_DATA_DIR/adapters/customer_support"
-ln -s "$FIXTURE_ADAPTERS/mlp_r2" "$E2E_DATA_DIR/adapters/gsm8k"
+for pair in glue_sst2:qv_r8 customer_support:all_r4 gsm8k:mlp_r2; do
+  [ -d "$FIXTURE_ADAPTERS/${pair#*:}" ] && ln -s "$FIXTURE_ADAPTERS/${pair#*:}" "$E2E_DATA_DIR/adapters/${pair%%:*}"
+done
 cd end2end && npx playwright test "$@"

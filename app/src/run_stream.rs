@@ -157,7 +157,7 @@ fn engine_reason(r: engine::FinishReason) -> &'static str {
 fn pane_error(e: &engine::Error) -> String {
     match e {
         engine::Error::UnknownAdapter(id) => {
-            format!("the adapter `{id}` is not installed on this server (see the README: training the demo adapters)")
+            format!("the adapter `{id}` is not installed on this server (an adapter folder named `{id}` in --adapters-dir)")
         }
         engine::Error::Overloaded { .. } => "the server is busy (queue full); try again in a moment".into(),
         other => other.to_string(),
