@@ -3,7 +3,9 @@ SHELL := /bin/bash
 export PATH := $(CURDIR)/end2end/node_modules/.bin:$(HOME)/.cargo/bin:$(PATH)
 # cargo-leptos builds debug servers with this flag and this compile-time name; tests and lints use them too so they
 # share that build instead of compiling a second set of dependencies.
-LEPTOS_RUSTFLAGS := --cfg erase_components
+# On x86-64 the CPU level of .cargo/config.toml comes first (cargo-leptos puts the config's flags before its own).
+CPU_RUSTFLAGS := $(if $(filter x86_64,$(shell uname -m)),-C target-cpu=x86-64-v3 ,)
+LEPTOS_RUSTFLAGS := $(CPU_RUSTFLAGS)--cfg erase_components
 export LEPTOS_OUTPUT_NAME := loraland
 # Two cores here: keep candle's matmuls to one thread in tests so test binaries running side by side don't fight.
 TEST_ENV := RAYON_NUM_THREADS=1 RUSTFLAGS="$(LEPTOS_RUSTFLAGS)"
@@ -33,7 +35,7 @@ fmt:
 
 lint:
 	RUSTFLAGS="$(LEPTOS_RUSTFLAGS)" cargo clippy --workspace --exclude frontend --all-targets -- -D warnings
-	RUSTFLAGS="$(LEPTOS_RUSTFLAGS)" cargo clippy -p frontend --target wasm32-unknown-unknown -- -D warnings
+	RUSTFLAGS="--cfg erase_components" cargo clippy -p frontend --target wasm32-unknown-unknown -- -D warnings
 
 unit:
 	$(TEST_ENV) cargo test --workspace --exclude frontend

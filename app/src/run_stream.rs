@@ -157,7 +157,9 @@ fn engine_reason(r: engine::FinishReason) -> &'static str {
 fn pane_error(e: &engine::Error) -> String {
     match e {
         engine::Error::UnknownAdapter(id) => {
-            format!("the adapter `{id}` is not installed on this server (an adapter folder named `{id}` in --adapters-dir)")
+            format!(
+                "the adapter `{id}` is not installed on this server (an adapter folder named `{id}` in --adapters-dir)"
+            )
         }
         engine::Error::Overloaded { .. } => "the server is busy (queue full); try again in a moment".into(),
         other => other.to_string(),

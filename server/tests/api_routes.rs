@@ -286,3 +286,34 @@ async fn body_limit_timeout_and_hub_source() {
     let ok = post(&hub, &opts(), "/generate", json!({"inputs": PROMPT, "parameters": {"max_new_tokens": 2}})).await;
     assert_eq!(ok.status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn compression_skips_streams_and_cors_is_off_unless_configured() {
+    use axum::body::Body;
+    use axum::http::Request;
+    let st = state(Some(engine_config())).await;
+    let gzip = |path: &str| Request::get(path).header("accept-encoding", "gzip").body(Body::empty()).unwrap();
+    let models = common::send(&st, &opts(), gzip("/v1/models")).await;
+    assert_eq!(models.headers["content-encoding"], "gzip");
+    let stream = Request::post("/generate_stream")
+        .header("content-type", "application/json")
+        .header("accept-encoding", "gzip")
+        .body(Body::from(json!({"inputs": PROMPT, "parameters": {"max_new_tokens": 2}}).to_string()))
+        .unwrap();
+    let s = common::send(&st, &opts(), stream).await;
+    assert!(s.headers.get("content-encoding").is_none(), "server-sent events are never compressed");
+    assert_eq!(s.sse().len(), 2);
+
+    let preflight = || {
+        Request::options("/v1/chat/completions")
+            .header("origin", "https://example.com")
+            .header("access-control-request-method", "POST")
+            .body(Body::empty())
+            .unwrap()
+    };
+    let off = common::send(&st, &opts(), preflight()).await;
+    assert!(off.headers.get("access-control-allow-origin").is_none());
+    let cors = HttpOptions { cors_allow_origins: vec!["https://example.com".into()], ..HttpOptions::default() };
+    let on = common::send(&st, &cors, preflight()).await;
+    assert_eq!(on.headers["access-control-allow-origin"], "https://example.com");
+}
