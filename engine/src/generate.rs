@@ -19,6 +19,17 @@ pub enum FinishReason {
     StopSequence,
 }
 
+impl FinishReason {
+    /// The snake_case name (as serialized): `length`, `eos`, `stop_sequence`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Length => "length",
+            Self::Eos => "eos",
+            Self::StopSequence => "stop_sequence",
+        }
+    }
+}
+
 /// One request of a batch.
 #[derive(Clone, Debug)]
 pub struct GenRequest {

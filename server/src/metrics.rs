@@ -2,7 +2,7 @@
 //! adapter; generation counts, tokens, time to first token, queue time and duration by adapter; and, read at each
 //! scrape, the engine's gauges (running, waiting, batch size, KV tokens, adapter cache).
 
-use engine::{EngineHandle, EngineStats, FinishReason, Finished};
+use engine::{EngineHandle, EngineStats, Finished};
 use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::sync::OnceLock;
@@ -42,11 +42,7 @@ pub fn observe_http(route: &str, status: u16, adapter: &str, elapsed: Duration) 
 /// One finished generation.
 pub fn observe_generation(adapter: &str, f: &Finished) {
     let a = adapter.to_string();
-    let reason = match f.reason {
-        FinishReason::Length => "length",
-        FinishReason::Eos => "eos",
-        FinishReason::StopSequence => "stop_sequence",
-    };
+    let reason = f.reason.as_str();
     counter!("loraland_generations_total", "adapter" => a.clone(), "finish_reason" => reason).increment(1);
     counter!("loraland_prompt_tokens_total", "adapter" => a.clone()).increment(f.prompt_tokens as u64);
     counter!("loraland_generated_tokens_total", "adapter" => a.clone()).increment(f.generated_tokens as u64);

@@ -1,7 +1,7 @@
 //! `loraland serve`: opens the database, locates the model, binds the port and serves until SIGINT/SIGTERM.
 
 use crate::config::ServeConfig;
-use crate::{db, default_model, metrics, router_with, AppState};
+use crate::{db, default_model, router_with, AppState};
 use anyhow::Context;
 use app::state::EngineSlot;
 use engine::Engine;
@@ -54,7 +54,6 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
             let _ = failed_tx.send(anyhow::Error::new(e).context("cannot load the model"));
         }
     });
-    metrics::install();
 
     tracing::info!("LoRA Land listening on http://{addr}");
     let app = router_with(state, &config.http_options());

@@ -104,11 +104,7 @@ pub struct RunView {
 #[server(endpoint = "start_run", input = server_fn::codec::Json)]
 pub async fn start_run(request: RunRequest) -> Result<String, ServerFnError> {
     let state = expect_context::<crate::state::AppState>();
-    let session = crate::session::current(&state.db, true).await?.expect("created when asked");
-    let prompt = ssr::check(&state, &request).map_err(ServerFnError::new)?;
-    ssr::insert_run(&state.db, &session, &request, &prompt)
-        .await
-        .map_err(|e| ServerFnError::new(format!("database error: {e}")))
+    ssr::store(&state, &request).await
 }
 
 /// The playground's form as a browser posts it without JavaScript (`inputs[name]`, `panes[i]` with `base` for
@@ -124,13 +120,9 @@ pub async fn run_form(
     seed: u64,
 ) -> Result<String, ServerFnError> {
     let state = expect_context::<crate::state::AppState>();
-    let session = crate::session::current(&state.db, true).await?.expect("created when asked");
     let panes = panes.into_iter().map(|p| (p != "base").then_some(p)).collect();
     let request = RunRequest { task, inputs, params: RunParams { max_new_tokens, temperature, top_p, seed }, panes };
-    let prompt = ssr::check(&state, &request).map_err(ServerFnError::new)?;
-    let id = ssr::insert_run(&state.db, &session, &request, &prompt)
-        .await
-        .map_err(|e| ServerFnError::new(format!("database error: {e}")))?;
+    let id = ssr::store(&state, &request).await?;
     crate::run_stream::run_to_end(&state, &id).await.map_err(ServerFnError::new)?;
     leptos_axum::redirect(&format!("/r/{id}"));
     Ok(id)
@@ -201,7 +193,7 @@ pub(crate) mod ssr {
     use sqlx::{Row, SqlitePool};
 
     /// Checks `request` against the catalog and the engine's adapters; returns the rendered prompt.
-    pub fn check(state: &AppState, request: &RunRequest) -> Result<String, String> {
+    pub fn check(request: &RunRequest) -> Result<String, String> {
         let task = catalog::task(&request.task).ok_or_else(|| format!("unknown task `{}`", request.task))?;
         request.params.validate()?;
         if request.panes.is_empty() || request.panes.len() > MAX_PANES {
@@ -218,8 +210,16 @@ pub(crate) mod ssr {
         for pane in request.panes.iter().flatten() {
             engine::AdapterId::new(pane).map_err(|e| e.to_string())?;
         }
-        let _ = state;
         catalog::render(&task.template, &request.inputs).map_err(|e| e.to_string())
+    }
+
+    /// Checks `request` and stores it for this visitor's session (created, with its cookie, on first use).
+    pub async fn store(state: &AppState, request: &RunRequest) -> Result<String, ServerFnError> {
+        let session = crate::session::current(&state.db, true).await?.expect("created when asked");
+        let prompt = check(request).map_err(ServerFnError::new)?;
+        insert_run(&state.db, &session, request, &prompt)
+            .await
+            .map_err(|e| ServerFnError::new(format!("database error: {e}")))
     }
 
     /// Inserts the run and one empty output per pane.

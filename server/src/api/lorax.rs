@@ -2,7 +2,7 @@
 //! lorax-client posts to (`stream` in the body decides; a non-streaming answer is a one-element list).
 //! Request and response shapes follow lorax-client's `types.py`.
 
-use super::error::{ApiError, ErrorKind, Flavor, LoraxError};
+use super::error::{ApiError, Flavor, LoraxError};
 use super::extract::LoraxJson;
 use super::generation::{self, AdapterLabel, Collected};
 use super::params::{self, Fields, SamplingInput};
@@ -98,18 +98,13 @@ fn adapter(engine: &EngineHandle, p: &Parameters) -> Result<Option<engine::Adapt
     match p.adapter_source.as_deref() {
         None | Some("local") => {
             let local = Catalog { allow_hub: false, ..catalog.clone() };
-            let id = engine::AdapterId::new(id).map_err(|e| {
-                ApiError::new(ErrorKind::BadRequest, format!("`parameters.adapter_id`: {e}"))
-                    .with_param("parameters.adapter_id")
-            })?;
-            local.resolve(&id).map_err(|e| ApiError::from(e).with_param("parameters.adapter_id"))?;
-            Ok(Some(id))
+            params::adapter(&local, "parameters.adapter_id", id).map(Some)
         }
         Some("hub") if !catalog.allow_hub => Err(ApiError::invalid(
             "parameters.adapter_source",
             "`hub` is disabled on this server (start it with --allow-hub)",
         )),
-        Some("hub") => params::adapter(engine, "parameters.adapter_id", id).map(Some),
+        Some("hub") => params::adapter(catalog, "parameters.adapter_id", id).map(Some),
         Some(s @ ("s3" | "pbase")) => Err(ApiError::unsupported("parameters.adapter_source", s)),
         Some(other) => {
             Err(ApiError::invalid("parameters.adapter_source", format!("must be `local` or `hub`, got {other:?}")))
@@ -347,6 +342,7 @@ pub async fn compat(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::error::ErrorKind;
     use axum::response::IntoResponse;
     use http_body_util::BodyExt;
 

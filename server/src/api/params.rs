@@ -2,7 +2,7 @@
 //! and the prompt's length, each failure naming the field. Runs before anything is queued.
 
 use super::error::{ApiError, ErrorKind};
-use engine::{AdapterId, EngineHandle, SamplingParams};
+use engine::{AdapterId, Catalog, EngineHandle, SamplingParams};
 
 /// Most stop sequences per request (as TGI).
 pub const MAX_STOP_SEQUENCES: usize = 4;
@@ -137,11 +137,11 @@ pub fn stop(field: &str, stop: Vec<String>) -> Result<Vec<String>, ApiError> {
     Ok(stop)
 }
 
-/// An adapter id (`None` = the base model): a valid name (400 otherwise) that the catalog knows (404 otherwise).
-pub fn adapter(engine: &EngineHandle, field: &str, id: &str) -> Result<AdapterId, ApiError> {
+/// An adapter id: a valid name (400 otherwise) that `catalog` knows (404 otherwise).
+pub fn adapter(catalog: &Catalog, field: &str, id: &str) -> Result<AdapterId, ApiError> {
     let id = AdapterId::new(id)
         .map_err(|e| ApiError::new(ErrorKind::BadRequest, format!("`{field}`: {e}")).with_param(field))?;
-    engine.config().catalog.resolve(&id).map_err(|e| ApiError::from(e).with_param(field))?;
+    catalog.resolve(&id).map_err(|e| ApiError::from(e).with_param(field))?;
     Ok(id)
 }
 

@@ -49,9 +49,9 @@ fn refuse_unsupported(r: &Request, route: Route) -> Result<(), ApiError> {
     if n != 1 {
         return Err(ApiError::invalid("n", format!("only n=1 is supported, got {n}")));
     }
-    let wrong_route = match route {
-        Route::Chat => [("prompt", r.prompt.is_some()), ("echo", r.echo.is_some()), ("suffix", r.suffix.is_some())],
-        Route::Text => [("messages", r.messages.is_some()), ("tools", r.tools.is_some()), ("tool_choice", false)],
+    let wrong_route: &[(&str, bool)] = match route {
+        Route::Chat => &[("prompt", r.prompt.is_some()), ("echo", r.echo.is_some()), ("suffix", r.suffix.is_some())],
+        Route::Text => &[("messages", r.messages.is_some()), ("tools", r.tools.is_some())],
     };
     if let Some((field, _)) = wrong_route.iter().find(|(_, set)| *set) {
         let other = if route == Route::Chat { "/v1/completions" } else { "/v1/chat/completions" };
@@ -95,7 +95,7 @@ fn model_adapter(engine: &EngineHandle, model: &str) -> Result<Option<AdapterId>
     if model == engine.model_info().name {
         return Ok(None);
     }
-    params::adapter(engine, "model", model).map(Some).map_err(|e| match e.kind {
+    params::adapter(&engine.config().catalog, "model", model).map(Some).map_err(|e| match e.kind {
         ErrorKind::NotFound => {
             ApiError::new(ErrorKind::NotFound, format!("the model `{model}` does not exist (see GET /v1/models)"))
                 .with_param("model")
