@@ -6,7 +6,8 @@ use crate::{api, AppState};
 use app::{shell, App};
 use axum::Router;
 use leptos::prelude::provide_context;
-use leptos_axum::{generate_route_list, LeptosRoutes};
+use leptos_axum::{generate_route_list, AxumRouteListing, LeptosRoutes};
+use std::sync::LazyLock;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
@@ -16,9 +17,14 @@ pub fn router(state: AppState) -> Router {
     router_with(state, &HttpOptions::default())
 }
 
+/// The app's page routes, generated once per process. Leptos suppresses resource loading process-wide while it
+/// walks the app to list routes, so a page rendering at that moment would never finish (leptos-rs/leptos#4773);
+/// generating the list once, before any router exists, keeps renders and route listing apart.
+static ROUTES: LazyLock<Vec<AxumRouteListing>> = LazyLock::new(|| generate_route_list(App));
+
 /// Builds the whole router: the API routes, the Leptos pages and server functions, static files.
 pub fn router_with(state: AppState, options: &HttpOptions) -> Router {
-    let routes = generate_route_list(App);
+    let routes = ROUTES.clone();
     let leptos = state.leptos.clone();
     let context_state = state.clone();
     Router::new()

@@ -84,13 +84,20 @@ pub async fn get(state: &AppState, path: &str) -> Reply {
     send(state, &HttpOptions::default(), Request::get(path).body(Body::empty()).unwrap()).await
 }
 
-/// Any request with `oneshot`.
+/// Any request with `oneshot`; a response that does not finish within two minutes fails the test instead of
+/// hanging it.
 pub async fn send(state: &AppState, options: &HttpOptions, req: Request<Body>) -> Reply {
-    let res = router_with(state.clone(), options).oneshot(req).await.unwrap();
-    let status = res.status();
-    let headers = res.headers().clone();
-    let bytes = res.into_body().collect().await.unwrap().to_bytes();
-    Reply { status, headers, text: String::from_utf8_lossy(&bytes).into_owned() }
+    let what = format!("{} {}", req.method(), req.uri());
+    let exchange = async {
+        let res = router_with(state.clone(), options).oneshot(req).await.unwrap();
+        let status = res.status();
+        let headers = res.headers().clone();
+        let bytes = res.into_body().collect().await.unwrap().to_bytes();
+        Reply { status, headers, text: String::from_utf8_lossy(&bytes).into_owned() }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(120), exchange)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish within 120 s"))
 }
 
 /// Serves `state` on 127.0.0.1:0; returns the address.
