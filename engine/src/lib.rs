@@ -16,6 +16,7 @@ pub mod sampling;
 mod scheduler;
 pub mod stats;
 pub mod tokenizer;
+pub mod train;
 
 pub use adapter::{AdapterBank, LoraAdapter};
 pub use config::ModelConfig;

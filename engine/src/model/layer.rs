@@ -103,7 +103,7 @@ fn attention(
 /// Additive mask `[t, total]` for queries at positions `offset..offset + t` over keys `0..total`: a query sees keys
 /// at or before its own position and, with a sliding window `w`, only the last `w` of them (itself included).
 /// `None` when nothing is masked (one query without a window, or a window that covers everything).
-fn causal_mask(
+pub(crate) fn causal_mask(
     t: usize,
     offset: usize,
     total: usize,

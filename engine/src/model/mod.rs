@@ -2,10 +2,13 @@
 //! every linear layer of every decoder layer, run over a batch of sequences that each carry their own KV cache,
 //! position and adapter. Follows the structure of candle-transformers' `llama`/`mistral`/`quantized_llama`.
 
+mod dense;
 mod layer;
 mod load;
 mod rope;
 
+pub(crate) use dense::DenseModel;
+pub(crate) use layer::causal_mask;
 pub use load::{LoadOptions, QuantMode};
 pub use rope::{Rope, RopeStyle};
 

@@ -43,6 +43,11 @@ impl Rope {
         }
     }
 
+    /// The cos and sin tables, `[max_positions, head_dim / 2]`.
+    pub(crate) fn tables(&self) -> (&Tensor, &Tensor) {
+        (&self.cos, &self.sin)
+    }
+
     /// The weight layout this RoPE expects.
     pub fn style(&self) -> RopeStyle {
         self.style
