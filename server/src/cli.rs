@@ -23,6 +23,8 @@ pub enum Command {
     Serve(ServeConfig),
     /// Generate text for a prompt with the base model and/or adapters, as one mixed batch.
     Generate(crate::generate::GenerateArgs),
+    /// Fine-tune a LoRA adapter on a catalog task's synthetic data or on a JSONL file.
+    Train(crate::train::TrainArgs),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),

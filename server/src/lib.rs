@@ -14,6 +14,8 @@ pub mod generate;
 pub mod metrics;
 pub mod router;
 pub mod serve;
+pub mod tasks;
+pub mod train;
 
 pub use app::state::AppState;
 pub use router::{router, router_with};
