@@ -25,6 +25,8 @@ pub enum Command {
     Generate(crate::generate::GenerateArgs),
     /// Fine-tune a LoRA adapter on a catalog task's synthetic data or on a JSONL file.
     Train(crate::train::TrainArgs),
+    /// Score the base model and task adapters on a task's held-out split (or every task with --all).
+    Eval(crate::eval::EvalArgs),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod db;
 pub mod default_model;
+pub mod eval;
 pub mod generate;
 pub mod metrics;
 pub mod router;

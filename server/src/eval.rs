@@ -1,0 +1,226 @@
+//! `loraland eval`: runs a task's held-out split through the base model and its adapter (greedy, every row of a
+//! chunk in one mixed batch) and scores the answers with the task's metric; `--all` prints the study-style table of
+//! every task, base vs fine-tuned, with the averages, as Markdown (and JSON with `--json`).
+
+use crate::generate::QuantArg;
+use crate::tasks::{self, Generator, Split};
+use anyhow::{bail, Context};
+use clap::Args;
+use engine::adapter::LoraAdapter;
+use engine::{generate_batch, AdapterBank, GenRequest, LoadOptions, Model, SamplingParams, Tokenizer};
+use serde::Serialize;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// `loraland eval` options.
+#[derive(Args, Debug, Clone)]
+pub struct EvalArgs {
+    /// Base model: a GGUF file or a Hugging Face folder.
+    #[arg(long, env = "LORALAND_MODEL")]
+    pub model: PathBuf,
+    /// The adapter to score (with --task); without it only the base model is scored.
+    #[arg(long, conflicts_with = "all")]
+    pub adapter: Option<PathBuf>,
+    /// One catalog task.
+    #[arg(long, required_unless_present = "all")]
+    pub task: Option<String>,
+    /// Every task, each with the adapter `<adapters-dir>/<task id>` where it exists.
+    #[arg(long, conflicts_with = "task")]
+    pub all: bool,
+    /// Folder of the task adapters (with --all).
+    #[arg(long, env = "LORALAND_ADAPTERS_DIR", default_value = "adapters")]
+    pub adapters_dir: PathBuf,
+    /// Held-out examples per task.
+    #[arg(long, default_value_t = 50)]
+    pub limit: usize,
+    /// Seed of the generated test split (the one `train` held out with the same seed).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Examples per batch (each runs on the base model and on the adapter, in one batch).
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    /// GGUF quantization handling (the server's default: q8).
+    #[arg(long, value_enum, default_value = "q8")]
+    pub quant: QuantArg,
+    /// Also write the results as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// One task's scores, in percent.
+#[derive(Debug, Serialize)]
+pub struct TaskScore {
+    /// Task id.
+    pub task: String,
+    /// Metric name.
+    pub metric: String,
+    /// Examples scored.
+    pub examples: usize,
+    /// Base model.
+    pub base: f64,
+    /// With the task's adapter, if one was found.
+    pub adapter: Option<f64>,
+}
+
+/// Scores of one chunk of examples: base, then adapter (if `slot`).
+fn score_chunk(
+    model: &Model,
+    tok: &Tokenizer,
+    bank: &AdapterBank,
+    gen: &Generator,
+    chunk: &[engine::train::Example],
+    slot: Option<usize>,
+) -> anyhow::Result<(f64, f64)> {
+    let mut requests = Vec::new();
+    for ex in chunk {
+        let prompt = tok.encode(&ex.prompt, true)?;
+        for adapter in std::iter::once(None).chain(slot.map(Some)) {
+            requests.push(GenRequest {
+                prompt: prompt.clone(),
+                adapter,
+                sampling: SamplingParams::greedy(),
+                max_new_tokens: gen.max_new_tokens,
+                stop: Vec::new(),
+            });
+        }
+    }
+    let outputs = generate_batch(model, tok, bank, &requests)?;
+    let rows = if slot.is_some() { 2 } else { 1 };
+    let (mut base, mut tuned) = (0.0, 0.0);
+    for (ex, outs) in chunk.iter().zip(outputs.chunks(rows)) {
+        base += gen.metric.score(&outs[0].text, &ex.completion);
+        if let Some(o) = outs.get(1) {
+            tuned += gen.metric.score(&o.text, &ex.completion);
+        }
+    }
+    Ok((base, tuned))
+}
+
+/// Runs `loraland eval`.
+pub fn run(args: EvalArgs) -> anyhow::Result<()> {
+    let ids: Vec<String> = match (&args.task, args.all) {
+        (Some(t), _) => vec![t.clone()],
+        (None, true) => tasks::task_ids().into_iter().map(String::from).collect(),
+        (None, false) => bail!("either --task or --all is needed"),
+    };
+    let gens: Vec<Generator> = ids.iter().map(|id| tasks::generator(id)).collect::<anyhow::Result<_>>()?;
+    let model = Model::load(&args.model, &LoadOptions { quant: args.quant.into(), ..Default::default() })
+        .with_context(|| format!("cannot load {}", args.model.display()))?;
+    let tok = Tokenizer::for_model(&args.model)?;
+    let target = model.adapter_target();
+    // Every adapter in one bank: the tasks' rows could share batches, as they would on the server.
+    let mut adapters = Vec::new();
+    let mut slots = Vec::new();
+    for g in &gens {
+        let dir = match (&args.adapter, args.all) {
+            (Some(dir), _) => Some(dir.clone()),
+            (None, true) => Some(args.adapters_dir.join(&g.task().id)).filter(|d| d.is_dir()),
+            _ => None,
+        };
+        slots.push(match dir {
+            Some(dir) => {
+                let a = LoraAdapter::load(&dir, &target)
+                    .with_context(|| format!("cannot load adapter {}", dir.display()))?;
+                adapters.push(Arc::new(a));
+                Some(adapters.len() - 1)
+            }
+            None => None,
+        });
+    }
+    let bank = AdapterBank::new(adapters, model.config().num_hidden_layers)?;
+    let mut scores = Vec::new();
+    for (g, slot) in gens.iter().zip(slots) {
+        let context = model.config().max_position_embeddings;
+        let mut test = g.split(Split::Test, args.limit, args.seed);
+        let before = test.len();
+        test.retain(|ex| tok.encode(&ex.prompt, true).is_ok_and(|ids| ids.len() + g.max_new_tokens <= context));
+        if test.len() < before {
+            tracing::warn!(
+                "{}: {} of {before} examples do not fit the model's context of {context}",
+                g.task().id,
+                before - test.len()
+            );
+        }
+        if test.is_empty() {
+            continue;
+        }
+        let (mut base, mut tuned) = (0.0, 0.0);
+        for chunk in test.chunks(args.batch.max(1)) {
+            let (b, t) = score_chunk(&model, &tok, &bank, g, chunk, slot)?;
+            base += b;
+            tuned += t;
+        }
+        let n = test.len().max(1) as f64;
+        let s = TaskScore {
+            task: g.task().id.clone(),
+            metric: g.metric.name(),
+            examples: test.len(),
+            base: 100.0 * base / n,
+            adapter: slot.map(|_| 100.0 * tuned / n),
+        };
+        tracing::info!("{}: base {:.1}, adapter {:?}", s.task, s.base, s.adapter.map(|a| (a * 10.0).round() / 10.0));
+        scores.push(s);
+    }
+    let table = markdown(&scores);
+    #[allow(clippy::print_stdout)]
+    {
+        println!("{table}");
+    }
+    if let Some(path) = &args.json {
+        let json = serde_json::json!({
+            "model": args.model.file_name().map(|n| n.to_string_lossy().into_owned()),
+            "quant": format!("{:?}", args.quant).to_lowercase(),
+            "limit": args.limit,
+            "seed": args.seed,
+            "data": "synthetic (loraland's task generators, test split)",
+            "tasks": scores,
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&json)? + "\n")
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// The study-style table: per task base vs fine-tuned and the gain, then the averages over tasks with an adapter.
+pub fn markdown(scores: &[TaskScore]) -> String {
+    let mut out = String::from("| task | metric | n | base | fine-tuned | gain |\n|---|---|---:|---:|---:|---:|\n");
+    for s in scores {
+        let (tuned, gain) = match s.adapter {
+            Some(a) => (format!("{a:.1}"), format!("{:+.1}", a - s.base)),
+            None => ("-".into(), "-".into()),
+        };
+        out.push_str(&format!("| {} | {} | {} | {:.1} | {tuned} | {gain} |\n", s.task, s.metric, s.examples, s.base));
+    }
+    let tuned: Vec<&TaskScore> = scores.iter().filter(|s| s.adapter.is_some()).collect();
+    if !tuned.is_empty() {
+        let n = tuned.len() as f64;
+        let base = tuned.iter().map(|s| s.base).sum::<f64>() / n;
+        let ft = tuned.iter().filter_map(|s| s.adapter).sum::<f64>() / n;
+        out.push_str(&format!(
+            "| **average** ({} tasks) | | | {base:.1} | {ft:.1} | {:+.1} |\n",
+            tuned.len(),
+            ft - base
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_averages_the_tasks_with_an_adapter() {
+        let s = |task: &str, base, adapter| TaskScore {
+            task: task.into(),
+            metric: "accuracy".into(),
+            examples: 10,
+            base,
+            adapter,
+        };
+        let t = markdown(&[s("a", 10.0, Some(70.0)), s("b", 30.0, Some(50.0)), s("c", 90.0, None)]);
+        assert!(t.contains("| a | accuracy | 10 | 10.0 | 70.0 | +60.0 |"), "{t}");
+        assert!(t.contains("| c | accuracy | 10 | 90.0 | - | - |"), "{t}");
+        assert!(t.contains("| **average** (2 tasks) | | | 20.0 | 60.0 | +40.0 |"), "{t}");
+    }
+}
