@@ -3,6 +3,7 @@
 //! and softmax instead of the fused kernels), with the LoRA factors as the only variables.
 
 use super::data::Batch;
+use super::frozen_linear::frozen_linear;
 use super::lora::LoraParams;
 use crate::model::{causal_mask, DenseModel, RopeStyle};
 use crate::{ModelConfig, Module, Result};
@@ -56,7 +57,7 @@ impl FrozenModel {
         let eps = cfg.rms_norm_eps as f32;
         for (l, layer) in w.layers.iter().enumerate() {
             let linear = |m: Module, x: &Tensor| -> Result<Tensor> {
-                let base = x.matmul(&layer.proj[m.index()].t()?)?;
+                let base = frozen_linear(x, &layer.proj[m.index()])?;
                 Ok(match lora.delta(l, m, x)? {
                     Some(d) => (base + d)?,
                     None => base,
@@ -114,7 +115,7 @@ impl FrozenModel {
     pub fn logits_at(&self, hidden: &Tensor, rows: &Tensor) -> Result<Tensor> {
         let xs = hidden.index_select(rows, 0)?;
         let xs = candle_nn::ops::rms_norm_slow(&xs, &self.weights.norm, self.config.rms_norm_eps as f32)?;
-        Ok(xs.matmul(&self.weights.lm_head.t()?)?)
+        Ok(frozen_linear(&xs, &self.weights.lm_head)?)
     }
 
     /// Mean cross-entropy of the batch's completion tokens (the prompt is context only).

@@ -5,6 +5,7 @@
 
 pub mod data;
 mod forward;
+mod frozen_linear;
 mod lora;
 
 pub use data::{read_jsonl, Batch, Encoded, Example};
