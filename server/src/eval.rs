@@ -18,16 +18,16 @@ pub struct EvalArgs {
     /// Base model: a GGUF file or a Hugging Face folder.
     #[arg(long, env = "LORALAND_MODEL")]
     pub model: PathBuf,
-    /// The adapter to score (with --task); without it only the base model is scored.
+    /// The adapter to score (with one --task); without it, `<adapters-dir>/<task id>` where it exists.
     #[arg(long, conflicts_with = "all")]
     pub adapter: Option<PathBuf>,
-    /// One catalog task.
-    #[arg(long, required_unless_present = "all")]
-    pub task: Option<String>,
-    /// Every task, each with the adapter `<adapters-dir>/<task id>` where it exists.
-    #[arg(long, conflicts_with = "task")]
+    /// Catalog tasks, comma-separated.
+    #[arg(long = "task", required_unless_present = "all", value_delimiter = ',')]
+    pub tasks: Vec<String>,
+    /// Every task.
+    #[arg(long, conflicts_with = "tasks")]
     pub all: bool,
-    /// Folder of the task adapters (with --all).
+    /// Folder of the task adapters: `<adapters-dir>/<task id>`.
     #[arg(long, env = "LORALAND_ADAPTERS_DIR", default_value = "adapters")]
     pub adapters_dir: PathBuf,
     /// Held-out examples per task.
@@ -98,11 +98,14 @@ fn score_chunk(
 
 /// Runs `loraland eval`.
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
-    let ids: Vec<String> = match (&args.task, args.all) {
-        (Some(t), _) => vec![t.clone()],
-        (None, true) => tasks::task_ids().into_iter().map(String::from).collect(),
-        (None, false) => bail!("either --task or --all is needed"),
+    let ids: Vec<String> = match (args.tasks.is_empty(), args.all) {
+        (false, _) => args.tasks.clone(),
+        (true, true) => tasks::task_ids().into_iter().map(String::from).collect(),
+        (true, false) => bail!("either --task or --all is needed"),
     };
+    if args.adapter.is_some() && ids.len() != 1 {
+        bail!("--adapter goes with exactly one --task");
+    }
     let gens: Vec<Generator> = ids.iter().map(|id| tasks::generator(id)).collect::<anyhow::Result<_>>()?;
     let model = Model::load(&args.model, &LoadOptions { quant: args.quant.into(), ..Default::default() })
         .with_context(|| format!("cannot load {}", args.model.display()))?;
@@ -112,10 +115,9 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let mut adapters = Vec::new();
     let mut slots = Vec::new();
     for g in &gens {
-        let dir = match (&args.adapter, args.all) {
-            (Some(dir), _) => Some(dir.clone()),
-            (None, true) => Some(args.adapters_dir.join(&g.task().id)).filter(|d| d.is_dir()),
-            _ => None,
+        let dir = match &args.adapter {
+            Some(dir) => Some(dir.clone()),
+            None => Some(args.adapters_dir.join(&g.task().id)).filter(|d| d.is_dir()),
         };
         slots.push(match dir {
             Some(dir) => {

@@ -53,7 +53,7 @@ fn train_writes_a_peft_folder_and_eval_scores_it() {
     let args = EvalArgs {
         model: tiny(),
         adapter: None,
-        task: None,
+        tasks: Vec::new(),
         all: true,
         adapters_dir: dir.path().to_path_buf(),
         limit: 4,

@@ -123,6 +123,10 @@ pub fn TaskPlayground(task: &'static Task, panes: Vec<PaneSpec>) -> impl IntoVie
                 " · Adapter: " <code>{task.adapters.embedded.clone()}</code>
                 " (Mistral-7B: " <code>{task.adapters.mistral_7b.clone()}</code> ")"
             </p>
+            <p class="muted" id="adapter-provenance">
+                "The embedded model's adapter is a demo: trained by " <code>"loraland train"</code>
+                " on synthetic data in this task's template, not on the task's real dataset."
+            </p>
         </section>
         <form class="panel playground" aria-labelledby="inputs-title" method="post" action="/api/run_form">
             <h2 id="inputs-title">"Inputs"</h2>

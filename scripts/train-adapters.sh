@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Trains the embedded model's demo adapters, one per catalog task, into adapters/<task id> with `loraland train`
+# on each task's synthetic data, then scores them all with `loraland eval --all`.
+#
+#   scripts/train-adapters.sh                 # every task
+#   scripts/train-adapters.sh glue_sst2 gsm8k # some tasks
+#
+# Environment: STEPS (default 40), BATCH (8), LR (1e-3), SEED (0), MODEL (the default SmolLM2 GGUF),
+# RAYON_NUM_THREADS (all cores). Each adapter's training.json records its exact command line.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+MODEL=${MODEL:-data/models/SmolLM2-135M-Instruct.Q4_1.gguf}
+STEPS=${STEPS:-40}
+BATCH=${BATCH:-8}
+LR=${LR:-1e-3}
+SEED=${SEED:-0}
+BIN=target/release/loraland
+
+# The flags of the Makefile's builds, so that this build shares their artifacts.
+RUSTFLAGS=${RUSTFLAGS:--C target-cpu=x86-64-v3 --cfg erase_components} cargo build --release -p server --bin loraland
+[ -f "$MODEL" ] || "$BIN" fetch-model
+
+if [ $# -gt 0 ]; then
+  tasks=("$@")
+else
+  mapfile -t tasks < <(python3 -c 'import json; print("\n".join(t["id"] for t in json.load(open("catalog/adapters.json"))["tasks"]))')
+fi
+
+for task in "${tasks[@]}"; do
+  echo "== $task"
+  "$BIN" train --model "$MODEL" --task "$task" --out "adapters/$task" \
+    --steps "$STEPS" --batch "$BATCH" --lr "$LR" --seed "$SEED" --train-examples 2000 --eval-examples 16 --quiet
+  chmod 644 "adapters/$task"/*
+done
+
+# Score every task when all were trained, else the ones just trained.
+if [ $# -gt 0 ]; then which=(--task "$(IFS=,; echo "$*")"); else which=(--all); fi
+mkdir -p bench/results
+"$BIN" eval --model "$MODEL" "${which[@]}" --adapters-dir adapters --seed "$SEED" --limit "${EVAL_LIMIT:-50}" \
+  --json bench/results/eval-smollm2.json | tee bench/results/eval-smollm2.md
