@@ -10,7 +10,7 @@ export LEPTOS_OUTPUT_NAME := loraland
 # Two cores here: keep candle's matmuls to one thread in tests so test binaries running side by side don't fight.
 TEST_ENV := RAYON_NUM_THREADS=1 RUSTFLAGS="$(LEPTOS_RUSTFLAGS)"
 
-.PHONY: serve test tools test-deps fmt lint unit clients e2e fetch-model clean
+.PHONY: serve test tools test-deps fmt lint unit clients e2e fetch-model adapters clean
 
 ## Build the site in release mode and serve it (fetches the default model on first start).
 serve: tools test-deps-npm
@@ -50,6 +50,10 @@ e2e:
 ## Fetch the default model into data/models (the engine's SmolLM2 tests need it).
 fetch-model:
 	RUSTFLAGS="$(LEPTOS_RUSTFLAGS)" cargo run -q -p server --bin loraland -- fetch-model
+
+## Train the embedded model's demo adapters into adapters/ and score them (TASKS="a b" for some; long on a CPU).
+adapters:
+	RUSTFLAGS="$(LEPTOS_RUSTFLAGS)" scripts/train-adapters.sh $(TASKS)
 
 clean:
 	cargo clean

@@ -17,8 +17,8 @@ LR=${LR:-1e-3}
 SEED=${SEED:-0}
 BIN=target/release/loraland
 
-# The flags of the Makefile's builds, so that this build shares their artifacts.
-RUSTFLAGS=${RUSTFLAGS:--C target-cpu=x86-64-v3 --cfg erase_components} cargo build --release -p server --bin loraland
+# `make adapters` passes the Makefile's RUSTFLAGS, so that this build shares the other builds' artifacts.
+cargo build --release -p server --bin loraland
 [ -f "$MODEL" ] || "$BIN" fetch-model
 
 if [ $# -gt 0 ]; then
