@@ -62,21 +62,26 @@ pub struct TaskScore {
     pub adapter: Option<f64>,
 }
 
+/// A test example, tokenized once: its prompt ids and the expected answer.
+struct Item {
+    prompt: Vec<u32>,
+    expected: String,
+}
+
 /// Scores of one chunk of examples: base, then adapter (if `slot`).
 fn score_chunk(
     model: &Model,
     tok: &Tokenizer,
     bank: &AdapterBank,
     gen: &Generator,
-    chunk: &[engine::train::Example],
+    chunk: &[Item],
     slot: Option<usize>,
 ) -> anyhow::Result<(f64, f64)> {
     let mut requests = Vec::new();
-    for ex in chunk {
-        let prompt = tok.encode(&ex.prompt, true)?;
+    for item in chunk {
         for adapter in std::iter::once(None).chain(slot.map(Some)) {
             requests.push(GenRequest {
-                prompt: prompt.clone(),
+                prompt: item.prompt.clone(),
                 adapter,
                 sampling: SamplingParams::greedy(),
                 max_new_tokens: gen.max_new_tokens,
@@ -87,10 +92,10 @@ fn score_chunk(
     let outputs = generate_batch(model, tok, bank, &requests)?;
     let rows = if slot.is_some() { 2 } else { 1 };
     let (mut base, mut tuned) = (0.0, 0.0);
-    for (ex, outs) in chunk.iter().zip(outputs.chunks(rows)) {
-        base += gen.metric.score(&outs[0].text, &ex.completion);
+    for (item, outs) in chunk.iter().zip(outputs.chunks(rows)) {
+        base += gen.metric.score(&outs[0].text, &item.expected);
         if let Some(o) = outs.get(1) {
-            tuned += gen.metric.score(&o.text, &ex.completion);
+            tuned += gen.metric.score(&o.text, &item.expected);
         }
     }
     Ok((base, tuned))
@@ -133,9 +138,15 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let mut scores = Vec::new();
     for (g, slot) in gens.iter().zip(slots) {
         let context = model.config().max_position_embeddings;
-        let mut test = g.split(Split::Test, args.limit, args.seed);
-        let before = test.len();
-        test.retain(|ex| tok.encode(&ex.prompt, true).is_ok_and(|ids| ids.len() + g.max_new_tokens <= context));
+        let examples = g.split(Split::Test, args.limit, args.seed);
+        let before = examples.len();
+        let mut test = Vec::with_capacity(before);
+        for ex in examples {
+            let prompt = tok.encode(&ex.prompt, true)?;
+            if prompt.len() + g.max_new_tokens <= context {
+                test.push(Item { prompt, expected: ex.completion });
+            }
+        }
         if test.len() < before {
             tracing::warn!(
                 "{}: {} of {before} examples do not fit the model's context of {context}",

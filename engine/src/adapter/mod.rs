@@ -210,9 +210,21 @@ fn parse_tensor_name(name: &str, num_layers: usize) -> Option<(usize, Module, ch
 /// llama.cpp's GGUF conversion permutes q/k rows within each head (`[h, 2, d/2] -> [h, d/2, 2]`) so that interleaved
 /// RoPE equals Hugging Face's rotate-half RoPE; an adapter's `B` (rows = output features) must be permuted the same.
 fn permute_rows_for_gguf(b: &Tensor, n_heads: usize) -> Result<Tensor> {
+    regroup_rows(b, n_heads, 2)
+}
+
+/// The inverse of [`permute_rows_for_gguf`] (`[h, d/2, 2] -> [h, 2, d/2]`): a `B` learned against a GGUF base back
+/// in Hugging Face's row order.
+pub(crate) fn unpermute_rows_from_gguf(b: &Tensor, n_heads: usize) -> Result<Tensor> {
+    let half = b.dims2()?.0 / n_heads / 2;
+    regroup_rows(b, n_heads, half)
+}
+
+/// Splits each head's rows into `[outer, rest]` and transposes the two.
+fn regroup_rows(b: &Tensor, n_heads: usize, outer: usize) -> Result<Tensor> {
     let (out, r) = b.dims2()?;
-    let half = out / n_heads / 2;
-    Ok(b.reshape((n_heads, 2, half, r))?.transpose(1, 2)?.contiguous()?.reshape((out, r))?)
+    let inner = out / n_heads / outer;
+    Ok(b.reshape((n_heads, outer, inner, r))?.transpose(1, 2)?.contiguous()?.reshape((out, r))?)
 }
 
 #[cfg(test)]

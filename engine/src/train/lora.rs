@@ -2,7 +2,7 @@
 //! as PEFT does (A Kaiming-uniform, B zero, so training starts from the base model), and saved as a PEFT adapter
 //! folder (`adapter_config.json` + `adapter_model.safetensors`) that PEFT and our engine both load.
 
-use crate::adapter::peft_tensor_name;
+use crate::adapter::{peft_tensor_name, unpermute_rows_from_gguf};
 use crate::model::RopeStyle;
 use crate::{Error, ModelConfig, Module, Result};
 use candle_core::{DType, Device, Tensor, Var};
@@ -111,8 +111,8 @@ impl LoraParams {
                 let Some(p) = &mods[m.index()] else { continue };
                 let b = p.b.as_tensor().to_device(&Device::Cpu)?;
                 let b = match (rope, m) {
-                    (RopeStyle::Interleaved, Module::Q) => unpermute_rows(&b, config.num_attention_heads)?,
-                    (RopeStyle::Interleaved, Module::K) => unpermute_rows(&b, config.num_key_value_heads)?,
+                    (RopeStyle::Interleaved, Module::Q) => unpermute_rows_from_gguf(&b, config.num_attention_heads)?,
+                    (RopeStyle::Interleaved, Module::K) => unpermute_rows_from_gguf(&b, config.num_key_value_heads)?,
                     _ => b,
                 };
                 out.insert(peft_tensor_name(layer, m, 'A'), p.a.as_tensor().to_device(&Device::Cpu)?.to_dtype(dtype)?);
@@ -195,11 +195,4 @@ impl LoraParams {
         )?;
         Ok(())
     }
-}
-
-/// Inverse of the loader's GGUF row permutation (`[h, 2, d/2] -> [h, d/2, 2]`): back to Hugging Face's order.
-fn unpermute_rows(b: &Tensor, n_heads: usize) -> Result<Tensor> {
-    let (out, r) = b.dims2()?;
-    let half = out / n_heads / 2;
-    Ok(b.reshape((n_heads, half, 2, r))?.transpose(1, 2)?.contiguous()?.reshape((out, r))?)
 }
