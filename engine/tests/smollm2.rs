@@ -165,3 +165,34 @@ fn kl_div(p_logits: &Tensor, q_logits: &Tensor) -> f32 {
     let kl = (p.exp().unwrap() * (p - q).unwrap()).unwrap().sum_all().unwrap();
     kl.to_scalar::<f32>().unwrap()
 }
+
+/// With Q8_0 weights a batch of several rows runs the engine's own kernel and a single row runs candle's; both do
+/// the same arithmetic, so a sequence's logits do not depend on what else is in the batch: prefill of every case
+/// together, then one decode step, equals each case run alone, bit for bit.
+#[test]
+fn q8_logits_do_not_depend_on_the_batch() {
+    let cases = cases();
+    let (model, bank, names) = load(QuantMode::Q8);
+    let step = |cases: &[Case]| -> Vec<Vec<f32>> {
+        let slots: Vec<Option<usize>> =
+            cases.iter().map(|c| c.adapter.as_ref().map(|a| names.iter().position(|n| n == a).unwrap())).collect();
+        let mut caches: Vec<_> = cases.iter().map(|_| model.new_cache()).collect();
+        let mut out = Vec::new();
+        for feed in [cases.iter().map(|c| c.ids.clone()).collect::<Vec<_>>(), vec![vec![42u32]; cases.len()]] {
+            let mut seqs: Vec<SeqInput<'_>> = feed
+                .iter()
+                .zip(caches.iter_mut())
+                .zip(&slots)
+                .map(|((t, cache), &adapter)| SeqInput { tokens: t, cache, adapter })
+                .collect();
+            out = model.forward(&mut seqs, &bank, Logits::Last).unwrap().to_vec2::<f32>().unwrap();
+        }
+        out
+    };
+    let together = step(&cases);
+    assert!(cases.len() >= 3);
+    for (i, case) in cases.into_iter().enumerate() {
+        let alone = step(std::slice::from_ref(&case));
+        assert_eq!(alone[0], together[i], "case {i} ({:?}): decode logits alone vs in the batch", case.adapter);
+    }
+}

@@ -5,6 +5,7 @@ use server::cli::{Cli, Command};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    fix_thread_count();
     let cli = Cli::parse();
     let log = match &cli.command {
         Some(Command::Serve(c)) => c.log.clone(),
@@ -65,4 +66,13 @@ fn one_line(err: &anyhow::Error) -> String {
         }
     }
     line.replace('\n', " ")
+}
+
+/// candle looks its thread count up on every f32 matmul, and without `RAYON_NUM_THREADS` that lookup reads
+/// /proc/cpuinfo each time: about a tenth of a batched decode step on a 2-core machine. Fix the count once, at the
+/// value candle would find, before any thread starts.
+fn fix_thread_count() {
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        std::env::set_var("RAYON_NUM_THREADS", candle_core::utils::get_num_threads().to_string());
+    }
 }

@@ -3,7 +3,6 @@
 
 use super::{Model, RopeStyle};
 use crate::Result;
-use candle_core::quantized::QMatMul;
 use candle_core::{DType, Tensor};
 
 /// One decoder layer's weights, dense.
@@ -28,14 +27,6 @@ pub(crate) struct DenseModel {
     pub rope_style: RopeStyle,
 }
 
-fn dense(m: &QMatMul, dtype: DType) -> Result<Tensor> {
-    let t = match m {
-        QMatMul::QTensor(q) => q.dequantize(&q.device())?,
-        QMatMul::Tensor(t) | QMatMul::TensorF16(t) => t.clone(),
-    };
-    Ok(t.to_dtype(dtype)?)
-}
-
 impl Model {
     /// The weights in `dtype`, dequantizing the quantized ones.
     pub(crate) fn dense(&self, dtype: DType) -> Result<DenseModel> {
@@ -43,7 +34,7 @@ impl Model {
             .layers
             .iter()
             .map(|l| {
-                let proj: Vec<Tensor> = l.proj.iter().map(|p| dense(p, dtype)).collect::<Result<_>>()?;
+                let proj: Vec<Tensor> = l.proj.iter().map(|p| Ok(p.dense(dtype)?)).collect::<Result<_>>()?;
                 Ok(DenseLayer {
                     attn_norm: l.attn_norm.to_dtype(dtype)?,
                     ffn_norm: l.ffn_norm.to_dtype(dtype)?,
@@ -56,7 +47,7 @@ impl Model {
             embed: self.embed.to_dtype(dtype)?,
             layers,
             norm: self.norm.to_dtype(dtype)?,
-            lm_head: dense(&self.lm_head, dtype)?,
+            lm_head: self.lm_head.dense(dtype)?,
             cos: cos.to_dtype(dtype)?,
             sin: sin.to_dtype(dtype)?,
             rope_style: self.rope.style(),

@@ -1,11 +1,11 @@
 //! One decoder layer: RMSNorm, grouped-query attention with RoPE (and Mistral's sliding window), RMSNorm, SwiGLU
 //! MLP, each linear layer with its LoRA hook.
 
+use super::linear::Linear;
 use super::{Rope, SeqInput};
 use crate::adapter::{AdapterBank, LoraPlan};
 use crate::{ModelConfig, Module};
-use candle_core::quantized::QMatMul;
-use candle_core::{DType, Module as _, Result, Tensor};
+use candle_core::{DType, Result, Tensor};
 
 /// Weights of one decoder layer.
 #[derive(Debug)]
@@ -13,7 +13,7 @@ pub(super) struct DecoderLayer {
     pub attn_norm: Tensor,
     pub ffn_norm: Tensor,
     /// The seven projections, indexed by [`Module::index`].
-    pub proj: [QMatMul; 7],
+    pub proj: [Linear; 7],
 }
 
 impl DecoderLayer {

@@ -2,6 +2,7 @@
 //! (quantized weights kept quantized for the base matmuls, or dequantized / requantized on request).
 
 use super::layer::DecoderLayer;
+use super::linear::Linear;
 use super::{Model, Rope, RopeStyle};
 use crate::{Error, ModelConfig, ModelFiles, ModelFormat, Module, Result};
 use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
@@ -85,7 +86,7 @@ fn load_hf(dir: &Path, opts: &LoadOptions) -> Result<Model> {
         let lvb = vb.pp(format!("model.layers.{l}"));
         let proj = Module::ALL.map(|m| {
             let (fan_in, fan_out) = config.module_shape(m);
-            lvb.get((fan_out, fan_in), &format!("{}.weight", m.path())).map(QMatMul::Tensor)
+            lvb.get((fan_out, fan_in), &format!("{}.weight", m.path())).map(|w| Linear::Candle(QMatMul::Tensor(w)))
         });
         let proj = collect_array(proj)?;
         layers.push(DecoderLayer {
@@ -102,7 +103,7 @@ fn load_hf(dir: &Path, opts: &LoadOptions) -> Result<Model> {
     Ok(Model {
         norm: vb.get(h, "model.norm.weight")?,
         embed,
-        lm_head: QMatMul::Tensor(lm_head),
+        lm_head: Linear::Candle(QMatMul::Tensor(lm_head)),
         layers,
         rope,
         device: opts.device.clone(),
@@ -111,8 +112,8 @@ fn load_hf(dir: &Path, opts: &LoadOptions) -> Result<Model> {
     })
 }
 
-fn collect_array(items: [candle_core::Result<QMatMul>; 7]) -> Result<[QMatMul; 7]> {
-    let v: Vec<QMatMul> = items.into_iter().collect::<candle_core::Result<_>>()?;
+fn collect_array(items: [candle_core::Result<Linear>; 7]) -> Result<[Linear; 7]> {
+    let v: Vec<Linear> = items.into_iter().collect::<candle_core::Result<_>>()?;
     v.try_into().map_err(|_| Error::Config("expected seven projections".into()))
 }
 
@@ -135,18 +136,18 @@ impl GgufReader<'_> {
         Ok(self.qtensor(name)?.dequantize(&self.opts.device)?.to_dtype(self.opts.dtype)?)
     }
 
-    fn matmul(&mut self, name: &str) -> Result<QMatMul> {
+    fn matmul(&mut self, name: &str) -> Result<Linear> {
         let q = self.qtensor(name)?;
         let q = match (self.opts.quant, q.dtype()) {
             (QuantMode::Dequantize, _) => {
-                return Ok(QMatMul::Tensor(q.dequantize(&self.opts.device)?.to_dtype(self.opts.dtype)?))
+                return Ok(Linear::Candle(QMatMul::Tensor(q.dequantize(&self.opts.device)?.to_dtype(self.opts.dtype)?)))
             }
             (QuantMode::Q8, GgmlDType::Q4_0 | GgmlDType::Q4_1) => {
                 QTensor::quantize(&q.dequantize(&self.opts.device)?, GgmlDType::Q8_0)?
             }
             _ => q,
         };
-        Ok(QMatMul::from_arc(Arc::new(q))?)
+        Ok(Linear::new(QMatMul::from_arc(Arc::new(q))?)?)
     }
 }
 
@@ -161,7 +162,7 @@ fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<Model> {
     let mut layers = Vec::with_capacity(config.num_hidden_layers);
     for l in 0..config.num_hidden_layers {
         let proj = Module::ALL.map(|m| r.matmul(&format!("blk.{l}.{}.weight", m.gguf_name())));
-        let proj: Vec<QMatMul> = proj.into_iter().collect::<Result<_>>()?;
+        let proj: Vec<Linear> = proj.into_iter().collect::<Result<_>>()?;
         layers.push(DecoderLayer {
             attn_norm: r.dense(&format!("blk.{l}.attn_norm.weight"))?,
             ffn_norm: r.dense(&format!("blk.{l}.ffn_norm.weight"))?,

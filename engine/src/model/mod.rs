@@ -4,7 +4,9 @@
 
 mod dense;
 mod layer;
+mod linear;
 mod load;
+mod q8;
 mod rope;
 
 pub(crate) use dense::DenseModel;
@@ -14,8 +16,7 @@ pub use rope::{Rope, RopeStyle};
 
 use crate::adapter::{AdapterBank, AdapterTarget, LoraPlan};
 use crate::{Error, KvCache, ModelConfig, Result};
-use candle_core::quantized::QMatMul;
-use candle_core::{DType, Device, Module as _, Tensor};
+use candle_core::{DType, Device, Tensor};
 use layer::DecoderLayer;
 
 /// One sequence's part of a batch: the new tokens, its cache (holding everything before them) and its adapter.
@@ -45,7 +46,7 @@ pub struct Model {
     embed: Tensor,
     layers: Vec<DecoderLayer>,
     norm: Tensor,
-    lm_head: QMatMul,
+    lm_head: linear::Linear,
     rope: Rope,
     device: Device,
     dtype: DType,

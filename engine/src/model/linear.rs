@@ -1,0 +1,43 @@
+//! A frozen base projection: candle's `QMatMul` (dense or quantized weights), or Q8_0 weights run by our batched
+//! CPU kernel (see [`super::q8`]), which gives the same numbers and makes batched decode much cheaper.
+
+use super::q8::Q8Matrix;
+use candle_core::quantized::QMatMul;
+use candle_core::{DType, Module as _, Result, Tensor};
+
+#[derive(Debug)]
+pub(crate) enum Linear {
+    Candle(QMatMul),
+    /// Q8_0 weights on a CPU with AVX2: our kernel for batches of rows, candle's for single rows.
+    Q8(Q8Matrix),
+}
+
+impl Linear {
+    /// Wraps `m`, moving Q8_0 weights on a CPU that can run the batched kernel into its layout.
+    pub fn new(m: QMatMul) -> Result<Self> {
+        if let QMatMul::QTensor(q) = &m {
+            if let Some(q8) = Q8Matrix::from_qtensor(q)? {
+                return Ok(Linear::Q8(q8));
+            }
+        }
+        Ok(Linear::Candle(m))
+    }
+
+    /// `x · Wᵀ`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Linear::Candle(m) => m.forward(x),
+            Linear::Q8(q) => q.forward(x),
+        }
+    }
+
+    /// The weights as a dense tensor in `dtype`.
+    pub fn dense(&self, dtype: DType) -> Result<Tensor> {
+        let t = match self {
+            Linear::Candle(QMatMul::QTensor(q)) => q.dequantize(&q.device())?,
+            Linear::Candle(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => t.clone(),
+            Linear::Q8(q) => q.dequantize()?,
+        };
+        t.to_dtype(dtype)
+    }
+}
