@@ -146,6 +146,9 @@ struct TileArgs<'a> {
 #[allow(unsafe_code)]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn run_tiles(a: &TileArgs<'_>, m: usize, cols: std::ops::Range<usize>) {
+    // The tiles read through raw pointers: these bounds make every one of their reads valid.
+    assert!(cols.end <= a.n && a.w.len() >= a.n * a.kb * BLOCK_BYTES);
+    assert!(a.xq.len() >= m * a.kb * BLOCK && a.xd.len() >= m * a.kb);
     // Column blocks of 32 weight rows (18 KB at width 576) stay in L1 while every activation row passes over them.
     let mut start = cols.start;
     while start < cols.end {
@@ -199,23 +202,25 @@ unsafe fn tile<const R: usize, const C: usize>(a: &TileArgs<'_>, r0: usize, c0: 
     let kb = a.kb;
     let ones = _mm256_set1_epi16(1);
     let mut acc = [[_mm256_setzero_ps(); C]; R];
+    // SAFETY (all pointer arithmetic below): `run_tiles` checked that `w` holds `n * kb` blocks of BLOCK_BYTES and
+    // `xq`/`xd` hold `m * kb` blocks, and the caller keeps `c0 + C <= n`, `r0 + R <= m`, `b < kb`.
+    let w_rows: [*const u8; C] = std::array::from_fn(|c| unsafe { a.w.as_ptr().add((c0 + c) * kb * BLOCK_BYTES) });
+    let x_rows: [*const i8; R] = std::array::from_fn(|r| unsafe { a.xq.as_ptr().add((r0 + r) * kb * BLOCK) });
+    let d_rows: [*const f32; R] = std::array::from_fn(|r| unsafe { a.xd.as_ptr().add((r0 + r) * kb) });
     for b in 0..kb {
         let mut w = [_mm256_setzero_si256(); C];
         let mut aw = [_mm256_setzero_si256(); C];
         let mut dw = [_mm256_setzero_ps(); C];
         for c in 0..C {
-            let blk = (c0 + c) * kb + b;
-            let at = blk * BLOCK_BYTES;
-            // SAFETY: `blk < n * kb`, and `w` holds `n * kb` blocks of BLOCK_BYTES, the values after the scale.
-            w[c] = unsafe { _mm256_loadu_si256(a.w.as_ptr().add(at + 2) as *const __m256i) };
+            let blk = unsafe { w_rows[c].add(b * BLOCK_BYTES) };
+            w[c] = unsafe { _mm256_loadu_si256(blk.add(2) as *const __m256i) };
             aw[c] = _mm256_sign_epi8(w[c], w[c]);
-            dw[c] = _mm256_set1_ps(f16::from_le_bytes([a.w[at], a.w[at + 1]]).to_f32());
+            let scale = f16::from_bits(u16::from_le(unsafe { (blk as *const u16).read_unaligned() }));
+            dw[c] = _mm256_set1_ps(scale.to_f32());
         }
         for r in 0..R {
-            let blk = (r0 + r) * kb + b;
-            // SAFETY: `blk < m * kb`, and `xq` holds `m * kb` blocks of 32 bytes.
-            let x = unsafe { _mm256_loadu_si256(a.xq.as_ptr().add(blk * BLOCK) as *const __m256i) };
-            let dx = _mm256_set1_ps(a.xd[blk]);
+            let x = unsafe { _mm256_loadu_si256(x_rows[r].add(b * BLOCK) as *const __m256i) };
+            let dx = _mm256_set1_ps(unsafe { *d_rows[r].add(b) });
             for c in 0..C {
                 let sy = _mm256_sign_epi8(x, w[c]);
                 let dot = _mm256_maddubs_epi16(aw[c], sy);
