@@ -21,6 +21,9 @@ pub enum Error {
     /// The model's configuration is invalid or unsupported.
     #[error("model config: {0}")]
     Config(String),
+    /// A training run cannot start with these examples or settings.
+    #[error("training: {0}")]
+    Training(String),
     /// An I/O error on a named file.
     #[error("{}: {source}", .path.display())]
     Io {

@@ -112,6 +112,11 @@ fn examples(args: &TrainArgs) -> anyhow::Result<(Vec<Example>, Vec<Example>)> {
 
 fn encode(examples: &[Example], tok: &Tokenizer, seq_len: usize, what: &str) -> anyhow::Result<Vec<Encoded>> {
     let (encoded, skipped) = train::data::encode(examples, tok, seq_len)?;
+    if encoded.is_empty() && skipped > 0 {
+        anyhow::bail!(
+            "all {skipped} {what} examples are empty or longer than --seq-len {seq_len} tokens: raise --seq-len"
+        );
+    }
     if skipped > 0 {
         tracing::warn!("{skipped} {what} examples longer than {seq_len} tokens (or empty) were skipped");
     }

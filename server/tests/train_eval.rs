@@ -96,5 +96,10 @@ fn bad_training_input_is_a_clear_error() {
     args.data = Some(data);
     let err = format!("{:#}", train::run(args).unwrap_err());
     assert!(err.contains("d.jsonl line 1"), "{err}");
+
+    let mut args = train_args(dir.path().join("x"));
+    args.seq_len = 4;
+    let err = format!("{:#}", train::run(args).unwrap_err());
+    assert!(err.contains("longer than --seq-len 4 tokens: raise --seq-len"), "{err}");
     assert!(!dir.path().join("x").exists(), "nothing written on failure");
 }

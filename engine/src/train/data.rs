@@ -24,7 +24,7 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<Example>> {
         .filter(|(_, l)| !l.trim().is_empty())
         .map(|(i, l)| {
             serde_json::from_str(l).map_err(|e| {
-                Error::Config(format!(
+                Error::Training(format!(
                     "{} line {}: expected {{\"prompt\", \"completion\"}}: {e}",
                     path.display(),
                     i + 1
@@ -78,7 +78,7 @@ pub struct Batch {
 impl Batch {
     /// Packs `items` (padded with `pad`, which attention never sees thanks to the causal mask).
     pub fn new(items: &[&Encoded], pad: u32, device: &Device) -> Result<Self> {
-        let len = items.iter().map(|e| e.ids.len()).max().ok_or_else(|| Error::Config("empty batch".into()))?;
+        let len = items.iter().map(|e| e.ids.len()).max().ok_or_else(|| Error::Training("empty batch".into()))?;
         let mut ids = Vec::with_capacity(items.len() * len);
         let (mut rows, mut targets) = (Vec::new(), Vec::new());
         for (i, e) in items.iter().enumerate() {

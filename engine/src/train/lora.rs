@@ -51,10 +51,10 @@ impl LoraParams {
     /// a = sqrt(5)), B = 0. Deterministic in `seed`.
     pub fn init(config: &ModelConfig, shape: LoraShape, dtype: DType, device: &Device, seed: u64) -> Result<Self> {
         if shape.rank == 0 {
-            return Err(Error::Config("LoRA rank must be at least 1".into()));
+            return Err(Error::Training("LoRA rank must be at least 1".into()));
         }
         if shape.targets.is_empty() {
-            return Err(Error::Config("LoRA needs at least one target module".into()));
+            return Err(Error::Training("LoRA needs at least one target module".into()));
         }
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let mut layers = Vec::with_capacity(config.num_hidden_layers);

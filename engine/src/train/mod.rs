@@ -103,10 +103,12 @@ impl Trainer {
     /// Starts a run on `train` (already tokenized); `pad` fills short sequences.
     pub fn new(model: FrozenModel, train: Vec<Encoded>, config: TrainConfig, pad: u32) -> Result<Self> {
         if train.is_empty() {
-            return Err(Error::Config("no training examples (all empty or longer than the sequence limit)".into()));
+            return Err(Error::Training(
+                "no training examples: every one is empty or longer than the sequence limit (seq_len)".into(),
+            ));
         }
         if config.batch_size == 0 || config.steps == 0 {
-            return Err(Error::Config("batch size and steps must be at least 1".into()));
+            return Err(Error::Training("batch size and steps must be at least 1".into()));
         }
         let lora = LoraParams::init(model.config(), config.shape.clone(), model.dtype(), model.device(), config.seed)?;
         let vars = lora.vars();
