@@ -66,7 +66,7 @@ impl Q8Matrix {
         }
         out_dims.push(self.n);
         let xs = x.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-        let (xq, xd) = quantize_rows(&xs, self.k);
+        let (xq, xd) = quantize_rows(&xs);
         let mut out = vec![0f32; m * self.n];
         self.matmul(m, &xq, &xd, &mut out);
         Tensor::from_vec(out, out_dims, x.device())?.to_dtype(x.dtype())
@@ -104,9 +104,9 @@ fn supported() -> bool {
     }
 }
 
-/// Quantizes each row of `xs` (`k` wide) to Q8_0 exactly as candle does for its matmul: per block, scale
+/// Quantizes `xs` (rows whose width is a multiple of 32) to Q8_0 exactly as candle does for its matmul: per block, scale
 /// `max|x| / 127` stored as f16, values `round(x / scale)`.
-fn quantize_rows(xs: &[f32], k: usize) -> (Vec<i8>, Vec<f32>) {
+fn quantize_rows(xs: &[f32]) -> (Vec<i8>, Vec<f32>) {
     let mut q = vec![0i8; xs.len()];
     let mut d = Vec::with_capacity(xs.len() / BLOCK);
     for (block, qb) in xs.chunks_exact(BLOCK).zip(q.chunks_exact_mut(BLOCK)) {
@@ -118,7 +118,6 @@ fn quantize_rows(xs: &[f32], k: usize) -> (Vec<i8>, Vec<f32>) {
         }
         d.push(f16::from_f32(scale).to_f32());
     }
-    debug_assert_eq!(d.len() * BLOCK, xs.len() / k * k);
     (q, d)
 }
 
@@ -159,29 +158,31 @@ unsafe fn run_tiles(a: &TileArgs<'_>, m: usize, cols: std::ops::Range<usize>) {
             let rows = (m - r).min(4);
             let mut c = start;
             while c < pairs_end {
-                unsafe {
-                    match rows {
-                        4 => tile::<4, 2>(a, r, c),
-                        3 => tile::<3, 2>(a, r, c),
-                        2 => tile::<2, 2>(a, r, c),
-                        _ => tile::<1, 2>(a, r, c),
-                    }
-                }
+                unsafe { tile_rows::<2>(a, rows, r, c) };
                 c += 2;
             }
             if c < end {
-                unsafe {
-                    match rows {
-                        4 => tile::<4, 1>(a, r, c),
-                        3 => tile::<3, 1>(a, r, c),
-                        2 => tile::<2, 1>(a, r, c),
-                        _ => tile::<1, 1>(a, r, c),
-                    }
-                }
+                unsafe { tile_rows::<1>(a, rows, r, c) };
             }
             r += rows;
         }
         start = end;
+    }
+}
+
+/// One tile of `rows` (1 to 4) activation rows from `r` by `C` weight rows from `c`.
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn tile_rows<const C: usize>(a: &TileArgs<'_>, rows: usize, r: usize, c: usize) {
+    unsafe {
+        match rows {
+            4 => tile::<4, C>(a, r, c),
+            3 => tile::<3, C>(a, r, c),
+            2 => tile::<2, C>(a, r, c),
+            _ => tile::<1, C>(a, r, c),
+        }
     }
 }
 
