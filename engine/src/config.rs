@@ -144,6 +144,45 @@ impl ModelConfig {
         .validated()
     }
 
+    /// Names accepted by [`ModelConfig::preset`].
+    pub const PRESETS: &'static [&'static str] = &["mistral-7b", "mistral-tiny"];
+
+    /// A known architecture by name, for models with random weights (benchmarks without a download):
+    /// `mistral-7b` is Mistral-7B-v0.1's config.json (the LoRA Land base); `mistral-tiny` keeps its vocabulary and
+    /// head layout at a size a CPU runs in seconds.
+    pub fn preset(name: &str) -> Result<Self> {
+        let mistral = Self {
+            vocab_size: 32_000,
+            hidden_size: 4096,
+            intermediate_size: 14_336,
+            num_hidden_layers: 32,
+            num_attention_heads: 32,
+            num_key_value_heads: 8,
+            head_dim: 128,
+            rms_norm_eps: 1e-5,
+            rope_theta: 10_000.0,
+            max_position_embeddings: 32_768,
+            tie_word_embeddings: false,
+            sliding_window: Some(4096),
+            bos_token_id: Some(1),
+            // No EOS: a random model would stop at random; benchmarks want every stream to run its full length.
+            eos_token_ids: Vec::new(),
+        };
+        match name {
+            "mistral-7b" => Ok(mistral),
+            "mistral-tiny" => Ok(Self {
+                hidden_size: 256,
+                intermediate_size: 896,
+                num_hidden_layers: 4,
+                num_attention_heads: 8,
+                num_key_value_heads: 2,
+                head_dim: 32,
+                ..mistral
+            }),
+            _ => Err(Error::Config(format!("unknown model preset {name:?} (known: {})", Self::PRESETS.join(", ")))),
+        }
+    }
+
     fn validated(self) -> Result<Self> {
         if self.num_attention_heads == 0 || self.num_key_value_heads == 0 {
             return Err(Error::Config("head counts must be positive".into()));

@@ -52,6 +52,18 @@ pub struct EngineConfig {
     pub max_input_tokens: usize,
     /// Largest `max_new_tokens`.
     pub max_new_tokens: usize,
+    /// Build a model with random weights instead of loading `model` (which is then only its display name), with
+    /// a synthetic tokenizer: benchmarks of a model's shape without its files.
+    pub random_weights: Option<RandomWeights>,
+}
+
+/// An architecture and a seed for [`crate::Model::random`].
+#[derive(Clone, Debug)]
+pub struct RandomWeights {
+    /// The architecture, e.g. [`crate::ModelConfig::preset`].
+    pub config: crate::ModelConfig,
+    /// Seed of the weights.
+    pub seed: u64,
 }
 
 impl EngineConfig {
@@ -70,6 +82,7 @@ impl EngineConfig {
             max_queue: DEFAULT_MAX_QUEUE,
             max_input_tokens: 2048,
             max_new_tokens: 512,
+            random_weights: None,
         }
     }
 }
@@ -87,6 +100,8 @@ pub struct ModelInfo {
     pub dtype: String,
     /// Device, e.g. `cpu`.
     pub device: String,
+    /// Bytes of weights one decode step reads (see [`crate::Model::decode_weight_bytes`]).
+    pub decode_weight_bytes: usize,
 }
 
 /// Starts engines.

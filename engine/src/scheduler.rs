@@ -81,6 +81,10 @@ pub(crate) fn run(
     stats: Arc<EngineStats>,
 ) {
     let loaded = (|| -> Result<(Model, Tokenizer)> {
+        if let Some(random) = &cfg.random_weights {
+            let model = Model::random(random.config.clone(), &cfg.load, random.seed)?;
+            return Ok((model, Tokenizer::synthetic(random.config.vocab_size)?));
+        }
         let model = Model::load(&cfg.model, &cfg.load)?;
         let tokenizer = Tokenizer::for_model(&cfg.model)?;
         Ok((model, tokenizer))
@@ -93,10 +97,14 @@ pub(crate) fn run(
         }
     };
     let info = ModelInfo {
-        name: crate::ModelFiles::locate(&cfg.model).map(|f| f.name).unwrap_or_default(),
+        name: match &cfg.random_weights {
+            Some(_) => cfg.model.display().to_string(),
+            None => crate::ModelFiles::locate(&cfg.model).map(|f| f.name).unwrap_or_default(),
+        },
         max_position_embeddings: model.config().max_position_embeddings,
         vocab_size: model.config().vocab_size,
         dtype: format!("{:?}", model.dtype()).to_lowercase(),
+        decode_weight_bytes: model.decode_weight_bytes(),
         device: if model.device().is_cpu() { "cpu".into() } else { format!("{:?}", model.device().location()) },
     };
     let loader = spawn_loader(model.adapter_target(), tx);

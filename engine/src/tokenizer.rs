@@ -134,6 +134,22 @@ impl Tokenizer {
         })
     }
 
+    /// A stand-in for a model with random weights ([`crate::Model::random`]): `vocab_size` word tokens `t0`, `t1`,
+    /// ... split on whitespace, no special tokens, no chat template. Prompts are sent as token ids; generated ids
+    /// decode to their names.
+    pub fn synthetic(vocab_size: usize) -> Result<Self> {
+        let vocab: ahash::AHashMap<String, u32> = (0..vocab_size as u32).map(|i| (format!("t{i}"), i)).collect();
+        let model = tokenizers::models::wordlevel::WordLevel::builder()
+            .vocab(vocab)
+            .unk_token("t0".into())
+            .build()
+            .map_err(tok_err)?;
+        let mut inner = tokenizers::Tokenizer::new(model);
+        inner.with_pre_tokenizer(Some(tokenizers::pre_tokenizers::whitespace::WhitespaceSplit));
+        inner.with_decoder(Some(tokenizers::decoders::wordpiece::WordPiece::new("##".into(), false)));
+        Ok(Self { inner, bos: None, eos: None, add_bos: false, special: HashSet::new(), chat_template: None })
+    }
+
     /// Token ids of `text`; special-token strings in the text are matched whole. With `add_bos`, the model's BOS
     /// is prepended if its config asks for it.
     pub fn encode(&self, text: &str, add_bos: bool) -> Result<Vec<u32>> {

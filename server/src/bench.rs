@@ -6,7 +6,7 @@ use anyhow::Context;
 use candle_core::DType;
 use clap::Args;
 use engine::adapter::LoraAdapter;
-use engine::{AdapterBank, KvCache, LoadOptions, Logits, Model, Module, SeqInput};
+use engine::{AdapterBank, KvCache, Logits, Model, Module, SeqInput};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -29,6 +29,9 @@ pub struct DecodeBenchArgs {
     /// GGUF quantization handling.
     #[arg(long, value_enum, default_value = "q8")]
     pub quant: crate::generate::QuantArg,
+    /// Device and dtype.
+    #[command(flatten)]
+    pub device: crate::device::DeviceArgs,
     /// Also time batch-1 decode of candle-transformers' own quantized_llama on the same GGUF, next to ours with
     /// the file's quantization kept (needs a build with `--features bench-reference`).
     #[arg(long)]
@@ -78,7 +81,7 @@ fn decode_rate(
 /// Runs the decode benchmark and prints a Markdown table.
 pub fn run_decode(args: DecodeBenchArgs) -> anyhow::Result<()> {
     let quant = args.quant.into();
-    let model = Model::load(&args.model, &LoadOptions { quant, ..Default::default() })
+    let model = Model::load(&args.model, &args.device.load_options(quant)?)
         .with_context(|| format!("loading {}", args.model.display()))?;
     let max_batch = args.batch_sizes.iter().copied().max().unwrap_or(1);
     let bank = AdapterBank::new(random_adapters(&model, max_batch, 8, 42)?, model.config().num_hidden_layers)?;
@@ -113,7 +116,7 @@ pub fn run_decode(args: DecodeBenchArgs) -> anyhow::Result<()> {
 #[cfg(feature = "bench-reference")]
 fn reference_comparison(args: &DecodeBenchArgs) -> anyhow::Result<()> {
     let theirs = crate::bench_reference::decode_rate(&args.model, args.prompt_len, args.steps)?;
-    let model = Model::load(&args.model, &LoadOptions::default())?;
+    let model = Model::load(&args.model, &engine::LoadOptions::default())?;
     let empty = AdapterBank::default();
     let ours = decode_rate(&model, &empty, &[None], args.prompt_len, args.steps)?;
     crate::generate::print_line(&format!(

@@ -7,8 +7,8 @@ use anyhow::Context;
 use clap::Args;
 use engine::registry::ResidencyLimits;
 use engine::{
-    AdapterId, Catalog, Engine, EngineConfig, EngineHandle, Event, GenerateRequest, LoadOptions, Module, Prompt,
-    SamplingParams,
+    AdapterId, Catalog, Engine, EngineConfig, EngineHandle, Event, GenerateRequest, LoadOptions, ModelConfig, Module,
+    Prompt, SamplingParams,
 };
 use rand::{Rng, SeedableRng};
 use std::path::{Path, PathBuf};
@@ -35,6 +35,18 @@ pub struct LoadBenchArgs {
     /// GGUF quantization handling.
     #[arg(long, value_enum, default_value = "q8")]
     pub quant: crate::generate::QuantArg,
+    /// Device and dtype.
+    #[command(flatten)]
+    pub device: crate::device::DeviceArgs,
+    /// Instead of `--model`, a model of this architecture with random weights built on the device (no download):
+    /// `mistral-7b` (the LoRA Land base) or `mistral-tiny` (the same vocabulary and heads, CPU-sized). Runs the
+    /// streams of `--stream-counts` on the base model, on one adapter, and with every stream on a different one
+    /// of 25, and prints the decode step next to its floor (weight bytes / measured memory bandwidth).
+    #[arg(long)]
+    pub random_model: Option<String>,
+    /// Concurrent streams to measure with `--random-model`.
+    #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
+    pub stream_counts: Vec<usize>,
 }
 
 const WORDS: &[&str] = &[
@@ -49,21 +61,36 @@ struct Sample {
     tokens: usize,
 }
 
-struct Outcome {
-    label: String,
-    tokens_per_s: f64,
-    ttft: Vec<Duration>,
-    itl: Vec<Duration>,
+pub(crate) struct Outcome {
+    pub label: String,
+    pub tokens_per_s: f64,
+    pub ttft: Vec<Duration>,
+    pub itl: Vec<Duration>,
 }
 
-fn prompt(rng: &mut rand::rngs::StdRng) -> String {
+/// What the streams send: text of 90-110 words, or (for a model with random weights) 90-110 random token ids.
+#[derive(Clone, Copy)]
+pub(crate) enum PromptKind {
+    Words,
+    TokenIds { vocab_size: u32 },
+}
+
+fn prompt(kind: PromptKind, rng: &mut rand::rngs::StdRng) -> Prompt {
     let n = rng.random_range(90..=110);
-    (0..n).map(|_| WORDS[rng.random_range(0..WORDS.len())]).collect::<Vec<_>>().join(" ")
+    match kind {
+        PromptKind::Words => {
+            Prompt::Text((0..n).map(|_| WORDS[rng.random_range(0..WORDS.len())]).collect::<Vec<_>>().join(" "))
+        }
+        PromptKind::TokenIds { vocab_size } => {
+            Prompt::Tokens((0..n).map(|_| rng.random_range(3..vocab_size)).collect())
+        }
+    }
 }
 
 /// Runs `streams` closed-loop clients; stream `i` uses `adapter_of(i, j)` for its `j`-th request.
-fn run_load(
+pub(crate) fn run_load(
     engine: &EngineHandle,
+    kind: PromptKind,
     label: &str,
     streams: usize,
     per_stream: usize,
@@ -79,7 +106,7 @@ fn run_load(
                     let mut samples = Vec::new();
                     for j in 0..per_stream {
                         let req = GenerateRequest {
-                            prompt: Prompt::Text(prompt(&mut rng)),
+                            prompt: prompt(kind, &mut rng),
                             adapter: adapter_of(i, j),
                             sampling: SamplingParams {
                                 temperature: Some(1.0),
@@ -128,7 +155,7 @@ fn run_load(
     })
 }
 
-fn pct(xs: &[Duration], p: f64) -> f64 {
+pub(crate) fn pct(xs: &[Duration], p: f64) -> f64 {
     let mut v: Vec<f64> = xs.iter().map(|d| d.as_secs_f64() * 1e3).collect();
     v.sort_by(f64::total_cmp);
     if v.is_empty() {
@@ -137,43 +164,53 @@ fn pct(xs: &[Duration], p: f64) -> f64 {
     v[((v.len() - 1) as f64 * p).round() as usize]
 }
 
-fn write_adapters(dir: &Path, model: &Path, n: usize) -> anyhow::Result<Vec<AdapterId>> {
-    let m = engine::Model::load(model, &LoadOptions { quant: engine::QuantMode::Keep, ..Default::default() })?;
+pub(crate) fn write_adapters(dir: &Path, config: &ModelConfig, n: usize) -> anyhow::Result<Vec<AdapterId>> {
     (0..n)
         .map(|i| {
             let id = format!("bench-{i:02}");
-            engine::adapter::write_random_peft(
-                &dir.join(&id),
-                m.config(),
-                8,
-                &[Module::Q, Module::V],
-                1000 + i as u64,
-            )?;
+            engine::adapter::write_random_peft(&dir.join(&id), config, 8, &[Module::Q, Module::V], 1000 + i as u64)?;
             Ok(AdapterId::new(&id)?)
         })
         .collect()
 }
 
+/// An engine over `adapters_dir` for `streams` concurrent streams and `max_k` resident adapters.
+pub(crate) fn engine_config(
+    args: &LoadBenchArgs,
+    adapters_dir: &Path,
+    streams: usize,
+    max_k: usize,
+) -> anyhow::Result<EngineConfig> {
+    let mut cfg = EngineConfig::new(&args.model);
+    cfg.load = args.device.load_options(args.quant.into())?;
+    cfg.catalog = Catalog { adapters_dir: Some(adapters_dir.to_path_buf()), allow_hub: false };
+    cfg.limits = ResidencyLimits { max_adapters: max_k.max(1), ..ResidencyLimits::default() };
+    cfg.max_batch_size = streams.max(1);
+    Ok(cfg)
+}
+
 /// Runs the load benchmark and prints a Markdown table.
 pub fn run(args: LoadBenchArgs) -> anyhow::Result<()> {
+    if args.random_model.is_some() {
+        return crate::bench_random::run(&args);
+    }
     let tmp = tempfile::tempdir()?;
     let max_k = args.adapters.iter().copied().max().unwrap_or(1);
-    let ids = write_adapters(tmp.path(), &args.model, max_k).context("writing random adapters")?;
-    let mut cfg = EngineConfig::new(&args.model);
-    cfg.load = LoadOptions { quant: args.quant.into(), ..Default::default() };
-    cfg.catalog = Catalog { adapters_dir: Some(tmp.path().to_path_buf()), allow_hub: false };
-    cfg.limits = ResidencyLimits { max_adapters: max_k.max(1), ..ResidencyLimits::default() };
-    cfg.max_batch_size = args.streams.max(1);
-    let engine = Engine::spawn(cfg)?;
-    let (n, per) = (args.streams, args.requests_per_stream);
+    let config =
+        engine::Model::load(&args.model, &LoadOptions { quant: engine::QuantMode::Keep, ..Default::default() })?
+            .config()
+            .clone();
+    let ids = write_adapters(tmp.path(), &config, max_k).context("writing random adapters")?;
+    let engine = Engine::spawn(engine_config(&args, tmp.path(), args.streams, max_k)?)?;
+    let (n, per, kind) = (args.streams, args.requests_per_stream, PromptKind::Words);
     let mut rows = Vec::new();
     if args.single_stream {
-        rows.push(run_load(&engine, "base, 1 stream", 1, per, |_, _| None)?);
+        rows.push(run_load(&engine, kind, "base, 1 stream", 1, per, |_, _| None)?);
     }
-    let base = run_load(&engine, &format!("base, {n} streams"), n, per, |_, _| None)?;
+    let base = run_load(&engine, kind, &format!("base, {n} streams"), n, per, |_, _| None)?;
     for &k in &args.adapters {
         let ids = &ids[..k];
-        rows.push(run_load(&engine, &format!("K={k} adapters, {n} streams"), n, per, |i, j| {
+        rows.push(run_load(&engine, kind, &format!("K={k} adapters, {n} streams"), n, per, |i, j| {
             Some(ids[(i + j * n) % k].clone())
         })?);
     }

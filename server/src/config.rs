@@ -47,6 +47,10 @@ pub struct ServeConfig {
     #[arg(long, env = "LORALAND_QUANT", value_enum, default_value = "q8")]
     pub quant: crate::generate::QuantArg,
 
+    /// Device and dtype.
+    #[command(flatten)]
+    pub device: crate::device::DeviceArgs,
+
     /// Folder of local LoRA adapters (one PEFT folder per adapter id).
     #[arg(long, env = "LORALAND_ADAPTERS_DIR", default_value = "adapters")]
     pub adapters_dir: PathBuf,
@@ -106,15 +110,15 @@ impl ServeConfig {
         }
     }
 
-    /// The engine's configuration.
-    pub fn engine_config(&self, model: PathBuf) -> engine::EngineConfig {
+    /// The engine's configuration; fails when `--device` names no usable device.
+    pub fn engine_config(&self, model: PathBuf) -> anyhow::Result<engine::EngineConfig> {
         let mut cfg = engine::EngineConfig::new(model);
-        cfg.load = engine::LoadOptions { quant: self.quant.into(), ..Default::default() };
+        cfg.load = self.device.load_options(self.quant.into())?;
         cfg.catalog = engine::Catalog { adapters_dir: Some(self.adapters_dir.clone()), allow_hub: self.allow_hub };
         cfg.max_queue = self.max_queue;
         cfg.max_input_tokens = self.max_input_tokens;
         cfg.max_new_tokens = self.max_new_tokens;
-        cfg
+        Ok(cfg)
     }
 
     /// The database URL: `--database-url`, else a file in the data folder.

@@ -3,22 +3,9 @@
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use engine::adapter::LoraAdapter;
-use engine::{
-    generate_batch, AdapterBank, ChatMessage, GenRequest, LoadOptions, Model, QuantMode, SamplingParams, Tokenizer,
-};
+use engine::{generate_batch, AdapterBank, ChatMessage, GenRequest, Model, QuantMode, SamplingParams, Tokenizer};
 use std::path::PathBuf;
 use std::sync::Arc;
-
-/// Activation dtype.
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum DTypeArg {
-    /// 32-bit float (CPU default).
-    F32,
-    /// bfloat16.
-    Bf16,
-    /// float16.
-    F16,
-}
 
 /// Handling of GGUF quantized weights.
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -86,9 +73,9 @@ pub struct GenerateArgs {
     /// Stop sequence; repeat for several.
     #[arg(long)]
     pub stop: Vec<String>,
-    /// Activation dtype.
-    #[arg(long, value_enum, default_value = "f32")]
-    pub dtype: DTypeArg,
+    /// Device and dtype.
+    #[command(flatten)]
+    pub device: crate::device::DeviceArgs,
     /// GGUF quantization handling.
     #[arg(long, value_enum, default_value = "keep")]
     pub quant: QuantArg,
@@ -99,15 +86,7 @@ pub struct GenerateArgs {
 
 /// Runs the command.
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
-    let opts = LoadOptions {
-        dtype: match args.dtype {
-            DTypeArg::F32 => candle_core::DType::F32,
-            DTypeArg::Bf16 => candle_core::DType::BF16,
-            DTypeArg::F16 => candle_core::DType::F16,
-        },
-        quant: args.quant.into(),
-        ..LoadOptions::default()
-    };
+    let opts = args.device.load_options(args.quant.into())?;
     let model = Model::load(&args.model, &opts)?;
     let target = model.adapter_target();
     let adapters =

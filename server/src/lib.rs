@@ -4,12 +4,14 @@
 pub mod api;
 pub mod bench;
 pub mod bench_load;
+pub mod bench_random;
 #[cfg(feature = "bench-reference")]
 pub mod bench_reference;
 pub mod cli;
 pub mod config;
 pub mod db;
 pub mod default_model;
+pub mod device;
 pub mod eval;
 pub mod generate;
 pub mod metrics;

@@ -44,7 +44,7 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     // server with that error.
     let (failed_tx, failed_rx) = tokio::sync::oneshot::channel();
     let slot = state.engine.clone();
-    let engine_config = config.engine_config(model.path.clone());
+    let engine_config = config.engine_config(model.path.clone())?;
     tokio::task::spawn_blocking(move || match Engine::spawn(engine_config) {
         Ok(handle) => {
             tracing::info!("model loaded; ready");

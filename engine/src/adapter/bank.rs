@@ -7,9 +7,12 @@
 //!   concatenated `B` expands them. Two GEMMs per module whatever the number of adapters, no copies.
 //! - BGMV (gathered, decode with many adapters): each row gathers its adapter's factors from a stack of all adapters
 //!   (`index_select`), and two batched matmuls compute every row's delta at once.
+//! - On CUDA, every batch with adapters uses the SGMV kernels ([`super::sgmv`]): two launches per module, each
+//!   segment multiplied by its own adapter's factors read from the stacks, whatever the number of adapters.
 //!
 //! Rows without an adapter (the base model) get no delta, so their output is bit-for-bit the base output.
 
+use super::sgmv::Sgmv;
 use super::LoraAdapter;
 use crate::{Module, Result};
 use candle_core::{Device, Tensor};
@@ -36,6 +39,8 @@ struct Stack {
     a_cat: Tensor,
     /// `(sB)^T` one above the other, `[(slots + 1) * r_max, out]` (masked path).
     b_cat: Tensor,
+    /// `A` stacked, `[slots + 1, r_max, in]` (SGMV: each rank row contiguous over the input features).
+    a_rows: Tensor,
 }
 
 impl AdapterBank {
@@ -84,6 +89,10 @@ impl AdapterBank {
                 let mask = rank_mask(slots, self.len() + 1, st.r_max, xs)?;
                 let delta = (xs.matmul(&st.a_cat)? * mask)?.matmul(&st.b_cat)?;
                 Ok((base + delta)?)
+            }
+            PlanMode::Sgmv(op) => {
+                let Some(st) = &self.stacks[layer][module.index()] else { return Ok(base) };
+                Ok((base + op.delta(xs, &st.a_rows, &st.b)?)?)
             }
             PlanMode::Segments => {
                 let mut pieces = Vec::with_capacity(plan.segments.len());
@@ -142,11 +151,13 @@ fn stack_module(adapters: &[Arc<LoraAdapter>], layer: usize, module: Module) -> 
             }
         }
     }
+    let a = Tensor::stack(&a_list, 0)?;
     Ok(Some(Stack {
         r_max,
+        a_rows: a.transpose(1, 2)?.contiguous()?,
+        a,
         a_cat: Tensor::cat(&a_list, 1)?,
         b_cat: Tensor::cat(&b_list, 0)?,
-        a: Tensor::stack(&a_list, 0)?,
         b: Tensor::stack(&b_list, 0)?,
     }))
 }
@@ -172,6 +183,8 @@ enum PlanMode {
     Gather(Tensor),
     /// Masked concatenated factors; each row's slot (the zero slot for base rows).
     Masked(Vec<u32>),
+    /// The SGMV kernels over the segments.
+    Sgmv(Sgmv),
 }
 
 /// Up to this many adapters in the bank, decode uses the masked path; beyond, multiplying every row by every
@@ -201,6 +214,8 @@ impl LoraPlan {
         let adapter_segments = segments.iter().filter(|s| s.slot.is_some()).count();
         let mode = if adapter_segments == 0 {
             PlanMode::None
+        } else if device.is_cuda() {
+            PlanMode::Sgmv(Sgmv::new(&segments, device)?)
         } else if decode_only && adapter_segments > 1 {
             let zero_slot = bank.len() as u32;
             let ids: Vec<u32> = row_slots.iter().map(|s| s.map_or(zero_slot, |s| s as u32)).collect();
@@ -220,13 +235,14 @@ impl LoraPlan {
         &self.segments
     }
 
-    /// Which strategy the plan uses: `"none"`, `"segments"`, `"masked"` or `"gather"`.
+    /// Which strategy the plan uses: `"none"`, `"segments"`, `"masked"`, `"gather"` or `"sgmv"`.
     pub fn strategy(&self) -> &'static str {
         match self.mode {
             PlanMode::None => "none",
             PlanMode::Segments => "segments",
             PlanMode::Masked(_) => "masked",
             PlanMode::Gather(_) => "gather",
+            PlanMode::Sgmv(_) => "sgmv",
         }
     }
 
@@ -238,6 +254,7 @@ impl LoraPlan {
             "segments" => PlanMode::Segments,
             "masked" => PlanMode::Masked(ids),
             "gather" => PlanMode::Gather(Tensor::new(ids, device)?),
+            "sgmv" => PlanMode::Sgmv(Sgmv::new(&self.segments, device)?),
             _ => PlanMode::None,
         };
         Ok(self)
@@ -286,7 +303,15 @@ mod tests {
         let t = target();
         // Different ranks exercise the zero padding.
         let bank = AdapterBank::new(vec![adapter(8, 1, &t), adapter(4, 2, &t), adapter(2, 3, &t)], 1).unwrap();
-        let slots = [Some(1), None, Some(0), Some(2), Some(0), None, Some(1)];
+        // Decode-like (one row per sequence) and prefill-like (runs of rows sharing an adapter).
+        let decode = [Some(1), None, Some(0), Some(2), Some(0), None, Some(1)];
+        let prefill = [Some(0), Some(0), Some(0), None, None, Some(2), Some(2), Some(1)];
+        for slots in [&decode[..], &prefill[..]] {
+            check_strategies(&bank, slots);
+        }
+    }
+
+    fn check_strategies(bank: &AdapterBank, slots: &[Option<usize>]) {
         let xs = Tensor::arange(0f32, (slots.len() * 16) as f32, &Device::Cpu)
             .unwrap()
             .reshape((slots.len(), 16))
@@ -294,21 +319,21 @@ mod tests {
             .sin()
             .unwrap();
         let base = xs.cos().unwrap();
-        let expected = per_row_loop(&bank, &slots, &xs, &base);
-        for strategy in ["segments", "masked", "gather"] {
-            let plan = LoraPlan::new(&slots, &bank, true, &Device::Cpu)
-                .unwrap()
-                .with_strategy(strategy, &Device::Cpu)
-                .unwrap();
+        let expected = per_row_loop(bank, slots, &xs, &base);
+        for strategy in ["segments", "masked", "gather", "sgmv"] {
+            let plan =
+                LoraPlan::new(slots, bank, true, &Device::Cpu).unwrap().with_strategy(strategy, &Device::Cpu).unwrap();
             let got = bank.apply(&plan, 0, Module::Q, &xs, base.clone()).unwrap();
-            let err = (got - &expected).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            let err = (&got - &expected).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
             assert!(err < 1e-5, "{strategy}: max error {err}");
             // Base rows are bit-for-bit the base output.
-            let got = bank.apply(&plan, 0, Module::Q, &xs, base.clone()).unwrap();
-            assert_eq!(
-                got.narrow(0, 1, 1).unwrap().to_vec2::<f32>().unwrap(),
-                base.narrow(0, 1, 1).unwrap().to_vec2::<f32>().unwrap()
-            );
+            for row in (0..slots.len()).filter(|&n| slots[n].is_none()) {
+                assert_eq!(
+                    got.narrow(0, row, 1).unwrap().to_vec2::<f32>().unwrap(),
+                    base.narrow(0, row, 1).unwrap().to_vec2::<f32>().unwrap(),
+                    "{strategy}: base row {row}"
+                );
+            }
         }
     }
 

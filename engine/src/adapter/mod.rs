@@ -6,6 +6,9 @@
 
 pub mod bank;
 pub mod config;
+pub mod sgmv;
+#[cfg(feature = "cuda")]
+mod sgmv_cuda;
 
 pub use bank::{AdapterBank, LoraPlan, Segment};
 pub use config::AdapterConfig;

@@ -31,6 +31,15 @@ impl Linear {
         }
     }
 
+    /// Bytes the weights take in memory.
+    pub fn weight_bytes(&self) -> usize {
+        match self {
+            Linear::Candle(QMatMul::QTensor(q)) => q.storage_size_in_bytes(),
+            Linear::Candle(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => t.elem_count() * t.dtype().size_in_bytes(),
+            Linear::Q8(q) => q.weight_bytes(),
+        }
+    }
+
     /// The weights as a dense tensor in `dtype`.
     pub fn dense(&self, dtype: DType) -> Result<Tensor> {
         let t = match self {

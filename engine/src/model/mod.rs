@@ -7,11 +7,13 @@ mod layer;
 mod linear;
 mod load;
 mod q8;
+mod random;
 mod rope;
 
 pub(crate) use dense::DenseModel;
 pub(crate) use layer::causal_mask;
 pub use load::{LoadOptions, QuantMode};
+pub use random::memory_bandwidth;
 pub use rope::{Rope, RopeStyle};
 
 use crate::adapter::{AdapterBank, AdapterTarget, LoraPlan};

@@ -49,6 +49,10 @@ impl Q8Matrix {
     }
 
     /// The weights as a dense f32 tensor `[n, k]`.
+    pub fn weight_bytes(&self) -> usize {
+        self.q.storage_size_in_bytes()
+    }
+
     pub fn dequantize(&self) -> Result<Tensor> {
         self.q.dequantize(&Device::Cpu)
     }

@@ -8,9 +8,13 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-/// `../shared/fixtures/<rel>` from the repository root.
+/// `../shared/fixtures/<rel>` from the repository root, or `$LORALAND_FIXTURES/<rel>` (test binaries run on
+/// another machine, see `scripts/gpu-check.sh`).
 pub fn fixture(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures").join(rel)
+    match std::env::var_os("LORALAND_FIXTURES") {
+        Some(dir) => PathBuf::from(dir).join(rel),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures").join(rel),
+    }
 }
 
 /// A tiny fixture set (`tiny-llama`, `tiny-mistral`): the model, the adapters of the reference rows in a bank, the
@@ -24,7 +28,12 @@ pub struct TinySet {
 }
 
 pub fn tiny_set(name: &str) -> TinySet {
-    let model = Model::load(&fixture(&format!("{name}/base")), &LoadOptions::default()).unwrap();
+    tiny_set_on(name, &LoadOptions::default())
+}
+
+/// [`tiny_set`] with the model and adapters on `opts.device` in `opts.dtype`.
+pub fn tiny_set_on(name: &str, opts: &LoadOptions) -> TinySet {
+    let model = Model::load(&fixture(&format!("{name}/base")), opts).unwrap();
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fixture(&format!("{name}/reference.json"))).unwrap()).unwrap();
     let mut adapters = Vec::new();

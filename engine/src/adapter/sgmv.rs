@@ -1,0 +1,201 @@
+//! SGMV: the LoRA delta of a heterogeneous batch in two launches whatever the number of adapters (Punica, LoRAX).
+//! Rows are grouped into segments that share an adapter; `shrink` computes `v = x A^T` and `expand` `delta = v (sB)^T`,
+//! every segment with its own adapter's factors gathered from stacks of all resident adapters.
+//!
+//! On CUDA the two steps are our kernels (`engine/kernels/sgmv.cu`, compiled to PTX by nvcc at build time and
+//! launched through cudarc). On the CPU the same op runs [`reference`]: the kernels' loops, segment by segment, in
+//! f32. The CPU path of the engine does not use it (its matmul strategies are faster there); it is what tests
+//! compare with the per-adapter loop, so the segment table and the arithmetic the GPU runs are checked on any machine.
+
+use super::bank::Segment;
+use crate::Result;
+use candle_core::{CpuStorage, CustomOp3, Device, Layout, Shape, Tensor};
+
+/// The adapter segments of a batch as the kernels read them: first rows, then row counts, then adapter slots
+/// (`3 * segments` entries). Segments of base-model rows are left out: their delta stays zero.
+pub fn segment_table(segments: &[Segment]) -> Vec<u32> {
+    let with_adapter: Vec<(&Segment, usize)> = segments.iter().filter_map(|s| s.slot.map(|slot| (s, slot))).collect();
+    let mut table = Vec::with_capacity(3 * with_adapter.len());
+    table.extend(with_adapter.iter().map(|(s, _)| s.start as u32));
+    table.extend(with_adapter.iter().map(|(s, _)| s.len as u32));
+    table.extend(with_adapter.iter().map(|&(_, slot)| slot as u32));
+    table
+}
+
+/// Sizes of one SGMV call.
+#[derive(Clone, Copy, Debug)]
+pub struct SgmvDims {
+    /// Rows of `x`.
+    pub rows: usize,
+    /// Input features.
+    pub fan_in: usize,
+    /// Output features.
+    pub fan_out: usize,
+    /// Rank every adapter is zero-padded to.
+    pub r_max: usize,
+}
+
+/// The kernels' arithmetic on the host: `x` is `[rows, fan_in]`, `a` is `[slots, r_max, fan_in]`, `b` is
+/// `[slots, r_max, fan_out]`; returns `delta`, `[rows, fan_out]`, zero outside the table's segments.
+pub fn reference(x: &[f32], a: &[f32], b: &[f32], table: &[u32], d: SgmvDims) -> Vec<f32> {
+    let n_seg = table.len() / 3;
+    let (starts, lens, slots) = (&table[..n_seg], &table[n_seg..2 * n_seg], &table[2 * n_seg..]);
+    // shrink: one (segment, j) per thread block, rows of the segment one after the other.
+    let mut v = vec![0f32; d.rows * d.r_max];
+    for s in 0..n_seg {
+        let (start, len, slot) = (starts[s] as usize, lens[s] as usize, slots[s] as usize);
+        for j in 0..d.r_max {
+            let a_row = &a[(slot * d.r_max + j) * d.fan_in..][..d.fan_in];
+            for n in start..start + len {
+                let x_row = &x[n * d.fan_in..][..d.fan_in];
+                v[n * d.r_max + j] = x_row.iter().zip(a_row).map(|(x, a)| x * a).sum();
+            }
+        }
+    }
+    // expand: one output column per thread, rows of the segment one after the other.
+    let mut delta = vec![0f32; d.rows * d.fan_out];
+    for s in 0..n_seg {
+        let (start, len, slot) = (starts[s] as usize, lens[s] as usize, slots[s] as usize);
+        let b_slot = &b[slot * d.r_max * d.fan_out..][..d.r_max * d.fan_out];
+        for o in 0..d.fan_out {
+            for n in start..start + len {
+                delta[n * d.fan_out + o] = (0..d.r_max).map(|j| v[n * d.r_max + j] * b_slot[j * d.fan_out + o]).sum();
+            }
+        }
+    }
+    delta
+}
+
+/// The SGMV op over `(x, a, b)`, producing the delta `[rows, fan_out]`.
+#[derive(Debug)]
+pub struct Sgmv {
+    /// The segment table on the host (CPU path) ...
+    host: Vec<u32>,
+    /// ... and on the GPU, the kernels' argument (`None` on the CPU).
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    table: Option<Tensor>,
+}
+
+impl Sgmv {
+    /// The op for a batch's segments; on a GPU, uploads the table once for every layer and module to share.
+    pub fn new(segments: &[Segment], device: &Device) -> Result<Self> {
+        let host = segment_table(segments);
+        let table = if device.is_cpu() { None } else { Some(Tensor::new(host.as_slice(), device)?) };
+        Ok(Self { host, table })
+    }
+
+    /// `delta = SGMV(x, a, b)`.
+    pub fn delta(&self, xs: &Tensor, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        Ok(xs.contiguous()?.apply_op3_no_bwd(a, b, self)?)
+    }
+
+    fn dims(&self, x: &Layout, a: &Layout, b: &Layout) -> candle_core::Result<SgmvDims> {
+        let (rows, fan_in) = x.shape().dims2()?;
+        let (_, r_max, a_in) = a.shape().dims3()?;
+        let (_, b_r, fan_out) = b.shape().dims3()?;
+        if a_in != fan_in || b_r != r_max {
+            candle_core::bail!("sgmv: x {:?}, a {:?}, b {:?} do not fit", x.shape(), a.shape(), b.shape())
+        }
+        Ok(SgmvDims { rows, fan_in, fan_out, r_max })
+    }
+}
+
+fn contiguous<'a, T>(data: &'a [T], l: &Layout, what: &str) -> candle_core::Result<&'a [T]> {
+    match l.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("sgmv: {what} must be contiguous"),
+    }
+}
+
+impl CustomOp3 for Sgmv {
+    fn name(&self) -> &'static str {
+        "sgmv"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        lx: &Layout,
+        a: &CpuStorage,
+        la: &Layout,
+        b: &CpuStorage,
+        lb: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let d = self.dims(lx, la, lb)?;
+        let (CpuStorage::F32(x), CpuStorage::F32(a), CpuStorage::F32(b)) = (x, a, b) else {
+            candle_core::bail!("sgmv: the CPU reference runs in f32 only")
+        };
+        let (x, a, b) = (contiguous(x, lx, "x")?, contiguous(a, la, "a")?, contiguous(b, lb, "b")?);
+        Ok((CpuStorage::F32(reference(x, a, b, &self.host, d)), Shape::from((d.rows, d.fan_out))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        x: &candle_core::CudaStorage,
+        lx: &Layout,
+        a: &candle_core::CudaStorage,
+        la: &Layout,
+        b: &candle_core::CudaStorage,
+        lb: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let d = self.dims(lx, la, lb)?;
+        let Some(table) = &self.table else { candle_core::bail!("sgmv: no segment table on the GPU") };
+        let (table, _) = table.storage_and_layout();
+        let candle_core::Storage::Cuda(table) = &*table else {
+            candle_core::bail!("sgmv: the segment table is not on the GPU")
+        };
+        let slice =
+            super::sgmv_cuda::launch(x, lx, a, la, b, lb, table.as_cuda_slice::<u32>()?, self.host.len() / 3, d)?;
+        Ok((candle_core::CudaStorage { slice, device: x.device.clone() }, Shape::from((d.rows, d.fan_out))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seg(start: usize, len: usize, slot: Option<usize>) -> Segment {
+        Segment { start, len, slot }
+    }
+
+    #[test]
+    fn table_lists_adapter_segments_only() {
+        let segs = [seg(0, 3, Some(2)), seg(3, 2, None), seg(5, 1, Some(0)), seg(6, 4, Some(2))];
+        assert_eq!(segment_table(&segs), vec![0, 5, 6, 3, 1, 4, 2, 0, 2]);
+        assert!(segment_table(&[seg(0, 4, None)]).is_empty());
+    }
+
+    /// The reference against the plain formula per row: `x_n A_s^T (sB_s)^T`, with adapters of different ranks
+    /// zero-padded into the stacks and base rows left at zero.
+    #[test]
+    fn reference_equals_each_rows_own_adapter() {
+        let d = SgmvDims { rows: 7, fan_in: 12, fan_out: 10, r_max: 4 };
+        let slots = 3;
+        let f = |i: usize, k: f32| ((i as f32) * k).sin();
+        let x: Vec<f32> = (0..d.rows * d.fan_in).map(|i| f(i, 0.37)).collect();
+        let mut a: Vec<f32> = (0..slots * d.r_max * d.fan_in).map(|i| f(i, 0.11)).collect();
+        let b: Vec<f32> = (0..slots * d.r_max * d.fan_out).map(|i| f(i, 0.23)).collect();
+        // Slot 1 has rank 2: its padded rank rows of A are zero.
+        for j in 2..d.r_max {
+            a[(d.r_max + j) * d.fan_in..][..d.fan_in].fill(0.0);
+        }
+        let row_slots = [Some(0), Some(0), None, Some(1), Some(2), Some(2), None];
+        let segs = [seg(0, 2, Some(0)), seg(2, 1, None), seg(3, 1, Some(1)), seg(4, 2, Some(2)), seg(6, 1, None)];
+        let got = reference(&x, &a, &b, &segment_table(&segs), d);
+        for (n, slot) in row_slots.iter().enumerate() {
+            for o in 0..d.fan_out {
+                let want = slot.map_or(0.0, |s| {
+                    (0..d.r_max)
+                        .map(|j| {
+                            let xa: f32 =
+                                (0..d.fan_in).map(|i| x[n * d.fan_in + i] * a[(s * d.r_max + j) * d.fan_in + i]).sum();
+                            xa * b[(s * d.r_max + j) * d.fan_out + o]
+                        })
+                        .sum()
+                });
+                assert!((got[n * d.fan_out + o] - want).abs() < 1e-5, "row {n} col {o}");
+            }
+        }
+    }
+}

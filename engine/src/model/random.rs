@@ -1,0 +1,88 @@
+//! A model with random weights for a known architecture ([`ModelConfig::preset`]): benchmarks of Mistral-7B-sized
+//! batches on any device without downloading 14 GB of weights. Initialised like transformers' `_init_weights`
+//! (normal, std 0.02; norms at one), generated on the target device one tensor at a time.
+
+use super::layer::DecoderLayer;
+use super::linear::Linear;
+use super::{Model, Rope, RopeStyle};
+use crate::{LoadOptions, ModelConfig, Module, Result};
+use candle_core::quantized::QMatMul;
+use candle_core::{Device, Tensor};
+
+const INIT_STD: f64 = 0.02;
+
+fn normal(shape: (usize, usize), opts: &LoadOptions) -> Result<Tensor> {
+    Ok(Tensor::randn(0f32, INIT_STD as f32, shape, &opts.device)?.to_dtype(opts.dtype)?)
+}
+
+impl Model {
+    /// `config`'s architecture with random weights on `opts.device` in `opts.dtype` (dense; `opts.quant` is
+    /// ignored). `seed` seeds a GPU's generator; candle's CPU generator cannot be seeded (benchmarks do not care).
+    pub fn random(config: ModelConfig, opts: &LoadOptions, seed: u64) -> Result<Self> {
+        if !opts.device.is_cpu() {
+            opts.device.set_seed(seed)?;
+        }
+        let h = config.hidden_size;
+        let ones = || -> Result<Tensor> { Ok(Tensor::ones(h, opts.dtype, &opts.device)?) };
+        let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        for _ in 0..config.num_hidden_layers {
+            let proj: Vec<Linear> = Module::ALL
+                .iter()
+                .map(|&m| {
+                    let (fan_in, fan_out) = config.module_shape(m);
+                    Ok(Linear::Candle(QMatMul::Tensor(normal((fan_out, fan_in), opts)?)))
+                })
+                .collect::<Result<_>>()?;
+            let proj = proj.try_into().map_err(|_| crate::Error::Config("expected seven projections".into()))?;
+            layers.push(DecoderLayer { attn_norm: ones()?, ffn_norm: ones()?, proj });
+        }
+        let embed = normal((config.vocab_size, h), opts)?;
+        let lm_head = if config.tie_word_embeddings { embed.clone() } else { normal((config.vocab_size, h), opts)? };
+        let rope = Rope::new(
+            config.head_dim,
+            config.rope_theta,
+            config.max_position_embeddings,
+            RopeStyle::Half,
+            &opts.device,
+        )?;
+        Ok(Model {
+            norm: ones()?,
+            embed,
+            lm_head: Linear::Candle(QMatMul::Tensor(lm_head)),
+            layers,
+            rope,
+            device: opts.device.clone(),
+            dtype: opts.dtype,
+            config,
+        })
+    }
+
+    /// Bytes of weights one decode step reads: every layer's projections and norms, the final norm and the LM head
+    /// (the embedding is only gathered, one row per token). The floor of a decode step is this over memory bandwidth.
+    pub fn decode_weight_bytes(&self) -> usize {
+        let bytes = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|l| bytes(&l.attn_norm) + bytes(&l.ffn_norm) + l.proj.iter().map(Linear::weight_bytes).sum::<usize>())
+            .sum();
+        layers + bytes(&self.norm) + self.lm_head.weight_bytes()
+    }
+}
+
+/// Measured memory bandwidth of `device`, in bytes per second: the best of a few copies of a 256 MiB buffer
+/// (each copy reads and writes it).
+pub fn memory_bandwidth(device: &Device) -> Result<f64> {
+    let n = 64 << 20; // f32 elements
+    let src = Tensor::zeros(n, candle_core::DType::F32, device)?;
+    let mut best = f64::INFINITY;
+    for _ in 0..5 {
+        device.synchronize()?;
+        let t = std::time::Instant::now();
+        let dst = src.copy()?;
+        device.synchronize()?;
+        best = best.min(t.elapsed().as_secs_f64());
+        drop(dst);
+    }
+    Ok((2 * n * 4) as f64 / best)
+}
