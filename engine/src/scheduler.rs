@@ -5,7 +5,7 @@
 //! Adapter loads run on a loader thread and come back as commands, so running streams never wait for disk.
 
 use crate::handle::{EngineConfig, ModelInfo, Permit};
-use crate::registry::{self, AdapterId, AdapterSource, Residency};
+use crate::registry::{self, AdapterId, AdapterSource, HostCache, Residency};
 use crate::request::{Event, Finished, GenerateRequest, Timings, TokenEvent};
 use crate::sampling::Sampler;
 use crate::stats::EngineStats;
@@ -107,7 +107,7 @@ pub(crate) fn run(
         decode_weight_bytes: model.decode_weight_bytes(),
         device: if model.device().is_cpu() { "cpu".into() } else { format!("{:?}", model.device().location()) },
     };
-    let loader = spawn_loader(model.adapter_target(), tx);
+    let loader = spawn_loader(model.adapter_target(), cfg.limits.host_cache_bytes, tx);
     let pinned: HashSet<AdapterId> = cfg.pinned.iter().cloned().collect();
     let residency = Residency::new(cfg.limits, model.config().num_hidden_layers, pinned);
     let eos = crate::generate::eos_tokens(&model, &tokenizer);
@@ -137,12 +137,31 @@ pub(crate) fn run(
     s.serve(rx);
 }
 
-fn spawn_loader(target: crate::adapter::AdapterTarget, done: Sender<Command>) -> Sender<(AdapterId, AdapterSource)> {
+fn spawn_loader(
+    target: crate::adapter::AdapterTarget,
+    host_cache_bytes: usize,
+    done: Sender<Command>,
+) -> Sender<(AdapterId, AdapterSource)> {
     let (tx, rx) = std::sync::mpsc::channel::<(AdapterId, AdapterSource)>();
     let spawned = std::thread::Builder::new().name("loraland-adapter-loader".into()).spawn(move || {
+        // On a GPU: adapters are read into host memory, kept there (bounded), and copied to the device.
+        let mut host = (!target.device.is_cpu()).then(|| HostCache::new(host_cache_bytes));
+        let host_target = crate::adapter::AdapterTarget { device: candle_core::Device::Cpu, ..target.clone() };
         for (id, source) in rx {
             let start = Instant::now();
-            let result = registry::load(&source, &target);
+            let result = match host.as_mut() {
+                None => registry::load(&source, &target),
+                Some(cache) => {
+                    let on_host = match cache.get(&id) {
+                        Some(a) => {
+                            tracing::debug!(adapter = %id, "adapter copied back from host memory");
+                            Ok(a)
+                        }
+                        None => registry::load(&source, &host_target).inspect(|a| cache.insert(id.clone(), a.clone())),
+                    };
+                    on_host.and_then(|a| a.to_device(&target.device).map(Arc::new))
+                }
+            };
             if done.send(Command::Loaded { id, result, took: start.elapsed() }).is_err() {
                 break;
             }

@@ -123,6 +123,24 @@ impl LoraAdapter {
         Self::from_tensors(config, tensors, Path::new("random"), target)
     }
 
+    /// A copy of the adapter on `device`.
+    pub fn to_device(&self, device: &Device) -> Result<Self> {
+        let layers = self
+            .layers
+            .iter()
+            .map(|mods| -> Result<[Option<LoraWeights>; 7]> {
+                let mut out: [Option<LoraWeights>; 7] = Default::default();
+                for (o, w) in out.iter_mut().zip(mods) {
+                    if let Some(w) = w {
+                        *o = Some(LoraWeights { a_t: w.a_t.to_device(device)?, b_t: w.b_t.to_device(device)? });
+                    }
+                }
+                Ok(out)
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self { config: self.config.clone(), layers, bytes: self.bytes })
+    }
+
     /// The factors of `module` in `layer`, if the adapter targets it.
     pub fn weights(&self, layer: usize, module: Module) -> Option<&LoraWeights> {
         self.layers.get(layer).and_then(|m| m[module.index()].as_ref())

@@ -1,9 +1,11 @@
 //! The adapter registry: where adapters come from (the catalog of sources), loading them off the batching thread,
 //! and which stay resident (least-recently-used eviction within count and byte limits, pinning, rank limit).
 
+mod host_cache;
 mod id;
 mod resident;
 
+pub use host_cache::HostCache;
 pub use id::{AdapterId, InvalidAdapterId, MAX_ID_LEN};
 pub use resident::{Residency, ResidencyLimits};
 

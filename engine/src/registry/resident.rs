@@ -16,11 +16,14 @@ pub struct ResidencyLimits {
     pub max_bytes: usize,
     /// Largest LoRA rank accepted.
     pub max_rank: usize,
+    /// On a GPU, bytes of host copies kept of loaded adapters, so that one evicted from the GPU comes back without
+    /// reading the disk (see [`super::HostCache`]).
+    pub host_cache_bytes: usize,
 }
 
 impl Default for ResidencyLimits {
     fn default() -> Self {
-        Self { max_adapters: 64, max_bytes: 2 << 30, max_rank: 64 }
+        Self { max_adapters: 64, max_bytes: 2 << 30, max_rank: 64, host_cache_bytes: 8 << 30 }
     }
 }
 

@@ -1,0 +1,100 @@
+//! Host copies of adapters that run on a GPU, so that an adapter evicted from GPU memory comes back by one
+//! host-to-device copy instead of a disk read and parse (LoRAX keeps the same two tiers). Bounded in bytes, least
+//! recently used out first. On the CPU there is one tier and no cache.
+
+use super::AdapterId;
+use crate::adapter::LoraAdapter;
+use std::sync::Arc;
+
+/// Adapters held in host memory, most recently used last.
+#[derive(Debug)]
+pub struct HostCache {
+    max_bytes: usize,
+    entries: Vec<(AdapterId, Arc<LoraAdapter>)>,
+}
+
+impl HostCache {
+    /// An empty cache of at most `max_bytes` of adapter weights (0 turns it off).
+    pub fn new(max_bytes: usize) -> Self {
+        Self { max_bytes, entries: Vec::new() }
+    }
+
+    /// The host copy of `id`, marked as just used.
+    pub fn get(&mut self, id: &AdapterId) -> Option<Arc<LoraAdapter>> {
+        let i = self.entries.iter().position(|(e, _)| e == id)?;
+        let entry = self.entries.remove(i);
+        let adapter = entry.1.clone();
+        self.entries.push(entry);
+        Some(adapter)
+    }
+
+    /// Keeps `adapter`, dropping the least recently used ones until it fits; one larger than the whole cache is
+    /// not kept.
+    pub fn insert(&mut self, id: AdapterId, adapter: Arc<LoraAdapter>) {
+        self.entries.retain(|(e, _)| e != &id);
+        if adapter.bytes() > self.max_bytes {
+            return;
+        }
+        while self.bytes() + adapter.bytes() > self.max_bytes && !self.entries.is_empty() {
+            self.entries.remove(0);
+        }
+        self.entries.push((id, adapter));
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.entries.iter().map(|(_, a)| a.bytes()).sum()
+    }
+
+    /// Ids held, least recently used first.
+    pub fn ids(&self) -> Vec<&AdapterId> {
+        self.entries.iter().map(|(id, _)| id).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::adapter::AdapterTarget;
+    use crate::model::RopeStyle;
+    use crate::{ModelConfig, Module};
+
+    fn adapter(r: usize) -> Arc<LoraAdapter> {
+        let config = ModelConfig::from_hf_json(
+            r#"{"vocab_size":10,"hidden_size":16,"intermediate_size":24,"num_hidden_layers":1,
+                "num_attention_heads":2,"num_key_value_heads":1,"rms_norm_eps":1e-5}"#,
+        )
+        .unwrap();
+        let t = AdapterTarget {
+            config,
+            rope_style: RopeStyle::Half,
+            device: candle_core::Device::Cpu,
+            dtype: candle_core::DType::F32,
+        };
+        Arc::new(LoraAdapter::random(&t, r, &[Module::Q], 0).unwrap())
+    }
+
+    fn id(s: &str) -> AdapterId {
+        AdapterId::new(s).unwrap()
+    }
+
+    #[test]
+    fn keeps_the_most_recently_used_within_its_bytes() {
+        let one = adapter(4).bytes();
+        let mut cache = HostCache::new(2 * one);
+        cache.insert(id("a"), adapter(4));
+        cache.insert(id("b"), adapter(4));
+        assert!(cache.get(&id("a")).is_some()); // a is now the most recent
+        cache.insert(id("c"), adapter(4)); // evicts b
+        assert_eq!(cache.ids(), vec![&id("a"), &id("c")]);
+        assert!(cache.get(&id("b")).is_none());
+        assert!(cache.bytes() <= 2 * one);
+        // Larger than the whole cache: not kept, nothing else dropped.
+        cache.insert(id("big"), adapter(16));
+        assert_eq!(cache.ids(), vec![&id("a"), &id("c")]);
+        // Off.
+        let mut off = HostCache::new(0);
+        off.insert(id("a"), adapter(4));
+        assert!(off.get(&id("a")).is_none());
+    }
+}
