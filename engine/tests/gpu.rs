@@ -126,7 +126,7 @@ fn sgmv_kernels_equal_the_cpu_reference() {
                 .unwrap();
             let xs = if device.is_cpu() { xs } else { xs.to_dtype(dtype).unwrap() };
             let base = Tensor::zeros((slots.len(), 4096), xs.dtype(), &device).unwrap();
-            let plan = LoraPlan::new(&slots, &bank, false, &device).unwrap().with_strategy("sgmv", &device).unwrap();
+            let plan = LoraPlan::new(&slots, false, &device).unwrap().with_strategy("sgmv", &device).unwrap();
             let delta = bank.apply(&plan, 0, Module::Q, &xs, base).unwrap();
             deltas.push(delta.to_dtype(DType::F32).unwrap().to_device(&Device::Cpu).unwrap());
         }
@@ -136,4 +136,45 @@ fn sgmv_kernels_equal_the_cpu_reference() {
         let tolerance = if dtype == DType::F32 { 1e-4 } else { 2e-2 } * scale.max(1.0);
         assert!(err < tolerance, "sgmv {dtype:?}: max abs error {err}");
     }
+}
+
+/// With room for one adapter on the GPU, alternating two adapters evicts one each time; it comes back from its host
+/// copy (no disk read) and gives the same greedy tokens as before.
+#[test]
+fn evicted_adapters_come_back_from_host_memory_with_the_same_tokens() {
+    use engine::registry::ResidencyLimits;
+    use engine::{
+        AdapterId, Catalog, Engine, EngineConfig, EngineStats, Event, GenerateRequest, Prompt, SamplingParams,
+    };
+    let mut cfg = EngineConfig::new(common::fixture("tiny-llama/base"));
+    cfg.load = gpu(DType::F32);
+    cfg.catalog = Catalog { adapters_dir: Some(common::fixture("tiny-llama/adapters")), allow_hub: false };
+    cfg.limits = ResidencyLimits { max_adapters: 1, ..ResidencyLimits::default() };
+    let engine = Engine::spawn(cfg).unwrap();
+    let run = |adapter: &str| -> Vec<u32> {
+        let req = GenerateRequest {
+            prompt: Prompt::Tokens((5..25).collect()),
+            adapter: Some(AdapterId::new(adapter).unwrap()),
+            sampling: SamplingParams::greedy(),
+            max_new_tokens: 10,
+            stop: vec![],
+        };
+        let mut stream = engine.generate(req).unwrap();
+        let mut ids = Vec::new();
+        while let Some(ev) = stream.blocking_next() {
+            match ev.unwrap() {
+                Event::Token(t) => ids.push(t.id),
+                Event::Finished(_) => break,
+            }
+        }
+        ids
+    };
+    let first = [run("qv_r8"), run("all_r4")];
+    assert_ne!(first[0], first[1], "the two adapters should differ");
+    for _ in 0..2 {
+        assert_eq!(run("qv_r8"), first[0]);
+        assert_eq!(run("all_r4"), first[1]);
+    }
+    let evictions = EngineStats::get(&engine.stats().adapter_evictions);
+    assert!(evictions >= 5, "expected an eviction per switch, got {evictions}");
 }

@@ -1,14 +1,12 @@
 //! Many adapters in one batch. The base matmul runs once for every row; the LoRA delta is added per group of rows
-//! that share an adapter, in one of two ways (after Punica/S-LoRA):
-//! - SGMV (segmented): rows are grouped into contiguous segments by adapter and each segment does two small matmuls
-//!   with its own adapter's factors. Best for prefill, where segments are long.
-//! - Masked (decode with several adapters, few of them): every row is multiplied by the concatenated `A` of all
-//!   adapters in one matmul, a 0/1 mask keeps only the row's own adapter's `r` columns, and one matmul with the
-//!   concatenated `B` expands them. Two GEMMs per module whatever the number of adapters, no copies.
-//! - BGMV (gathered, decode with many adapters): each row gathers its adapter's factors from a stack of all adapters
-//!   (`index_select`), and two batched matmuls compute every row's delta at once.
-//! - On CUDA, every batch with adapters uses the SGMV kernels ([`super::sgmv`]): two launches per module, each
-//!   segment multiplied by its own adapter's factors read from the stacks, whatever the number of adapters.
+//! that share an adapter (segments of consecutive rows), in one of two ways:
+//! - Segments: each segment does two small matmuls with its own adapter's factors. On the CPU for steps with a
+//!   prompt chunk (long segments, where a matmul pays).
+//! - SGMV ([`super::sgmv`], after Punica and LoRAX): one op over all segments at once, reading each segment's factors
+//!   from stacks of every adapter in the bank; two kernel launches per module on CUDA (every batch with adapters),
+//!   vectorised loops on the CPU for decode steps (a few thousand multiply-adds per row, where a matmul per segment
+//!   costs more in call overhead than in arithmetic). Each row's delta is computed the same way whatever else is in
+//!   the step, so a sequence decodes to the same logits alone or in any batch.
 //!
 //! Rows without an adapter (the base model) get no delta, so their output is bit-for-bit the base output.
 
@@ -26,21 +24,14 @@ pub struct AdapterBank {
     stacks: Vec<[Option<Stack>; 7]>,
 }
 
-/// One module's factors of every adapter in the bank, zero-padded to the largest rank `r_max`; an extra last slot
-/// is all zeros (rows on the base model).
+/// One module's factors of every adapter in the bank, zero-padded to the largest rank (adapters without the module
+/// have zeros).
 #[derive(Debug)]
 struct Stack {
-    r_max: usize,
-    /// `A^T` stacked, `[slots + 1, in, r_max]` (gathered path).
+    /// `A` stacked, `[slots, r_max, in]` (each rank row contiguous over the input features).
     a: Tensor,
-    /// `(sB)^T` stacked, `[slots + 1, r_max, out]` (gathered path).
+    /// `(sB)^T` stacked, `[slots, r_max, out]`.
     b: Tensor,
-    /// `A^T` side by side, `[in, (slots + 1) * r_max]` (masked path).
-    a_cat: Tensor,
-    /// `(sB)^T` one above the other, `[(slots + 1) * r_max, out]` (masked path).
-    b_cat: Tensor,
-    /// `A` stacked, `[slots + 1, r_max, in]` (SGMV: each rank row contiguous over the input features).
-    a_rows: Tensor,
 }
 
 impl AdapterBank {
@@ -76,23 +67,9 @@ impl AdapterBank {
     pub fn apply(&self, plan: &LoraPlan, layer: usize, module: Module, xs: &Tensor, base: Tensor) -> Result<Tensor> {
         match &plan.mode {
             PlanMode::None => Ok(base),
-            PlanMode::Gather(ids) => {
-                let Some(st) = &self.stacks[layer][module.index()] else { return Ok(base) };
-                let rows = xs.dim(0)?;
-                let a_rows = st.a.index_select(ids, 0)?; // [rows, in, r]
-                let b_rows = st.b.index_select(ids, 0)?; // [rows, r, out]
-                let delta = xs.unsqueeze(1)?.matmul(&a_rows)?.matmul(&b_rows)?.reshape((rows, ()))?;
-                Ok((base + delta)?)
-            }
-            PlanMode::Masked(slots) => {
-                let Some(st) = &self.stacks[layer][module.index()] else { return Ok(base) };
-                let mask = rank_mask(slots, self.len() + 1, st.r_max, xs)?;
-                let delta = (xs.matmul(&st.a_cat)? * mask)?.matmul(&st.b_cat)?;
-                Ok((base + delta)?)
-            }
             PlanMode::Sgmv(op) => {
                 let Some(st) = &self.stacks[layer][module.index()] else { return Ok(base) };
-                Ok((base + op.delta(xs, &st.a_rows, &st.b)?)?)
+                Ok((base + op.delta(xs, &st.a, &st.b)?)?)
             }
             PlanMode::Segments => {
                 let mut pieces = Vec::with_capacity(plan.segments.len());
@@ -118,17 +95,6 @@ impl AdapterBank {
     }
 }
 
-/// `[rows, slots * r_max]` with ones where column block `s` is row `n`'s adapter slot.
-fn rank_mask(row_slots: &[u32], slots: usize, r_max: usize, xs: &Tensor) -> Result<Tensor> {
-    let width = slots * r_max;
-    let mut mask = vec![0f32; row_slots.len() * width];
-    for (n, &s) in row_slots.iter().enumerate() {
-        let start = n * width + s as usize * r_max;
-        mask[start..start + r_max].fill(1.0);
-    }
-    Ok(Tensor::from_vec(mask, (row_slots.len(), width), xs.device())?.to_dtype(xs.dtype())?)
-}
-
 fn stack_module(adapters: &[Arc<LoraAdapter>], layer: usize, module: Module) -> Result<Option<Stack>> {
     let present: Vec<_> = adapters.iter().map(|a| a.weights(layer, module)).collect();
     let Some(first) = present.iter().flatten().next() else { return Ok(None) };
@@ -136,30 +102,22 @@ fn stack_module(adapters: &[Arc<LoraAdapter>], layer: usize, module: Module) -> 
     let (_, fan_out) = first.b_t.dims2()?;
     let (device, dtype) = (first.a_t.device().clone(), first.a_t.dtype());
     let r_max = present.iter().flatten().map(|w| w.a_t.dims()[1]).max().unwrap_or(1);
-    let mut a_list = Vec::with_capacity(adapters.len() + 1);
-    let mut b_list = Vec::with_capacity(adapters.len() + 1);
-    for w in present.iter().map(|w| w.cloned()).chain(std::iter::once(None)) {
+    let mut a_list = Vec::with_capacity(adapters.len());
+    let mut b_list = Vec::with_capacity(adapters.len());
+    for w in &present {
         match w {
             Some(w) => {
                 let r = w.a_t.dims()[1];
-                a_list.push(w.a_t.pad_with_zeros(1, 0, r_max - r)?);
+                a_list.push(w.a_t.t()?.pad_with_zeros(0, 0, r_max - r)?);
                 b_list.push(w.b_t.pad_with_zeros(0, 0, r_max - r)?);
             }
             None => {
-                a_list.push(Tensor::zeros((fan_in, r_max), dtype, &device)?);
+                a_list.push(Tensor::zeros((r_max, fan_in), dtype, &device)?);
                 b_list.push(Tensor::zeros((r_max, fan_out), dtype, &device)?);
             }
         }
     }
-    let a = Tensor::stack(&a_list, 0)?;
-    Ok(Some(Stack {
-        r_max,
-        a_rows: a.transpose(1, 2)?.contiguous()?,
-        a,
-        a_cat: Tensor::cat(&a_list, 1)?,
-        b_cat: Tensor::cat(&b_list, 0)?,
-        b: Tensor::stack(&b_list, 0)?,
-    }))
+    Ok(Some(Stack { a: Tensor::stack(&a_list, 0)?.contiguous()?, b: Tensor::stack(&b_list, 0)?.contiguous()? }))
 }
 
 /// A run of consecutive token rows that share one adapter (or none).
@@ -179,31 +137,21 @@ enum PlanMode {
     None,
     /// Per-segment matmuls.
     Segments,
-    /// Per-row gather of stacked factors; the tensor holds each row's slot (the zero slot for base rows).
-    Gather(Tensor),
-    /// Masked concatenated factors; each row's slot (the zero slot for base rows).
-    Masked(Vec<u32>),
-    /// The SGMV kernels over the segments.
+    /// One SGMV op over all segments.
     Sgmv(Sgmv),
 }
-
-/// Up to this many adapters in the bank, decode uses the masked path; beyond, multiplying every row by every
-/// adapter's `A` costs more than gathering each row's own.
-pub const MASKED_MAX_ADAPTERS: usize = 64;
 
 /// How one forward pass applies adapters, computed once per batch and reused by every layer.
 #[derive(Debug)]
 pub struct LoraPlan {
     segments: Vec<Segment>,
-    row_slots: Vec<Option<usize>>,
-    zero_slot: u32,
     mode: PlanMode,
 }
 
 impl LoraPlan {
     /// Plans a batch whose token rows carry `row_slots` (one entry per row). `decode_only` says every sequence
-    /// contributes one row, which makes gathering pay off when several adapters are present.
-    pub fn new(row_slots: &[Option<usize>], bank: &AdapterBank, decode_only: bool, device: &Device) -> Result<Self> {
+    /// contributes one row (see the module documentation for the choice of strategy).
+    pub fn new(row_slots: &[Option<usize>], decode_only: bool, device: &Device) -> Result<Self> {
         let mut segments: Vec<Segment> = Vec::new();
         for (row, slot) in row_slots.iter().enumerate() {
             match segments.last_mut() {
@@ -211,23 +159,14 @@ impl LoraPlan {
                 _ => segments.push(Segment { start: row, len: 1, slot: *slot }),
             }
         }
-        let adapter_segments = segments.iter().filter(|s| s.slot.is_some()).count();
-        let mode = if adapter_segments == 0 {
+        let mode = if segments.iter().all(|s| s.slot.is_none()) {
             PlanMode::None
-        } else if device.is_cuda() {
+        } else if device.is_cuda() || decode_only {
             PlanMode::Sgmv(Sgmv::new(&segments, device)?)
-        } else if decode_only && adapter_segments > 1 {
-            let zero_slot = bank.len() as u32;
-            let ids: Vec<u32> = row_slots.iter().map(|s| s.map_or(zero_slot, |s| s as u32)).collect();
-            if bank.len() < MASKED_MAX_ADAPTERS {
-                PlanMode::Masked(ids)
-            } else {
-                PlanMode::Gather(Tensor::new(ids, device)?)
-            }
         } else {
             PlanMode::Segments
         };
-        Ok(Self { segments, row_slots: row_slots.to_vec(), zero_slot: bank.len() as u32, mode })
+        Ok(Self { segments, mode })
     }
 
     /// The segments of the batch.
@@ -235,13 +174,11 @@ impl LoraPlan {
         &self.segments
     }
 
-    /// Which strategy the plan uses: `"none"`, `"segments"`, `"masked"`, `"gather"` or `"sgmv"`.
+    /// Which strategy the plan uses: `"none"`, `"segments"` or `"sgmv"`.
     pub fn strategy(&self) -> &'static str {
         match self.mode {
             PlanMode::None => "none",
             PlanMode::Segments => "segments",
-            PlanMode::Masked(_) => "masked",
-            PlanMode::Gather(_) => "gather",
             PlanMode::Sgmv(_) => "sgmv",
         }
     }
@@ -249,11 +186,8 @@ impl LoraPlan {
     /// The same plan with another strategy, for tests that compare strategies on one batch.
     #[doc(hidden)]
     pub fn with_strategy(mut self, strategy: &str, device: &Device) -> Result<Self> {
-        let ids: Vec<u32> = self.row_slots.iter().map(|s| s.map_or(self.zero_slot, |s| s as u32)).collect();
         self.mode = match strategy {
             "segments" => PlanMode::Segments,
-            "masked" => PlanMode::Masked(ids),
-            "gather" => PlanMode::Gather(Tensor::new(ids, device)?),
             "sgmv" => PlanMode::Sgmv(Sgmv::new(&self.segments, device)?),
             _ => PlanMode::None,
         };
@@ -320,9 +254,8 @@ mod tests {
             .unwrap();
         let base = xs.cos().unwrap();
         let expected = per_row_loop(bank, slots, &xs, &base);
-        for strategy in ["segments", "masked", "gather", "sgmv"] {
-            let plan =
-                LoraPlan::new(slots, bank, true, &Device::Cpu).unwrap().with_strategy(strategy, &Device::Cpu).unwrap();
+        for strategy in ["segments", "sgmv"] {
+            let plan = LoraPlan::new(slots, true, &Device::Cpu).unwrap().with_strategy(strategy, &Device::Cpu).unwrap();
             let got = bank.apply(&plan, 0, Module::Q, &xs, base.clone()).unwrap();
             let err = (&got - &expected).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
             assert!(err < 1e-5, "{strategy}: max error {err}");
@@ -339,12 +272,12 @@ mod tests {
 
     #[test]
     fn plan_picks_strategy_by_shape_of_batch() {
-        let t = target();
-        let bank = AdapterBank::new(vec![adapter(8, 1, &t), adapter(8, 2, &t)], 1).unwrap();
         let dev = Device::Cpu;
-        assert_eq!(LoraPlan::new(&[None, None], &bank, true, &dev).unwrap().strategy(), "none");
-        assert_eq!(LoraPlan::new(&[Some(0), Some(0)], &bank, true, &dev).unwrap().strategy(), "segments");
-        assert_eq!(LoraPlan::new(&[Some(0), Some(1)], &bank, true, &dev).unwrap().strategy(), "masked");
-        assert_eq!(LoraPlan::new(&[Some(0), Some(1)], &bank, false, &dev).unwrap().strategy(), "segments");
+        assert_eq!(LoraPlan::new(&[None, None], true, &dev).unwrap().strategy(), "none");
+        // Decode steps: SGMV, so a row's arithmetic does not depend on the rest of the batch.
+        assert_eq!(LoraPlan::new(&[Some(0)], true, &dev).unwrap().strategy(), "sgmv");
+        assert_eq!(LoraPlan::new(&[Some(0), None, Some(1)], true, &dev).unwrap().strategy(), "sgmv");
+        // Steps with prompt chunks: a matmul per segment.
+        assert_eq!(LoraPlan::new(&[Some(0), Some(0), Some(1)], false, &dev).unwrap().strategy(), "segments");
     }
 }

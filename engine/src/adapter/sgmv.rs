@@ -3,9 +3,11 @@
 //! every segment with its own adapter's factors gathered from stacks of all resident adapters.
 //!
 //! On CUDA the two steps are our kernels (`engine/kernels/sgmv.cu`, compiled to PTX by nvcc at build time and
-//! launched through cudarc). On the CPU the same op runs [`reference`]: the kernels' loops, segment by segment, in
-//! f32. The CPU path of the engine does not use it (its matmul strategies are faster there); it is what tests
-//! compare with the per-adapter loop, so the segment table and the arithmetic the GPU runs are checked on any machine.
+//! launched through cudarc). On the CPU the same op runs [`cpu`]: the same arithmetic, segment by segment, in f32;
+//! the CPU engine uses it for decode steps that mix adapters (a few thousand multiply-adds per row and module, where
+//! multiplying every row by every adapter costs a matmul). Tests compare it with each row's own adapter, so the
+//! segment table and the arithmetic the GPU runs are checked on any machine, and the GPU test compares the kernels
+//! with it.
 
 use super::bank::Segment;
 use crate::Result;
@@ -35,35 +37,47 @@ pub struct SgmvDims {
     pub r_max: usize,
 }
 
-/// The kernels' arithmetic on the host: `x` is `[rows, fan_in]`, `a` is `[slots, r_max, fan_in]`, `b` is
-/// `[slots, r_max, fan_out]`; returns `delta`, `[rows, fan_out]`, zero outside the table's segments.
-pub fn reference(x: &[f32], a: &[f32], b: &[f32], table: &[u32], d: SgmvDims) -> Vec<f32> {
+/// The same op on the CPU: `x` is `[rows, fan_in]`, `a` is `[slots, r_max, fan_in]`, `b` is `[slots, r_max,
+/// fan_out]`; returns `delta`, `[rows, fan_out]`, zero outside the table's segments. The kernels' arithmetic (f32
+/// dot products over `fan_in`, then a sum over the rank per output column), row by row, vectorisable loops.
+pub fn cpu(x: &[f32], a: &[f32], b: &[f32], table: &[u32], d: SgmvDims) -> Vec<f32> {
     let n_seg = table.len() / 3;
     let (starts, lens, slots) = (&table[..n_seg], &table[n_seg..2 * n_seg], &table[2 * n_seg..]);
-    // shrink: one (segment, j) per thread block, rows of the segment one after the other.
-    let mut v = vec![0f32; d.rows * d.r_max];
-    for s in 0..n_seg {
-        let (start, len, slot) = (starts[s] as usize, lens[s] as usize, slots[s] as usize);
-        for j in 0..d.r_max {
-            let a_row = &a[(slot * d.r_max + j) * d.fan_in..][..d.fan_in];
-            for n in start..start + len {
-                let x_row = &x[n * d.fan_in..][..d.fan_in];
-                v[n * d.r_max + j] = x_row.iter().zip(a_row).map(|(x, a)| x * a).sum();
-            }
-        }
-    }
-    // expand: one output column per thread, rows of the segment one after the other.
     let mut delta = vec![0f32; d.rows * d.fan_out];
+    let mut v = vec![0f32; d.r_max];
     for s in 0..n_seg {
         let (start, len, slot) = (starts[s] as usize, lens[s] as usize, slots[s] as usize);
+        let a_slot = &a[slot * d.r_max * d.fan_in..][..d.r_max * d.fan_in];
         let b_slot = &b[slot * d.r_max * d.fan_out..][..d.r_max * d.fan_out];
-        for o in 0..d.fan_out {
-            for n in start..start + len {
-                delta[n * d.fan_out + o] = (0..d.r_max).map(|j| v[n * d.r_max + j] * b_slot[j * d.fan_out + o]).sum();
+        for n in start..start + len {
+            // shrink
+            let x_row = &x[n * d.fan_in..][..d.fan_in];
+            for (j, vj) in v.iter_mut().enumerate() {
+                *vj = dot(x_row, &a_slot[j * d.fan_in..][..d.fan_in]);
+            }
+            // expand; rank rows past this adapter's rank are zero padding
+            let out = &mut delta[n * d.fan_out..][..d.fan_out];
+            for (j, &vj) in v.iter().enumerate().filter(|(_, &vj)| vj != 0.0) {
+                for (o, &bj) in out.iter_mut().zip(&b_slot[j * d.fan_out..][..d.fan_out]) {
+                    *o += vj * bj;
+                }
             }
         }
     }
     delta
+}
+
+/// `x · y` with eight independent partial sums, which the compiler turns into SIMD lanes.
+fn dot(x: &[f32], y: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (xc, yc) = (x.chunks_exact(8), y.chunks_exact(8));
+    let tail: f32 = xc.remainder().iter().zip(yc.remainder()).map(|(x, y)| x * y).sum();
+    for (xs, ys) in xc.zip(yc) {
+        for k in 0..8 {
+            acc[k] += xs[k] * ys[k];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
 }
 
 /// The SGMV op over `(x, a, b)`, producing the delta `[rows, fan_out]`.
@@ -123,10 +137,10 @@ impl CustomOp3 for Sgmv {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let d = self.dims(lx, la, lb)?;
         let (CpuStorage::F32(x), CpuStorage::F32(a), CpuStorage::F32(b)) = (x, a, b) else {
-            candle_core::bail!("sgmv: the CPU reference runs in f32 only")
+            candle_core::bail!("sgmv: the CPU path runs in f32 only")
         };
         let (x, a, b) = (contiguous(x, lx, "x")?, contiguous(a, la, "a")?, contiguous(b, lb, "b")?);
-        Ok((CpuStorage::F32(reference(x, a, b, &self.host, d)), Shape::from((d.rows, d.fan_out))))
+        Ok((CpuStorage::F32(cpu(x, a, b, &self.host, d)), Shape::from((d.rows, d.fan_out))))
     }
 
     #[cfg(feature = "cuda")]
@@ -166,10 +180,10 @@ mod tests {
         assert!(segment_table(&[seg(0, 4, None)]).is_empty());
     }
 
-    /// The reference against the plain formula per row: `x_n A_s^T (sB_s)^T`, with adapters of different ranks
+    /// The CPU op against the plain formula per row: `x_n A_s^T (sB_s)^T`, with adapters of different ranks
     /// zero-padded into the stacks and base rows left at zero.
     #[test]
-    fn reference_equals_each_rows_own_adapter() {
+    fn cpu_op_equals_each_rows_own_adapter() {
         let d = SgmvDims { rows: 7, fan_in: 12, fan_out: 10, r_max: 4 };
         let slots = 3;
         let f = |i: usize, k: f32| ((i as f32) * k).sin();
@@ -182,7 +196,7 @@ mod tests {
         }
         let row_slots = [Some(0), Some(0), None, Some(1), Some(2), Some(2), None];
         let segs = [seg(0, 2, Some(0)), seg(2, 1, None), seg(3, 1, Some(1)), seg(4, 2, Some(2)), seg(6, 1, None)];
-        let got = reference(&x, &a, &b, &segment_table(&segs), d);
+        let got = cpu(&x, &a, &b, &segment_table(&segs), d);
         for (n, slot) in row_slots.iter().enumerate() {
             for o in 0..d.fan_out {
                 let want = slot.map_or(0.0, |s| {
