@@ -11,7 +11,7 @@
 
 use super::bank::Segment;
 use crate::Result;
-use candle_core::{CpuStorage, CustomOp3, Device, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Shape, Tensor};
 
 /// The adapter segments of a batch as the kernels read them: first rows, then row counts, then adapter slots
 /// (`3 * segments` entries). Segments of base-model rows are left out: their delta stays zero.
@@ -98,9 +98,15 @@ impl Sgmv {
         Ok(Self { host, table })
     }
 
-    /// `delta = SGMV(x, a, b)`.
+    /// `delta = SGMV(x, a, b)`, in the dtype of `xs` (the CPU computes in f32).
     pub fn delta(&self, xs: &Tensor, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-        Ok(xs.contiguous()?.apply_op3_no_bwd(a, b, self)?)
+        let xs = xs.contiguous()?;
+        if xs.device().is_cpu() && xs.dtype() != DType::F32 {
+            let f32 = |t: &Tensor| t.to_dtype(DType::F32);
+            let delta = f32(&xs)?.apply_op3_no_bwd(&f32(a)?, &f32(b)?, self)?;
+            return Ok(delta.to_dtype(xs.dtype())?);
+        }
+        Ok(xs.apply_op3_no_bwd(a, b, self)?)
     }
 
     fn dims(&self, x: &Layout, a: &Layout, b: &Layout) -> candle_core::Result<SgmvDims> {
@@ -178,6 +184,23 @@ mod tests {
         let segs = [seg(0, 3, Some(2)), seg(3, 2, None), seg(5, 1, Some(0)), seg(6, 4, Some(2))];
         assert_eq!(segment_table(&segs), vec![0, 5, 6, 3, 1, 4, 2, 0, 2]);
         assert!(segment_table(&[seg(0, 4, None)]).is_empty());
+    }
+
+    /// Activations in bf16 on the CPU go through the f32 path and come back in bf16.
+    #[test]
+    fn cpu_op_accepts_half_precision() {
+        let dev = Device::Cpu;
+        let x =
+            Tensor::arange(0f32, 24., &dev).unwrap().reshape((2, 12)).unwrap().affine(0.1, 0.0).unwrap().sin().unwrap();
+        let a = Tensor::ones((1, 2, 12), DType::F32, &dev).unwrap();
+        let b = Tensor::ones((1, 2, 5), DType::F32, &dev).unwrap();
+        let op = Sgmv::new(&[seg(0, 2, Some(0))], &dev).unwrap();
+        let want = op.delta(&x, &a, &b).unwrap();
+        let bf16 = |t: &Tensor| t.to_dtype(DType::BF16).unwrap();
+        let got = op.delta(&bf16(&x), &bf16(&a), &bf16(&b)).unwrap();
+        assert_eq!(got.dtype(), DType::BF16);
+        let err = (got.to_dtype(DType::F32).unwrap() - want).unwrap().abs().unwrap().max_all().unwrap();
+        assert!(err.to_scalar::<f32>().unwrap() < 0.05);
     }
 
     /// The CPU op against the plain formula per row: `x_n A_s^T (sB_s)^T`, with adapters of different ranks
