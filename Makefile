@@ -10,15 +10,15 @@ export LEPTOS_OUTPUT_NAME := loraland
 # Two cores here: keep candle's matmuls to one thread in tests so test binaries running side by side don't fight.
 TEST_ENV := RAYON_NUM_THREADS=1 RUSTFLAGS="$(LEPTOS_RUSTFLAGS)"
 
-.PHONY: serve test tools test-deps fmt lint unit clients e2e fetch-model adapters clean
+.PHONY: serve test tools test-deps fmt lint unit clients e2e fetch-model adapters cuda-toolchain cuda-check gpu-bundle clean
 
 ## Build the site in release mode and serve it (fetches the default model on first start).
 serve: tools test-deps-npm
 	@echo "==> LoRA Land will listen on http://$${LORALAND_ADDR:-127.0.0.1:3000} (set LORALAND_ADDR to change)"
 	cargo leptos serve --release
 
-## Everything CI runs: formatting, lints, unit and integration tests, browser tests.
-test: tools test-deps fmt lint fetch-model unit clients e2e
+## Everything CI runs: formatting, lints, unit and integration tests, browser tests, the CUDA build (compile only).
+test: tools test-deps fmt lint fetch-model unit clients e2e cuda-check
 
 tools:
 	@scripts/install-tools.sh
@@ -54,6 +54,26 @@ fetch-model:
 ## Train the embedded model's demo adapters into adapters/ and score them (TASKS="a b" for some; long on a CPU).
 adapters:
 	RUSTFLAGS="$(LEPTOS_RUSTFLAGS)" scripts/train-adapters.sh $(TASKS)
+
+## nvcc, the CUDA headers and libraries from NVIDIA's PyPI wheels, for building with --features cuda without a GPU.
+cuda-toolchain:
+	@scripts/cuda-toolchain.sh
+
+# The CUDA build has its own target folder outside the checkout: candle's kernels take ~30 min of nvcc on 2 cores,
+# once per machine.
+CUDA_TARGET_DIR ?= $(HOME)/.cache/loraland/cuda-target
+CUDA_BUILD = eval "$$(scripts/cuda-toolchain.sh --env)" && RUSTFLAGS="$(LEPTOS_RUSTFLAGS)" CARGO_TARGET_DIR=$(CUDA_TARGET_DIR)
+
+## `loraland` with the CUDA engine (the SGMV kernels, candle's CUDA backend) and the engine's GPU tests; compiles
+## here, runs on a GPU machine.
+cuda-check: cuda-toolchain
+	$(CUDA_BUILD) cargo build --release -p server --bin loraland --features cuda
+	$(CUDA_BUILD) cargo test --release -p server -p engine --features server/cuda --test gpu --no-run
+
+## What scripts/gpu-check.sh runs on a GPU machine, in target/gpu-check: the CUDA binary, the engine's GPU tests,
+## the tiny PEFT fixtures. Then: the device tool runs `bash scripts/gpu-check.sh` carrying target/gpu-check.
+gpu-bundle: cuda-check
+	RUSTFLAGS="$(LEPTOS_RUSTFLAGS)" scripts/gpu-bundle.sh $(CUDA_TARGET_DIR)
 
 clean:
 	cargo clean

@@ -51,6 +51,7 @@ fn run<T: DeviceRepr + ValidAsZeroBits>(
     let cfg = LaunchConfig { grid_dim: (r_max, n_seg_u, 1), block_dim: (SHRINK_THREADS, 1, 1), shared_mem_bytes: 0 };
     // SAFETY: the kernel reads x [rows, fan_in], a [slots, r_max, fan_in] and the table (3 * n_seg u32), writes
     // v [rows, r_max]; all sizes are the ones checked in `Sgmv::dims` and the table's rows/slots come from the plan.
+    #[allow(unsafe_code)]
     unsafe { launch.launch(cfg) }.w()?;
 
     let expand = dev.get_or_load_custom_func(&format!("sgmv_expand_{suffix}"), MODULE, PTX)?;
@@ -59,6 +60,7 @@ fn run<T: DeviceRepr + ValidAsZeroBits>(
     let blocks = fan_out.div_ceil(EXPAND_THREADS);
     let cfg = LaunchConfig { grid_dim: (blocks, n_seg_u, 1), block_dim: (EXPAND_THREADS, 1, 1), shared_mem_bytes: 0 };
     // SAFETY: reads v and b [slots, r_max, fan_out], writes delta [rows, fan_out]; same bounds as above.
+    #[allow(unsafe_code)]
     unsafe { launch.launch(cfg) }.w()?;
     Ok(delta)
 }
