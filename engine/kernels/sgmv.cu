@@ -7,7 +7,7 @@
 // Layouts (row-major, contiguous): x [rows, in]; A [slots, r_max, in] (PEFT's lora_A, zero-padded to r_max);
 // B [slots, r_max, out] ((scale * lora_B)^T, zero-padded); segments: three u32 arrays of n_seg entries (first row,
 // row count, adapter slot) stored one after the other. Rows outside every segment are not touched (delta is
-// zero-initialised by the caller). The CPU reference of this arithmetic is `engine::adapter::sgmv::reference`.
+// zero-initialised by the caller). The same arithmetic on the CPU: `engine::adapter::sgmv::cpu`.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <stdint.h>

@@ -4,8 +4,8 @@
 //!
 //! On CUDA the two steps are our kernels (`engine/kernels/sgmv.cu`, compiled to PTX by nvcc at build time and
 //! launched through cudarc). On the CPU the same op runs [`cpu`]: the same arithmetic, segment by segment, in f32;
-//! the CPU engine uses it for decode steps that mix adapters (a few thousand multiply-adds per row and module, where
-//! multiplying every row by every adapter costs a matmul). Tests compare it with each row's own adapter, so the
+//! the CPU engine uses it for decode steps (a few thousand multiply-adds per row and module, where a matmul per
+//! segment costs more in call overhead than in arithmetic). Tests compare it with each row's own adapter, so the
 //! segment table and the arithmetic the GPU runs are checked on any machine, and the GPU test compares the kernels
 //! with it.
 
