@@ -6,30 +6,20 @@
 mod common;
 
 use candle_core::{DType, Device, IndexOp, Tensor};
-use common::{max_abs_diff, tiny_set_on, token_rows};
+use common::{greedy_mixed, max_abs_diff, mixed_batch_logits, tiny_set_on, token_rows};
 use engine::adapter::{AdapterBank, LoraAdapter, LoraPlan};
-use engine::{LoadOptions, Logits, Module, SeqInput};
+use engine::{LoadOptions, Module};
 use std::sync::Arc;
 
 fn gpu(dtype: DType) -> LoadOptions {
     LoadOptions { device: Device::new_cuda(0).expect("a CUDA GPU"), dtype, ..Default::default() }
 }
 
-fn mixed_batch_logits(name: &str, dtype: DType, tolerance: f32) {
+fn mixed_batch_logits_match(name: &str, dtype: DType, tolerance: f32) {
     let set = tiny_set_on(name, &gpu(dtype));
-    let ids = token_rows(&set.reference["input_ids"]);
-    let mut caches: Vec<_> = ids.iter().map(|_| set.model.new_cache()).collect();
-    let mut seqs: Vec<SeqInput<'_>> = ids
-        .iter()
-        .zip(caches.iter_mut())
-        .zip(&set.slots)
-        .map(|((tokens, cache), &adapter)| SeqInput { tokens, cache, adapter })
-        .collect();
-    let logits = set.model.forward(&mut seqs, &set.bank, Logits::All).unwrap().to_device(&Device::Cpu).unwrap();
+    let logits = mixed_batch_logits(&set);
     let expected = &set.reference["logits"];
-    let (rows, t, v) = expected.dims3().unwrap();
-    let logits = logits.reshape((rows, t, v)).unwrap();
-    for row in 0..rows {
+    for row in 0..expected.dim(0).unwrap() {
         let err = max_abs_diff(&logits.i(row).unwrap(), &expected.i(row).unwrap());
         eprintln!("{name} {dtype:?} row {row} ({:?}): max abs error {err:.2e}", set.slots[row]);
         assert!(err < tolerance, "{name} {dtype:?} row {row}: max abs error {err}");
@@ -40,44 +30,28 @@ fn greedy_tokens(name: &str) {
     let set = tiny_set_on(name, &gpu(DType::F32));
     let prompts = token_rows(&set.reference["input_ids"]);
     let expected = token_rows(&set.reference["greedy"]);
-    let mut caches: Vec<_> = prompts.iter().map(|_| set.model.new_cache()).collect();
-    let mut got: Vec<Vec<u32>> = vec![Vec::new(); prompts.len()];
-    let mut next = prompts.clone();
-    for _ in 0..expected[0].len() {
-        let mut seqs: Vec<SeqInput<'_>> = next
-            .iter()
-            .zip(caches.iter_mut())
-            .zip(&set.slots)
-            .map(|((tokens, cache), &adapter)| SeqInput { tokens, cache, adapter })
-            .collect();
-        let logits = set.model.forward(&mut seqs, &set.bank, Logits::Last).unwrap();
-        let argmax: Vec<u32> = logits.argmax(1).unwrap().to_vec1().unwrap();
-        for (i, t) in argmax.into_iter().enumerate() {
-            got[i].push(t);
-            next[i] = vec![t];
-        }
-    }
+    let got = greedy_mixed(&set, &prompts, &set.slots, expected[0].len());
     assert_eq!(got, expected, "{name}: greedy tokens of the mixed batch on the GPU");
 }
 
 #[test]
 fn tiny_llama_f32_logits() {
-    mixed_batch_logits("tiny-llama", DType::F32, 1e-4);
+    mixed_batch_logits_match("tiny-llama", DType::F32, 1e-4);
 }
 
 #[test]
 fn tiny_mistral_f32_logits() {
-    mixed_batch_logits("tiny-mistral", DType::F32, 1e-4);
+    mixed_batch_logits_match("tiny-mistral", DType::F32, 1e-4);
 }
 
 #[test]
 fn tiny_llama_bf16_logits() {
-    mixed_batch_logits("tiny-llama", DType::BF16, 1e-2);
+    mixed_batch_logits_match("tiny-llama", DType::BF16, 1e-2);
 }
 
 #[test]
 fn tiny_mistral_bf16_logits() {
-    mixed_batch_logits("tiny-mistral", DType::BF16, 1e-2);
+    mixed_batch_logits_match("tiny-mistral", DType::BF16, 1e-2);
 }
 
 #[test]

@@ -196,11 +196,9 @@ pub fn run(args: LoadBenchArgs) -> anyhow::Result<()> {
     }
     let tmp = tempfile::tempdir()?;
     let max_k = args.adapters.iter().copied().max().unwrap_or(1);
-    let config =
-        engine::Model::load(&args.model, &LoadOptions { quant: engine::QuantMode::Keep, ..Default::default() })?
-            .config()
-            .clone();
-    let ids = write_adapters(tmp.path(), &config, max_k).context("writing random adapters")?;
+    // The base's shape, for the random adapters and the cold-load timing below (the engine loads its own copy).
+    let target = engine::Model::load(&args.model, &LoadOptions::default())?.adapter_target();
+    let ids = write_adapters(tmp.path(), &target.config, max_k).context("writing random adapters")?;
     let engine = Engine::spawn(engine_config(&args, tmp.path(), args.streams, max_k)?)?;
     let (n, per, kind) = (args.streams, args.requests_per_stream, PromptKind::Words);
     let mut rows = Vec::new();
@@ -238,7 +236,6 @@ pub fn run(args: LoadBenchArgs) -> anyhow::Result<()> {
         p(&format!("\nconcurrency scaling: {n} streams / 1 stream = {:.2}x", base.tokens_per_s / one.tokens_per_s));
     }
     // Cold loads of one r=8 q/v adapter from disk, off the batching thread.
-    let target = engine::Model::load(&args.model, &LoadOptions::default())?.adapter_target();
     let mut times: Vec<Duration> = Vec::new();
     for id in ids.iter().take(10) {
         let t = Instant::now();

@@ -98,21 +98,29 @@ fn load_hf(dir: &Path, opts: &LoadOptions) -> Result<Model> {
     let embed = vb.get((config.vocab_size, h), "model.embed_tokens.weight")?;
     let lm_head =
         if config.tie_word_embeddings { embed.clone() } else { vb.get((config.vocab_size, h), "lm_head.weight")? };
-    let rope =
-        Rope::new(config.head_dim, config.rope_theta, config.max_position_embeddings, RopeStyle::Half, &opts.device)?;
-    Ok(Model {
-        norm: vb.get(h, "model.norm.weight")?,
-        embed,
-        lm_head: Linear::Candle(QMatMul::Tensor(lm_head)),
-        layers,
-        rope,
-        device: opts.device.clone(),
-        dtype: opts.dtype,
-        config,
-    })
+    let norm = vb.get(h, "model.norm.weight")?;
+    let lm_head = Linear::Candle(QMatMul::Tensor(lm_head));
+    Model::from_parts(config, embed, layers, norm, lm_head, RopeStyle::Half, opts)
 }
 
-fn collect_array(items: [candle_core::Result<Linear>; 7]) -> Result<[Linear; 7]> {
+impl Model {
+    /// The model of these weights, with its RoPE tables, on `opts.device` (every loader ends here).
+    pub(super) fn from_parts(
+        config: ModelConfig,
+        embed: Tensor,
+        layers: Vec<DecoderLayer>,
+        norm: Tensor,
+        lm_head: Linear,
+        rope_style: RopeStyle,
+        opts: &LoadOptions,
+    ) -> Result<Self> {
+        let rope =
+            Rope::new(config.head_dim, config.rope_theta, config.max_position_embeddings, rope_style, &opts.device)?;
+        Ok(Model { config, embed, layers, norm, lm_head, rope, device: opts.device.clone(), dtype: opts.dtype })
+    }
+}
+
+pub(super) fn collect_array(items: [candle_core::Result<Linear>; 7]) -> Result<[Linear; 7]> {
     let v: Vec<Linear> = items.into_iter().collect::<candle_core::Result<_>>()?;
     v.try_into().map_err(|_| Error::Config("expected seven projections".into()))
 }
@@ -171,21 +179,6 @@ fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<Model> {
     }
     let embed = r.dense("token_embd.weight")?;
     let lm_head = if config.tie_word_embeddings { r.matmul("token_embd.weight")? } else { r.matmul("output.weight")? };
-    let rope = Rope::new(
-        config.head_dim,
-        config.rope_theta,
-        config.max_position_embeddings,
-        RopeStyle::Interleaved,
-        &opts.device,
-    )?;
-    Ok(Model {
-        norm: r.dense("output_norm.weight")?,
-        embed,
-        lm_head,
-        layers,
-        rope,
-        device: opts.device.clone(),
-        dtype: opts.dtype,
-        config,
-    })
+    let norm = r.dense("output_norm.weight")?;
+    Model::from_parts(config, embed, layers, norm, lm_head, RopeStyle::Interleaved, opts)
 }

@@ -4,15 +4,15 @@
 
 use super::layer::DecoderLayer;
 use super::linear::Linear;
-use super::{Model, Rope, RopeStyle};
+use super::{Model, RopeStyle};
 use crate::{LoadOptions, ModelConfig, Module, Result};
 use candle_core::quantized::QMatMul;
 use candle_core::{Device, Tensor};
 
 const INIT_STD: f64 = 0.02;
 
-fn normal(shape: (usize, usize), opts: &LoadOptions) -> Result<Tensor> {
-    Ok(Tensor::randn(0f32, INIT_STD as f32, shape, &opts.device)?.to_dtype(opts.dtype)?)
+fn normal(shape: (usize, usize), opts: &LoadOptions) -> candle_core::Result<Tensor> {
+    Tensor::randn(0f32, INIT_STD as f32, shape, &opts.device)?.to_dtype(opts.dtype)
 }
 
 impl Model {
@@ -26,35 +26,16 @@ impl Model {
         let ones = || -> Result<Tensor> { Ok(Tensor::ones(h, opts.dtype, &opts.device)?) };
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for _ in 0..config.num_hidden_layers {
-            let proj: Vec<Linear> = Module::ALL
-                .iter()
-                .map(|&m| {
-                    let (fan_in, fan_out) = config.module_shape(m);
-                    Ok(Linear::Candle(QMatMul::Tensor(normal((fan_out, fan_in), opts)?)))
-                })
-                .collect::<Result<_>>()?;
-            let proj = proj.try_into().map_err(|_| crate::Error::Config("expected seven projections".into()))?;
+            let proj = super::load::collect_array(Module::ALL.map(|m| {
+                let (fan_in, fan_out) = config.module_shape(m);
+                Ok(Linear::Candle(QMatMul::Tensor(normal((fan_out, fan_in), opts)?)))
+            }))?;
             layers.push(DecoderLayer { attn_norm: ones()?, ffn_norm: ones()?, proj });
         }
         let embed = normal((config.vocab_size, h), opts)?;
         let lm_head = if config.tie_word_embeddings { embed.clone() } else { normal((config.vocab_size, h), opts)? };
-        let rope = Rope::new(
-            config.head_dim,
-            config.rope_theta,
-            config.max_position_embeddings,
-            RopeStyle::Half,
-            &opts.device,
-        )?;
-        Ok(Model {
-            norm: ones()?,
-            embed,
-            lm_head: Linear::Candle(QMatMul::Tensor(lm_head)),
-            layers,
-            rope,
-            device: opts.device.clone(),
-            dtype: opts.dtype,
-            config,
-        })
+        let lm_head = Linear::Candle(QMatMul::Tensor(lm_head));
+        Model::from_parts(config, embed, layers, ones()?, lm_head, RopeStyle::Half, opts)
     }
 
     /// Bytes of weights one decode step reads: every layer's projections and norms, the final norm and the LM head

@@ -3,7 +3,7 @@
 
 use candle_core::{Device, Tensor};
 use engine::adapter::LoraAdapter;
-use engine::{AdapterBank, LoadOptions, Model};
+use engine::{AdapterBank, LoadOptions, Logits, Model, SeqInput};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -70,4 +70,41 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
 /// The reference tensors of a tiny fixture set.
 pub fn tiny_set_reference(name: &str) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(fixture(&format!("{name}/reference.safetensors")), &Device::Cpu).unwrap()
+}
+
+/// The logits of the set's reference batch (base and adapter rows together, every position), `[rows, t, vocab]`
+/// on the CPU.
+pub fn mixed_batch_logits(set: &TinySet) -> Tensor {
+    let ids = token_rows(&set.reference["input_ids"]);
+    let mut caches: Vec<_> = ids.iter().map(|_| set.model.new_cache()).collect();
+    let mut seqs: Vec<SeqInput<'_>> = ids
+        .iter()
+        .zip(caches.iter_mut())
+        .zip(&set.slots)
+        .map(|((tokens, cache), &adapter)| SeqInput { tokens, cache, adapter })
+        .collect();
+    let logits = set.model.forward(&mut seqs, &set.bank, Logits::All).unwrap();
+    logits.to_device(&Device::Cpu).unwrap().reshape(set.reference["logits"].dims3().unwrap()).unwrap()
+}
+
+/// Greedy decoding of every row in one mixed batch: prefill together, then decode together.
+pub fn greedy_mixed(set: &TinySet, prompts: &[Vec<u32>], slots: &[Option<usize>], n: usize) -> Vec<Vec<u32>> {
+    let mut caches: Vec<_> = prompts.iter().map(|_| set.model.new_cache()).collect();
+    let mut out: Vec<Vec<u32>> = vec![Vec::new(); prompts.len()];
+    let mut next: Vec<Vec<u32>> = prompts.to_vec();
+    for _ in 0..n {
+        let mut seqs: Vec<SeqInput<'_>> = next
+            .iter()
+            .zip(caches.iter_mut())
+            .zip(slots)
+            .map(|((tokens, cache), &adapter)| SeqInput { tokens, cache, adapter })
+            .collect();
+        let logits = set.model.forward(&mut seqs, &set.bank, Logits::Last).unwrap();
+        let argmax: Vec<u32> = logits.argmax(1).unwrap().to_vec1().unwrap();
+        for (i, t) in argmax.into_iter().enumerate() {
+            out[i].push(t);
+            next[i] = vec![t];
+        }
+    }
+    out
 }
