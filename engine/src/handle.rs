@@ -18,8 +18,11 @@ use std::time::Instant;
 
 /// Defaults of [`EngineConfig`].
 pub const DEFAULT_MAX_BATCH_SIZE: usize = 32;
-/// Default token budget of one step (prefill chunks + decode rows).
+/// Default token budget of one step (prefill chunks + decode rows) on a GPU.
 pub const DEFAULT_MAX_BATCH_TOKENS: usize = 512;
+/// Default token budget of one step on the CPU, where a step of 512 prompt tokens takes over a second for a
+/// 135M-parameter model on two cores, and every running stream would wait that long for its next token.
+pub const DEFAULT_MAX_BATCH_TOKENS_CPU: usize = 64;
 /// Default KV budget in tokens (prompt + max_new_tokens of every running request).
 pub const DEFAULT_MAX_KV_TOKENS: usize = 65_536;
 /// Default bound on requests waiting or running.
@@ -42,8 +45,9 @@ pub struct EngineConfig {
     pub pinned: Vec<AdapterId>,
     /// Most sequences in one step.
     pub max_batch_size: usize,
-    /// Most tokens in one step; long prompts are prefilled in chunks that fit.
-    pub max_batch_tokens: usize,
+    /// Most tokens in one step; long prompts are prefilled in chunks that fit. `None`: [`DEFAULT_MAX_BATCH_TOKENS`]
+    /// on a GPU, [`DEFAULT_MAX_BATCH_TOKENS_CPU`] on the CPU (see [`EngineConfig::step_token_budget`]).
+    pub max_batch_tokens: Option<usize>,
     /// KV budget: the sum of prompt + max_new_tokens over running requests.
     pub max_kv_tokens: usize,
     /// Most requests waiting or running; beyond it `generate` fails with [`Error::Overloaded`].
@@ -77,13 +81,36 @@ impl EngineConfig {
             preload: Vec::new(),
             pinned: Vec::new(),
             max_batch_size: DEFAULT_MAX_BATCH_SIZE,
-            max_batch_tokens: DEFAULT_MAX_BATCH_TOKENS,
+            max_batch_tokens: None,
             max_kv_tokens: DEFAULT_MAX_KV_TOKENS,
             max_queue: DEFAULT_MAX_QUEUE,
             max_input_tokens: 2048,
             max_new_tokens: 512,
             random_weights: None,
         }
+    }
+
+    /// The token budget of one step: `max_batch_tokens`, else the default for the device.
+    pub fn step_token_budget(&self) -> usize {
+        self.max_batch_tokens.unwrap_or(if self.load.device.is_cpu() {
+            DEFAULT_MAX_BATCH_TOKENS_CPU
+        } else {
+            DEFAULT_MAX_BATCH_TOKENS
+        })
+    }
+
+    /// Checks the limits that would otherwise stall the batching loop.
+    pub fn validate(&self) -> Result<()> {
+        if self.max_batch_size == 0 {
+            return Err(Error::Config("max_batch_size must be at least 1".into()));
+        }
+        if self.step_token_budget() == 0 {
+            return Err(Error::Config("max_batch_tokens must be at least 1".into()));
+        }
+        if self.max_queue == 0 {
+            return Err(Error::Config("max_queue must be at least 1".into()));
+        }
+        Ok(())
     }
 }
 
@@ -110,8 +137,9 @@ pub struct Engine;
 
 impl Engine {
     /// Loads the model on a new thread and starts the batching loop; returns once the model is loaded, or with the
-    /// load error.
+    /// load error (or at once with [`Error::Config`] for a limit of zero).
     pub fn spawn(config: EngineConfig) -> Result<EngineHandle> {
+        config.validate()?;
         let (cmd_tx, cmd_rx) = mpsc::channel();
         let (ready_tx, ready_rx) = mpsc::sync_channel(1);
         let stats = Arc::new(EngineStats::default());

@@ -386,17 +386,10 @@ impl Scheduler {
         order.sort();
         // Token budget: decode rows first, then prompt chunks.
         let decoding = self.running.iter().filter(|s| s.prefilled == s.sub.prompt.len()).count();
-        let mut budget = self.cfg.max_batch_tokens.saturating_sub(decoding);
-        let mut chunks = vec![0usize; self.running.len()];
-        for &(_, i) in &order {
-            let s = &self.running[i];
-            let left = s.sub.prompt.len() - s.prefilled;
-            if left > 0 {
-                let take = left.min(budget);
-                chunks[i] = take;
-                budget -= take;
-            }
-        }
+        let budget = self.cfg.step_token_budget().saturating_sub(decoding);
+        let left: Vec<(Instant, usize)> =
+            self.running.iter().map(|s| (s.started, s.sub.prompt.len() - s.prefilled)).collect();
+        let chunks = prefill_chunks(&left, budget);
         let picked: Vec<(Option<usize>, usize)> = order
             .into_iter()
             .filter(|&(_, i)| chunks[i] > 0 || self.running[i].prefilled == self.running[i].sub.prompt.len())
@@ -520,6 +513,21 @@ fn first_stop(text: &str, stops: &[String], from: usize) -> Option<usize> {
         .min()
 }
 
+/// Prompt tokens each running sequence prefills in this step, given when it was admitted and how many of its prompt
+/// tokens are left: the budget goes to the oldest admission first, so that a prompt half prefilled is never
+/// overtaken by one admitted after it (whatever the adapter slots that order the batch's rows).
+fn prefill_chunks(left: &[(Instant, usize)], mut budget: usize) -> Vec<usize> {
+    let mut chunks = vec![0; left.len()];
+    let mut by_admission: Vec<usize> = (0..left.len()).collect();
+    by_admission.sort_by_key(|&i| (left[i].0, i));
+    for i in by_admission {
+        let take = left[i].1.min(budget);
+        chunks[i] = take;
+        budget -= take;
+    }
+    chunks
+}
+
 /// Bytes at the end of `text` that could be the start of a stop sequence, and so are held back.
 fn held_back(text: &str, stops: &[String]) -> usize {
     let mut hold = 0;
@@ -536,6 +544,19 @@ fn held_back(text: &str, stops: &[String]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_prefill_budget_goes_to_the_oldest_admission_first() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        // Running order as the batch holds it (after swap_remove): admitted at 30, 10, 20, 0 ms; the one at 0 ms
+        // is decoding (nothing left).
+        let left = [(at(30), 50), (at(10), 7), (at(20), 100), (at(0), 0)];
+        assert_eq!(prefill_chunks(&left, 60), vec![0, 7, 53, 0]);
+        assert_eq!(prefill_chunks(&left, 200), vec![50, 7, 100, 0]);
+        assert_eq!(prefill_chunks(&left, 5), vec![0, 5, 0, 0]);
+        assert_eq!(prefill_chunks(&left, 0), vec![0; 4]);
+    }
 
     #[test]
     fn stop_sequences_are_found_and_prefixes_held() {

@@ -192,3 +192,34 @@ fn stop_sequences_end_the_text_before_them() {
     assert_eq!(fin.text, expected);
     assert_eq!(streamed, expected, "streamed pieces never include the stop sequence");
 }
+
+#[test]
+fn a_long_prompt_is_prefilled_in_chunks_of_the_step_budget() {
+    let prompt: Vec<u32> = (0..40).map(|i| 3 + (i * 37) % 200).collect();
+    let whole = Engine::spawn(config(&fixture("tiny-llama/adapters"))).unwrap();
+    assert_eq!(whole.config().step_token_budget(), engine::handle::DEFAULT_MAX_BATCH_TOKENS_CPU);
+    let expected = run_alone(&whole, &prompt, Some("qv_r8"), 3);
+
+    let mut cfg = config(&fixture("tiny-llama/adapters"));
+    cfg.max_batch_tokens = Some(4);
+    let chunked = Engine::spawn(cfg).unwrap();
+    let steps = EngineStats::get(&chunked.stats().steps);
+    let (tokens, fin) = collect(chunked.generate(request(&prompt, Some("qv_r8"), 3)).unwrap()).unwrap();
+    assert_eq!(tokens, expected, "the same tokens, prefilled 4 tokens at a time");
+    assert_eq!(fin.prompt_tokens, 40);
+    // Ten steps of four prompt tokens (the tenth gives the first token), then one step per further token.
+    assert_eq!(EngineStats::get(&chunked.stats().steps) - steps, 10 + 2);
+
+    for (field, edit) in [
+        ("max_batch_tokens", (|c: &mut EngineConfig| c.max_batch_tokens = Some(0)) as fn(&mut EngineConfig)),
+        ("max_batch_size", |c| c.max_batch_size = 0),
+        ("max_queue", |c| c.max_queue = 0),
+    ] {
+        let mut cfg = config(&fixture("tiny-llama/adapters"));
+        edit(&mut cfg);
+        match Engine::spawn(cfg) {
+            Err(Error::Config(msg)) => assert!(msg.contains(field), "{msg}"),
+            other => panic!("{field} = 0: {:?}", other.map(|_| ())),
+        }
+    }
+}

@@ -38,6 +38,9 @@ pub struct LoadBenchArgs {
     /// Device and dtype.
     #[command(flatten)]
     pub device: crate::device::DeviceArgs,
+    /// Most tokens in one engine step [default: 64 on the CPU, 512 on a GPU].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_batch_tokens: Option<u32>,
     /// Instead of `--model`, a model of this architecture with random weights built on the device (no download):
     /// `mistral-7b` (the LoRA Land base) or `mistral-tiny` (the same vocabulary and heads, CPU-sized). Runs the
     /// streams of `--stream-counts` on the base model, on one adapter, and with every stream on a different one
@@ -186,6 +189,7 @@ pub(crate) fn engine_config(
     cfg.catalog = Catalog { adapters_dir: Some(adapters_dir.to_path_buf()), allow_hub: false };
     cfg.limits = ResidencyLimits { max_adapters: max_k.max(1), ..ResidencyLimits::default() };
     cfg.max_batch_size = streams.max(1);
+    cfg.max_batch_tokens = args.max_batch_tokens.map(|t| t as usize);
     Ok(cfg)
 }
 
@@ -215,8 +219,10 @@ pub fn run(args: LoadBenchArgs) -> anyhow::Result<()> {
     let loads = engine::EngineStats::get(&engine.stats().adapter_loads);
     let p = |s: &str| crate::generate::print_line(s);
     p(&format!(
-        "load: {} , {n} closed-loop streams x {per} requests, prompts 90-110 words, 90-110 new tokens\n",
-        args.model.display()
+        "load: {} , {n} closed-loop streams x {per} requests, prompts 90-110 words, 90-110 new tokens, steps of at most \
+         {} tokens\n",
+        args.model.display(),
+        engine.config().step_token_budget()
     ));
     p("| load | tokens/s | vs base | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms |");
     p("|---|---:|---:|---:|---:|---:|---:|");

@@ -36,7 +36,9 @@ pub async fn info(State(state): State<AppState>) -> Response {
         "max_stop_sequences": super::params::MAX_STOP_SEQUENCES,
         "max_concurrent_requests": cfg.max_queue,
         "max_batch_size": cfg.max_batch_size,
-        "max_batch_total_tokens": cfg.max_batch_tokens,
+        // TGI's names: the tokens of one step (prefill chunks and decode rows), and of every running request.
+        "max_batch_prefill_tokens": cfg.step_token_budget(),
+        "max_batch_total_tokens": cfg.max_kv_tokens,
         "max_kv_tokens": cfg.max_kv_tokens,
         "vocab_size": model.vocab_size,
         "adapters": {
