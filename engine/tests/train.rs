@@ -5,13 +5,13 @@
 mod common;
 
 use candle_core::{DType, Device, IndexOp, Tensor, Var};
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 use common::{fixture, max_abs_diff, tiny_set_reference, token_rows};
 use engine::adapter::LoraAdapter;
 use engine::model::RopeStyle;
 use engine::train::{Batch, Encoded, FrozenModel, LoraParams, LoraShape, TrainConfig, Trainer};
 use engine::{AdapterBank, LoadOptions, Logits, Model, Module, QuantMode, SeqInput};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use std::path::PathBuf;
 use std::sync::Arc;
 
