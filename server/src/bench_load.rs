@@ -39,8 +39,8 @@ pub struct LoadBenchArgs {
     #[command(flatten)]
     pub device: crate::device::DeviceArgs,
     /// Most tokens in one engine step [default: 64 on the CPU, 512 on a GPU].
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
-    pub max_batch_tokens: Option<u32>,
+    #[arg(long)]
+    pub max_batch_tokens: Option<std::num::NonZeroUsize>,
     /// Instead of `--model`, a model of this architecture with random weights built on the device (no download):
     /// `mistral-7b` (the LoRA Land base) or `mistral-tiny` (the same vocabulary and heads, CPU-sized). Runs the
     /// streams of `--stream-counts` on the base model, on one adapter, and with every stream on a different one
@@ -189,7 +189,7 @@ pub(crate) fn engine_config(
     cfg.catalog = Catalog { adapters_dir: Some(adapters_dir.to_path_buf()), allow_hub: false };
     cfg.limits = ResidencyLimits { max_adapters: max_k.max(1), ..ResidencyLimits::default() };
     cfg.max_batch_size = streams.max(1);
-    cfg.max_batch_tokens = args.max_batch_tokens.map(|t| t as usize);
+    cfg.max_batch_tokens = args.max_batch_tokens.map(std::num::NonZeroUsize::get);
     Ok(cfg)
 }
 

@@ -73,8 +73,8 @@ pub struct ServeConfig {
 
     /// Most tokens in one engine step (decode rows plus prompt chunks): a long prompt is prefilled in chunks of
     /// this size between the running streams' tokens [default: 64 on the CPU, 512 on a GPU].
-    #[arg(long, env = "LORALAND_MAX_BATCH_TOKENS", value_parser = clap::value_parser!(u32).range(1..))]
-    pub max_batch_tokens: Option<u32>,
+    #[arg(long, env = "LORALAND_MAX_BATCH_TOKENS")]
+    pub max_batch_tokens: Option<std::num::NonZeroUsize>,
 
     /// Seconds a non-streaming request may take before it is answered 408 (streams are never cut).
     #[arg(long, env = "LORALAND_REQUEST_TIMEOUT", default_value_t = DEFAULT_REQUEST_TIMEOUT_SECS)]
@@ -121,7 +121,7 @@ impl ServeConfig {
         cfg.load = self.device.load_options(self.quant.into())?;
         cfg.catalog = engine::Catalog { adapters_dir: Some(self.adapters_dir.clone()), allow_hub: self.allow_hub };
         cfg.max_queue = self.max_queue;
-        cfg.max_batch_tokens = self.max_batch_tokens.map(|t| t as usize);
+        cfg.max_batch_tokens = self.max_batch_tokens.map(std::num::NonZeroUsize::get);
         cfg.max_input_tokens = self.max_input_tokens;
         cfg.max_new_tokens = self.max_new_tokens;
         Ok(cfg)
