@@ -54,53 +54,96 @@ impl Sampler {
         Self { params, rng }
     }
 
+    /// Whether [`Sampler::sample`] reads the sequence so far (for the repetition penalty).
+    pub fn needs_history(&self) -> bool {
+        self.params.repetition_penalty.is_some_and(|p| p != 1.0)
+    }
+
     /// Picks the next token from `logits` (one row of the vocabulary); `previous` holds the sequence so far.
+    ///
+    /// Without top-p nothing is sorted: top-k is a selection, and the draw walks the kept tokens in any order (the
+    /// distribution is the same). Top-p sorts only the head of the distribution that holds the nucleus.
     pub fn sample(&mut self, logits: &[f32], previous: &[u32]) -> Sampled {
         let logprob_of = |token: u32| log_softmax_at(logits, token as usize);
-        let mut scores = logits.to_vec();
-        if let Some(penalty) = self.params.repetition_penalty.filter(|p| *p != 1.0) {
-            let mut seen = previous.to_vec();
-            seen.sort_unstable();
-            seen.dedup();
-            for t in seen {
-                if let Some(s) = scores.get_mut(t as usize) {
-                    *s = if *s > 0.0 { *s / penalty } else { *s * penalty };
-                }
+        let penalized;
+        let scores = match self.params.repetition_penalty.filter(|p| *p != 1.0) {
+            Some(penalty) => {
+                penalized = penalize(logits, previous, penalty);
+                &penalized[..]
             }
-        }
+            None => logits,
+        };
         if self.params.is_greedy() {
-            let token = argmax(&scores);
+            let token = argmax(scores);
             return Sampled { token, logprob: logprob_of(token) };
         }
         let temperature = self.params.temperature.unwrap_or(1.0);
+        // (token, score / temperature), then (token, unnormalised probability).
         let mut cand: Vec<(u32, f32)> = scores.iter().enumerate().map(|(i, s)| (i as u32, s / temperature)).collect();
-        cand.sort_unstable_by(|a, b| b.1.total_cmp(&a.1));
-        if let Some(k) = self.params.top_k.filter(|&k| k > 0) {
+        if let Some(k) = self.params.top_k.filter(|&k| k > 0 && k < cand.len()) {
+            cand.select_nth_unstable_by(k - 1, descending);
             cand.truncate(k);
         }
-        let max = cand[0].1;
-        let mut probs: Vec<f32> = cand.iter().map(|(_, s)| (s - max).exp()).collect();
-        let sum: f32 = probs.iter().sum();
-        probs.iter_mut().for_each(|p| *p /= sum);
+        let max = cand.iter().fold(f32::NEG_INFINITY, |m, c| m.max(c.1));
+        cand.iter_mut().for_each(|c| c.1 = (c.1 - max).exp());
         if let Some(top_p) = self.params.top_p.filter(|p| *p > 0.0 && *p < 1.0) {
-            let mut acc = 0.0;
-            let keep = probs.iter().position(|p| {
-                acc += p;
-                acc >= top_p
-            });
-            let keep = keep.map_or(probs.len(), |i| i + 1);
-            probs.truncate(keep);
-            let sum: f32 = probs.iter().sum();
-            probs.iter_mut().for_each(|p| *p /= sum);
+            keep_nucleus(&mut cand, top_p);
         }
-        let r: f32 = self.rng.random();
-        let mut acc = 0.0;
-        let idx = probs.iter().position(|p| {
-            acc += p;
-            r < acc
-        });
-        let token = cand[idx.unwrap_or(probs.len() - 1)].0;
+        let sum: f32 = cand.iter().map(|c| c.1).sum();
+        let mut r = self.rng.random::<f32>() * sum;
+        let token = cand
+            .iter()
+            .find(|c| {
+                r -= c.1;
+                r < 0.0
+            })
+            .or(cand.last())
+            .map_or(0, |c| c.0);
         Sampled { token, logprob: logprob_of(token) }
+    }
+}
+
+/// The CTRL repetition penalty applied to a copy of `logits`.
+fn penalize(logits: &[f32], previous: &[u32], penalty: f32) -> Vec<f32> {
+    let mut scores = logits.to_vec();
+    let mut seen = previous.to_vec();
+    seen.sort_unstable();
+    seen.dedup();
+    for t in seen {
+        if let Some(s) = scores.get_mut(t as usize) {
+            *s = if *s > 0.0 { *s / penalty } else { *s * penalty };
+        }
+    }
+    scores
+}
+
+fn descending(a: &(u32, f32), b: &(u32, f32)) -> std::cmp::Ordering {
+    b.1.total_cmp(&a.1)
+}
+
+/// Keeps the smallest set of most likely candidates (token, unnormalised probability) whose mass reaches `top_p` of
+/// the total, most likely first. It sorts the 64 most likely, then 512, ..., until they hold the nucleus: a full
+/// sort of the vocabulary only for a very flat distribution.
+fn keep_nucleus(cand: &mut Vec<(u32, f32)>, top_p: f32) {
+    let target = top_p * cand.iter().map(|c| c.1).sum::<f32>();
+    let mut head = cand.len().min(64);
+    loop {
+        if head < cand.len() {
+            cand.select_nth_unstable_by(head - 1, descending);
+        }
+        cand[..head].sort_unstable_by(descending);
+        let mut acc = 0.0;
+        if let Some(i) = cand[..head].iter().position(|c| {
+            acc += c.1;
+            acc >= target
+        }) {
+            cand.truncate(i + 1);
+            return;
+        }
+        if head == cand.len() {
+            return; // rounding left the sum just short of the target: keep everything
+        }
+        head = (head * 8).min(cand.len());
     }
 }
 
@@ -149,5 +192,49 @@ mod tests {
         let top_p = run(SamplingParams { top_p: Some(0.01), ..params });
         let best = logits.iter().copied().fold(f32::MIN, f32::max);
         assert!(top_p.iter().all(|&t| logits[t as usize] == best), "{top_p:?}");
+    }
+
+    #[test]
+    fn draws_follow_the_softmax_and_top_k_keeps_the_best() {
+        let logits = [1.0f32, 0.0, 2.0, -1.0];
+        let z: f32 = logits.iter().map(|l| l.exp()).sum();
+        let draws = 40_000;
+        for (top_k, kept) in [(None, vec![0, 1, 2, 3]), (Some(2), vec![0, 2])] {
+            let params = SamplingParams { temperature: Some(1.0), top_k, seed: 3, ..Default::default() };
+            let mut s = Sampler::new(params);
+            let mut counts = [0usize; 4];
+            (0..draws).for_each(|_| counts[s.sample(&logits, &[]).token as usize] += 1);
+            let z_kept: f32 = kept.iter().map(|&t| logits[t].exp()).sum();
+            for t in 0..4 {
+                let expected = if kept.contains(&t) { logits[t].exp() / z_kept } else { 0.0 };
+                let seen = counts[t] as f32 / draws as f32;
+                assert!((seen - expected).abs() < 0.01, "top_k {top_k:?} token {t}: {seen} vs {expected}");
+            }
+            assert!(z_kept <= z);
+        }
+    }
+
+    #[test]
+    fn the_nucleus_equals_a_full_sort() {
+        // Flat and peaked distributions over 5000 tokens, so that the nucleus sometimes needs more than one round.
+        for (seed, spread) in [(1u64, 0.5f32), (2, 4.0), (3, 12.0)] {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let weights: Vec<(u32, f32)> = (0..5000).map(|i| (i, (rng.random::<f32>() * spread).exp())).collect();
+            for top_p in [0.05, 0.5, 0.9, 0.999] {
+                let mut ours = weights.clone();
+                keep_nucleus(&mut ours, top_p);
+                let mut all = weights.clone();
+                all.sort_unstable_by(descending);
+                let total: f32 = weights.iter().map(|c| c.1).sum(); // summed in the same order as ours
+                let mut acc = 0.0;
+                let n = all.iter().position(|c| {
+                    acc += c.1;
+                    acc >= top_p * total
+                });
+                let expected: Vec<u32> = all[..n.map_or(all.len(), |i| i + 1)].iter().map(|c| c.0).collect();
+                let got: Vec<u32> = ours.iter().map(|c| c.0).collect();
+                assert!(got == expected, "seed {seed}, top_p {top_p}: {} kept, {} expected", got.len(), expected.len());
+            }
+        }
     }
 }

@@ -7,13 +7,13 @@
 use crate::handle::{EngineConfig, ModelInfo, Permit};
 use crate::registry::{self, AdapterId, AdapterSource, HostCache, Residency};
 use crate::request::{Event, Finished, GenerateRequest, Timings, TokenEvent};
-use crate::sampling::Sampler;
+use crate::sampling::{Sampled, Sampler};
 use crate::stats::EngineStats;
 use crate::tokenizer::TokenStream;
 use crate::{AdapterBank, Error, FinishReason, KvCache, Logits, Model, Result, SeqInput, Tokenizer};
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::mpsc::{Receiver, Sender, SyncSender};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 type Events = tokio::sync::mpsc::UnboundedSender<Result<Event>>;
@@ -401,7 +401,7 @@ impl Scheduler {
         EngineStats::add(&self.stats.steps, 1);
         EngineStats::set(&self.stats.batch_size, picked.len() as u64);
         let rows: Vec<Vec<f32>> = logits.to_vec2()?;
-        let mut done = Vec::new();
+        let mut ready = Vec::with_capacity(rows.len());
         for (row, &(_, i)) in rows.iter().zip(&picked) {
             let s = &mut self.running[i];
             if chunks[i] > 0 {
@@ -410,7 +410,12 @@ impl Scheduler {
                     continue; // more of the prompt to go; these logits are not needed
                 }
             }
-            if self.emit(i, row) {
+            ready.push((i, &row[..]));
+        }
+        let sampled = sample_rows(&mut self.running, &ready);
+        let mut done = Vec::new();
+        for (&(i, _), next) in ready.iter().zip(sampled) {
+            if self.emit(i, next) {
                 done.push(i);
             }
         }
@@ -438,14 +443,11 @@ impl Scheduler {
         self.model.forward(&mut seqs, bank, Logits::Last)
     }
 
-    /// Samples the next token of running sequence `i` and sends it; returns whether the sequence is finished.
-    fn emit(&mut self, i: usize, logits: &[f32]) -> bool {
+    /// Appends the sampled token `next` to running sequence `i` and sends it; returns whether the sequence is finished.
+    fn emit(&mut self, i: usize, next: Sampled) -> bool {
         let eos = &self.eos;
         let tokenizer = &self.tokenizer;
         let s = &mut self.running[i];
-        let mut history = s.sub.prompt.clone();
-        history.extend_from_slice(&s.generated);
-        let next = s.sampler.sample(logits, &history);
         s.generated.push(next.token);
         s.next = vec![next.token];
         s.first_token.get_or_insert_with(Instant::now);
@@ -498,6 +500,31 @@ impl Scheduler {
         }
         gone
     }
+}
+
+/// Samples the next token of each running sequence `i` in `ready` from its logits row, the rows split across
+/// candle's workers (a softmax over the vocabulary per row adds up to a serial stretch of the step otherwise).
+fn sample_rows(running: &mut [Seq], ready: &[(usize, &[f32])]) -> Vec<Sampled> {
+    struct Job<'a> {
+        seq: &'a mut Seq,
+        logits: &'a [f32],
+        sampled: Option<Sampled>,
+    }
+    let mut seqs: Vec<Option<&mut Seq>> = running.iter_mut().map(Some).collect();
+    let jobs: Vec<Mutex<Job<'_>>> = ready
+        .iter()
+        .map(|&(i, logits)| Mutex::new(Job { seq: seqs[i].take().expect("each sequence once"), logits, sampled: None }))
+        .collect();
+    candle_core::utils::barrier_pool().execute_chunked(jobs.len(), |range| {
+        for job in &jobs[range] {
+            let mut job = job.lock().expect("not poisoned");
+            let Job { seq: s, logits, sampled } = &mut *job;
+            let history =
+                if s.sampler.needs_history() { [&s.sub.prompt[..], &s.generated[..]].concat() } else { Vec::new() };
+            *sampled = Some(s.sampler.sample(logits, &history));
+        }
+    });
+    jobs.into_iter().map(|j| j.into_inner().expect("not poisoned").sampled.expect("sampled")).collect()
 }
 
 /// Byte offset of the earliest stop sequence in `text` that ends after `from` (earlier text was already checked).
