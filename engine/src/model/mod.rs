@@ -2,6 +2,7 @@
 //! every linear layer of every decoder layer, run over a batch of sequences that each carry their own KV cache,
 //! position and adapter. Follows the structure of candle-transformers' `llama`/`mistral`/`quantized_llama`.
 
+mod attention;
 mod dense;
 mod layer;
 mod linear;
@@ -10,8 +11,8 @@ mod q8;
 mod random;
 mod rope;
 
+pub(crate) use attention::causal_mask;
 pub(crate) use dense::DenseModel;
-pub(crate) use layer::causal_mask;
 pub use load::{LoadOptions, QuantMode};
 pub use random::memory_bandwidth;
 pub use rope::{Rope, RopeStyle};
