@@ -4,6 +4,7 @@
 pub mod adapter;
 pub mod config;
 pub mod error;
+mod exp;
 pub mod generate;
 pub mod handle;
 pub mod kv_cache;

@@ -1,6 +1,7 @@
 //! Choosing the next token: greedy, or sampling with temperature, top-k, top-p and a repetition penalty, from a
 //! seeded generator so that a request with a seed is reproducible.
 
+use crate::exp::exp_shifted;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -85,7 +86,9 @@ impl Sampler {
             cand.truncate(k);
         }
         let max = cand.iter().fold(f32::NEG_INFINITY, |m, c| m.max(c.1));
-        cand.iter_mut().for_each(|c| c.1 = (c.1 - max).exp());
+        let mut weights: Vec<f32> = cand.iter().map(|c| c.1).collect();
+        exp_shifted(&mut weights, max);
+        cand.iter_mut().zip(weights).for_each(|(c, w)| c.1 = w);
         if let Some(top_p) = self.params.top_p.filter(|p| *p > 0.0 && *p < 1.0) {
             keep_nucleus(&mut cand, top_p);
         }
@@ -153,7 +156,7 @@ fn argmax(xs: &[f32]) -> u32 {
 
 fn log_softmax_at(logits: &[f32], i: usize) -> f32 {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let lse = logits.iter().map(|l| (l - max).exp()).sum::<f32>().ln() + max;
+    let lse = exp_shifted(&mut logits.to_vec(), max).ln() + max;
     logits[i] - lse
 }
 

@@ -8,6 +8,7 @@
 //! arithmetic, and ran on one core while the other waited.
 
 use super::{Rope, SeqInput};
+use crate::exp::exp_shifted;
 use crate::ModelConfig;
 use candle_core::{DType, Result, Tensor};
 use std::sync::Mutex;
@@ -142,11 +143,9 @@ fn fused_cpu(
                     scores.clear();
                     scores.extend((first..=pos).map(|j| dot(qrow, key(j))));
                     let max = scores.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-                    let mut sum = 0f32;
+                    let sum = exp_shifted(&mut scores, max);
                     let o = &mut out[(i * n_rep + r) * hd..][..hd];
-                    for (j, score) in (first..=pos).zip(&scores) {
-                        let p = (score - max).exp();
-                        sum += p;
+                    for (j, &p) in (first..=pos).zip(&scores) {
                         for (o, &x) in o.iter_mut().zip(value(j)) {
                             *o += p * x;
                         }
