@@ -100,7 +100,7 @@ fn sgmv_kernels_equal_the_cpu_reference() {
                 .unwrap();
             let xs = if device.is_cpu() { xs } else { xs.to_dtype(dtype).unwrap() };
             let base = Tensor::zeros((slots.len(), 4096), xs.dtype(), &device).unwrap();
-            let plan = LoraPlan::new(&slots, false, &device).unwrap().with_strategy("sgmv", &device).unwrap();
+            let plan = LoraPlan::new(&slots, &device).unwrap().with_strategy("sgmv", &device).unwrap();
             let delta = bank.apply(&plan, 0, Module::Q, &xs, base).unwrap();
             deltas.push(delta.to_dtype(DType::F32).unwrap().to_device(&Device::Cpu).unwrap());
         }

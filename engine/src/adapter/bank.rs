@@ -1,12 +1,13 @@
 //! Many adapters in one batch. The base matmul runs once for every row; the LoRA delta is added per group of rows
 //! that share an adapter (segments of consecutive rows), in one of two ways:
-//! - Segments: each segment does two small matmuls with its own adapter's factors. On the CPU for steps with a
-//!   prompt chunk (long segments, where a matmul pays).
-//! - SGMV ([`super::sgmv`], after Punica and LoRAX): one op over all segments at once, reading each segment's factors
-//!   from stacks of every adapter in the bank; two kernel launches per module on CUDA (every batch with adapters),
-//!   vectorised loops on the CPU for decode steps (a few thousand multiply-adds per row, where a matmul per segment
-//!   costs more in call overhead than in arithmetic). Each row's delta is computed the same way whatever else is in
-//!   the step, so a sequence decodes to the same logits alone or in any batch.
+//! - SGMV ([`super::sgmv`], after Punica and LoRAX), what the engine runs: one op over all segments at once, reading
+//!   each segment's factors from stacks of every adapter in the bank; two kernel launches per module on CUDA, loops
+//!   over the rows split across the worker threads on the CPU (a few thousand multiply-adds per row and module).
+//!   Each row's delta is computed the same way whatever else is in the step, so a sequence decodes to the same
+//!   logits alone or in any batch, prompt chunks or not.
+//! - Segments: each segment does two small matmuls with its own adapter's factors; kept as the reference the tests
+//!   compare SGMV with. (The CPU engine used it for steps with prompt chunks until the rest of a step got fast enough
+//!   that its four candle operations per segment and module were a tenth of a step with 25 adapters.)
 //!
 //! Rows without an adapter (the base model) get no delta, so their output is bit-for-bit the base output.
 
@@ -149,9 +150,8 @@ pub struct LoraPlan {
 }
 
 impl LoraPlan {
-    /// Plans a batch whose token rows carry `row_slots` (one entry per row). `decode_only` says every sequence
-    /// contributes one row (see the module documentation for the choice of strategy).
-    pub fn new(row_slots: &[Option<usize>], decode_only: bool, device: &Device) -> Result<Self> {
+    /// Plans a batch whose token rows carry `row_slots` (one entry per row): SGMV if any row has an adapter.
+    pub fn new(row_slots: &[Option<usize>], device: &Device) -> Result<Self> {
         let mut segments: Vec<Segment> = Vec::new();
         for (row, slot) in row_slots.iter().enumerate() {
             match segments.last_mut() {
@@ -161,10 +161,8 @@ impl LoraPlan {
         }
         let mode = if segments.iter().all(|s| s.slot.is_none()) {
             PlanMode::None
-        } else if device.is_cuda() || decode_only {
-            PlanMode::Sgmv(Sgmv::new(&segments, device)?)
         } else {
-            PlanMode::Segments
+            PlanMode::Sgmv(Sgmv::new(&segments, device)?)
         };
         Ok(Self { segments, mode })
     }
@@ -255,7 +253,7 @@ mod tests {
         let base = xs.cos().unwrap();
         let expected = per_row_loop(bank, slots, &xs, &base);
         for strategy in ["segments", "sgmv"] {
-            let plan = LoraPlan::new(slots, true, &Device::Cpu).unwrap().with_strategy(strategy, &Device::Cpu).unwrap();
+            let plan = LoraPlan::new(slots, &Device::Cpu).unwrap().with_strategy(strategy, &Device::Cpu).unwrap();
             let got = bank.apply(&plan, 0, Module::Q, &xs, base.clone()).unwrap();
             let err = (&got - &expected).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
             assert!(err < 1e-5, "{strategy}: max error {err}");
@@ -271,13 +269,12 @@ mod tests {
     }
 
     #[test]
-    fn plan_picks_strategy_by_shape_of_batch() {
+    fn plan_runs_sgmv_whenever_a_row_has_an_adapter() {
         let dev = Device::Cpu;
-        assert_eq!(LoraPlan::new(&[None, None], true, &dev).unwrap().strategy(), "none");
-        // Decode steps: SGMV, so a row's arithmetic does not depend on the rest of the batch.
-        assert_eq!(LoraPlan::new(&[Some(0)], true, &dev).unwrap().strategy(), "sgmv");
-        assert_eq!(LoraPlan::new(&[Some(0), None, Some(1)], true, &dev).unwrap().strategy(), "sgmv");
-        // Steps with prompt chunks: a matmul per segment.
-        assert_eq!(LoraPlan::new(&[Some(0), Some(0), Some(1)], false, &dev).unwrap().strategy(), "segments");
+        assert_eq!(LoraPlan::new(&[None, None], &dev).unwrap().strategy(), "none");
+        // Decode steps and steps with prompt chunks alike, so a row's arithmetic never depends on the step.
+        assert_eq!(LoraPlan::new(&[Some(0)], &dev).unwrap().strategy(), "sgmv");
+        assert_eq!(LoraPlan::new(&[Some(0), None, Some(1)], &dev).unwrap().strategy(), "sgmv");
+        assert_eq!(LoraPlan::new(&[Some(0), Some(0), Some(1)], &dev).unwrap().strategy(), "sgmv");
     }
 }

@@ -3,15 +3,16 @@
 //! every segment with its own adapter's factors gathered from stacks of all resident adapters.
 //!
 //! On CUDA the two steps are our kernels (`engine/kernels/sgmv.cu`, compiled to PTX by nvcc at build time and
-//! launched through cudarc). On the CPU the same op runs [`cpu`]: the same arithmetic, segment by segment, in f32;
-//! the CPU engine uses it for decode steps (a few thousand multiply-adds per row and module, where a matmul per
-//! segment costs more in call overhead than in arithmetic). Tests compare it with each row's own adapter, so the
+//! launched through cudarc). On the CPU the same op runs [`cpu`]: the same arithmetic, row by row in f32, the rows
+//! split across candle's workers (a few thousand multiply-adds per row and module, where a matmul per segment
+//! costs more in call overhead than in arithmetic). Tests compare it with each row's own adapter, so the
 //! segment table and the arithmetic the GPU runs are checked on any machine, and the GPU test compares the kernels
 //! with it.
 
 use super::bank::Segment;
 use crate::Result;
 use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Shape, Tensor};
+use std::sync::Mutex;
 
 /// The adapter segments of a batch as the kernels read them: first rows, then row counts, then adapter slots
 /// (`3 * segments` entries). Segments of base-model rows are left out: their delta stays zero.
@@ -44,26 +45,37 @@ pub fn cpu(x: &[f32], a: &[f32], b: &[f32], table: &[u32], d: SgmvDims) -> Vec<f
     let n_seg = table.len() / 3;
     let (starts, lens, slots) = (&table[..n_seg], &table[n_seg..2 * n_seg], &table[2 * n_seg..]);
     let mut delta = vec![0f32; d.rows * d.fan_out];
-    let mut v = vec![0f32; d.r_max];
+    if d.fan_out == 0 {
+        return delta;
+    }
+    let mut slot_of = vec![None; d.rows];
     for s in 0..n_seg {
-        let (start, len, slot) = (starts[s] as usize, lens[s] as usize, slots[s] as usize);
-        let a_slot = &a[slot * d.r_max * d.fan_in..][..d.r_max * d.fan_in];
-        let b_slot = &b[slot * d.r_max * d.fan_out..][..d.r_max * d.fan_out];
-        for n in start..start + len {
+        let (start, len) = (starts[s] as usize, lens[s] as usize);
+        slot_of[start..start + len].iter_mut().for_each(|slot| *slot = Some(slots[s] as usize));
+    }
+    // Each row writes only its own slice of `delta`; the locks are never contended.
+    let outs: Vec<Mutex<&mut [f32]>> = delta.chunks_mut(d.fan_out).map(Mutex::new).collect();
+    candle_core::utils::barrier_pool().execute_chunked(d.rows, |range| {
+        let mut v = vec![0f32; d.r_max];
+        for n in range {
+            let Some(slot) = slot_of[n] else { continue };
+            let a_slot = &a[slot * d.r_max * d.fan_in..][..d.r_max * d.fan_in];
+            let b_slot = &b[slot * d.r_max * d.fan_out..][..d.r_max * d.fan_out];
             // shrink
             let x_row = &x[n * d.fan_in..][..d.fan_in];
             for (j, vj) in v.iter_mut().enumerate() {
                 *vj = dot(x_row, &a_slot[j * d.fan_in..][..d.fan_in]);
             }
             // expand; rank rows past this adapter's rank are zero padding
-            let out = &mut delta[n * d.fan_out..][..d.fan_out];
+            let mut out = outs[n].lock().expect("not poisoned");
             for (j, &vj) in v.iter().enumerate().filter(|(_, &vj)| vj != 0.0) {
                 for (o, &bj) in out.iter_mut().zip(&b_slot[j * d.fan_out..][..d.fan_out]) {
                     *o += vj * bj;
                 }
             }
         }
-    }
+    });
+    drop(outs);
     delta
 }
 

@@ -98,8 +98,7 @@ impl Model {
             ids.extend_from_slice(s.tokens);
             row_slots.extend(std::iter::repeat_n(s.adapter, s.tokens.len()));
         }
-        let decode_only = seqs.iter().all(|s| s.tokens.len() == 1);
-        let plan = LoraPlan::new(&row_slots, decode_only, &self.device)?;
+        let plan = LoraPlan::new(&row_slots, &self.device)?;
         let ids = Tensor::new(ids, &self.device)?;
         let mut xs = self.embed.index_select(&ids, 0)?;
         for (i, layer) in self.layers.iter().enumerate() {
