@@ -138,19 +138,10 @@ fn fused_cpu(
                     let pos = span.offset + i;
                     let first = cfg.sliding_window.map_or(0, |w| (pos + 1).saturating_sub(w));
                     let qrow = &q[(h * rows + span.start + i) * hd..][..hd];
-                    let key = |j: usize| &cache.k[(g * cache.capacity + j) * hd..][..hd];
-                    let value = |j: usize| &cache.v[(g * cache.capacity + j) * hd..][..hd];
-                    scores.clear();
-                    scores.extend((first..=pos).map(|j| dot(qrow, key(j))));
-                    let max = scores.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-                    let sum = exp_shifted(&mut scores, max);
+                    // The visible keys and values, `first..=pos`, are contiguous in the cache.
+                    let visible = (g * cache.capacity + first) * hd..(g * cache.capacity + pos + 1) * hd;
                     let o = &mut out[(i * n_rep + r) * hd..][..hd];
-                    for (j, &p) in (first..=pos).zip(&scores) {
-                        for (o, &x) in o.iter_mut().zip(value(j)) {
-                            *o += p * x;
-                        }
-                    }
-                    o.iter_mut().for_each(|x| *x /= sum);
+                    attend(qrow, &cache.k[visible.clone()], &cache.v[visible], &mut scores, o);
                 }
             }
             *outs[task].lock().expect("not poisoned") = out;
@@ -169,6 +160,93 @@ fn fused_cpu(
         }
     }
     Tensor::from_vec(result, (rows, width), qs.device())
+}
+
+/// One query row against `keys` and `values` (`[n, head_dim]` each): `out = softmax(keys · q) · values`.
+fn attend(q: &[f32], keys: &[f32], values: &[f32], scores: &mut Vec<f32>, out: &mut [f32]) {
+    let hd = q.len();
+    scores.clear();
+    #[cfg(target_arch = "x86_64")]
+    if hd.is_multiple_of(8) && std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        // SAFETY: AVX2 and FMA are present (checked above); every slice is a whole number of head_dim rows.
+        #[allow(unsafe_code)]
+        unsafe {
+            scores_avx2(q, keys, scores);
+            let sum = exp_from_max(scores);
+            weighted_sum_avx2(scores, values, 1.0 / sum, out);
+        }
+        return;
+    }
+    scores.extend(keys.chunks_exact(hd).map(|k| dot(q, k)));
+    let sum = exp_from_max(scores);
+    for (&p, v) in scores.iter().zip(values.chunks_exact(hd)) {
+        for (o, &x) in out.iter_mut().zip(v) {
+            *o += p * x;
+        }
+    }
+    out.iter_mut().for_each(|x| *x /= sum);
+}
+
+/// `scores[j] = exp(scores[j] - max)`; returns their sum (the softmax's denominator).
+fn exp_from_max(scores: &mut [f32]) -> f32 {
+    let max = scores.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    exp_shifted(scores, max)
+}
+
+/// `scores[j] = q · keys[j]`, four keys at a time (the query chunk loaded once for four, one reduction for four).
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn scores_avx2(q: &[f32], keys: &[f32], scores: &mut Vec<f32>) {
+    use std::arch::x86_64::*;
+    let hd = q.len();
+    let n = keys.len() / hd;
+    scores.resize(n, 0.0);
+    let (qp, kp) = (q.as_ptr(), keys.as_ptr());
+    let mut j = 0;
+    // SAFETY (pointer reads): `keys` holds `n` rows of `hd` values and `q` one; `hd` is a multiple of 8.
+    while j + 4 <= n {
+        let mut acc = [_mm256_setzero_ps(); 4];
+        for l in (0..hd).step_by(8) {
+            let qc = unsafe { _mm256_loadu_ps(qp.add(l)) };
+            for (kk, a) in acc.iter_mut().enumerate() {
+                *a = _mm256_fmadd_ps(qc, unsafe { _mm256_loadu_ps(kp.add((j + kk) * hd + l)) }, *a);
+            }
+        }
+        // [k0 k1 k0 k1 | ..], then [k0 k1 k2 k3 | k0 k1 k2 k3]: add the halves.
+        let h = _mm256_hadd_ps(_mm256_hadd_ps(acc[0], acc[1]), _mm256_hadd_ps(acc[2], acc[3]));
+        let four = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+        unsafe { _mm_storeu_ps(scores.as_mut_ptr().add(j), four) };
+        j += 4;
+    }
+    for (jj, s) in scores.iter_mut().enumerate().skip(j) {
+        *s = dot(q, &keys[jj * hd..][..hd]);
+    }
+}
+
+/// `out = scale · Σ_j weights[j] · values[j]`, eight columns of `out` held in registers across all rows.
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn weighted_sum_avx2(weights: &[f32], values: &[f32], scale: f32, out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let hd = out.len();
+    let vp = values.as_ptr();
+    // SAFETY (pointer reads and writes): `values` holds `weights.len()` rows of `hd` values; `hd` is a multiple of 8.
+    for col in (0..hd).step_by(64) {
+        let lanes = ((hd - col) / 8).min(8);
+        let mut acc = [_mm256_setzero_ps(); 8];
+        for (j, &w) in weights.iter().enumerate() {
+            let wv = _mm256_set1_ps(w);
+            for (l, a) in acc.iter_mut().enumerate().take(lanes) {
+                *a = _mm256_fmadd_ps(wv, unsafe { _mm256_loadu_ps(vp.add(j * hd + col + l * 8)) }, *a);
+            }
+        }
+        let sv = _mm256_set1_ps(scale);
+        for (l, a) in acc.iter().enumerate().take(lanes) {
+            unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(col + l * 8), _mm256_mul_ps(*a, sv)) };
+        }
+    }
 }
 
 /// `a · b` in eight independent lanes (which the compiler keeps in one vector register).
@@ -237,7 +315,8 @@ mod tests {
 
     #[test]
     fn the_fused_cpu_pass_equals_candles_operations() {
-        for window in [None, Some(5)] {
+        // head_dim 12 runs the portable loops, 64 and 128 the vector ones (with the remainder of four keys).
+        for (window, hd) in [(None, 12), (Some(5), 12), (None, 64), (Some(5), 64), (None, 128)] {
             let cfg = ModelConfig {
                 vocab_size: 8,
                 hidden_size: 24,
@@ -245,7 +324,7 @@ mod tests {
                 num_hidden_layers: 1,
                 num_attention_heads: 6,
                 num_key_value_heads: 2,
-                head_dim: 12,
+                head_dim: hd,
                 rms_norm_eps: 1e-5,
                 rope_theta: 10000.0,
                 max_position_embeddings: 256,
@@ -254,7 +333,7 @@ mod tests {
                 bos_token_id: None,
                 eos_token_ids: vec![],
             };
-            let (nh, nkv, hd) = (6, 2, 12);
+            let (nh, nkv) = (6, 2);
             let dev = candle_core::Device::Cpu;
             let (mut fused, mut reference) = (vec![], vec![]);
             for _ in 0..3 {
@@ -267,7 +346,8 @@ mod tests {
                 let t = |n: usize, salt: u64| {
                     Tensor::from_vec(random(n * rows * hd, step as u64 * 10 + salt), (n, rows, hd), &dev).unwrap()
                 };
-                let (qs, ks, vs) = (t(nh, 1), t(nkv, 2), t(nkv, 3));
+                // Queries scaled by 1/sqrt(head_dim) as the model scales them.
+                let (qs, ks, vs) = ((t(nh, 1) / (hd as f64).sqrt()).unwrap(), t(nkv, 2), t(nkv, 3));
                 let tokens: Vec<Vec<u32>> = lens.iter().map(|&n| vec![0; n]).collect();
                 let run = |caches: &mut Vec<crate::KvCache>, fused_path: bool| {
                     let mut seqs: Vec<SeqInput<'_>> = caches
@@ -286,7 +366,7 @@ mod tests {
                 assert_eq!((a.len(), a[0].len()), (rows, nh * hd));
                 for (r, (x, y)) in a.iter().zip(&b).enumerate() {
                     for (x, y) in x.iter().zip(y) {
-                        assert!((x - y).abs() < 1e-5, "window {window:?}, step {step}, row {r}: {x} vs {y}");
+                        assert!((x - y).abs() < 1e-5, "window {window:?}, hd {hd}, step {step}, row {r}: {x} vs {y}");
                     }
                 }
             }
