@@ -29,7 +29,8 @@ pub struct LoadBenchArgs {
     /// Requests each stream sends, one after the other.
     #[arg(long, default_value_t = 2)]
     pub requests_per_stream: usize,
-    /// Also measure one stream on the base model (for the concurrency scaling ratio).
+    /// Also measure one stream on the base model, sending as many requests as all the streams together one after the
+    /// other (for the concurrency scaling ratio: the same work, and long enough to steady the figure).
     #[arg(long, default_value_t = true)]
     pub single_stream: bool,
     /// GGUF quantization handling.
@@ -207,7 +208,7 @@ pub fn run(args: LoadBenchArgs) -> anyhow::Result<()> {
     let (n, per, kind) = (args.streams, args.requests_per_stream, PromptKind::Words);
     let mut rows = Vec::new();
     if args.single_stream {
-        rows.push(run_load(&engine, kind, "base, 1 stream", 1, per, |_, _| None)?);
+        rows.push(run_load(&engine, kind, "base, 1 stream", 1, n * per, |_, _| None)?);
     }
     let base = run_load(&engine, kind, &format!("base, {n} streams"), n, per, |_, _| None)?;
     for &k in &args.adapters {
