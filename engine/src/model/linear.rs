@@ -1,5 +1,6 @@
 //! A frozen base projection: candle's `QMatMul` (dense or quantized weights), or Q8_0 weights run by our batched
-//! CPU kernel (see [`super::q8`]), which gives the same numbers and makes batched decode much cheaper.
+//! CPU kernels (see [`super::q8`]: AVX2, the same numbers as candle's; AVX-512 VNNI, exact block sums), which make
+//! batched decode much cheaper.
 
 use super::q8::Q8Matrix;
 use candle_core::quantized::QMatMul;
@@ -8,7 +9,8 @@ use candle_core::{DType, Module as _, Result, Tensor};
 #[derive(Debug)]
 pub(crate) enum Linear {
     Candle(QMatMul),
-    /// Q8_0 weights on a CPU with AVX2: our kernel for batches of rows, candle's for single rows.
+    /// Q8_0 weights on a CPU with AVX2 (our kernel for batches of rows, candle's for single rows) or AVX-512 VNNI
+    /// (our kernel for every batch).
     Q8(Q8Matrix),
 }
 

@@ -28,7 +28,6 @@ const COLS_PER_ITEM: usize = 16;
 pub(crate) struct Q8Matrix {
     n: usize,
     k: usize,
-    q: Arc<QTensor>,
     kernel: Kernel,
 }
 
@@ -38,8 +37,9 @@ pub(crate) struct Q8Matrix {
 enum Kernel {
     /// AVX2 tiles on candle's storage for several rows, candle's GEMV for one (same arithmetic, bit for bit; the
     /// GEMV is a little faster there).
-    Avx2 { single_row: QMatMul },
-    /// AVX-512 VNNI on a repacked copy, for any number of rows.
+    Avx2 { q: Arc<QTensor>, single_row: QMatMul },
+    /// AVX-512 VNNI on a repacked copy, for any number of rows (candle's storage is let go: the weights are held
+    /// once).
     Vnni(VnniWeights),
 }
 
@@ -65,22 +65,25 @@ impl Q8Matrix {
         let kernel = if vnni {
             Kernel::Vnni(VnniWeights::pack(&data, n, k))
         } else {
-            Kernel::Avx2 { single_row: QMatMul::QTensor(q.clone()) }
+            Kernel::Avx2 { q: q.clone(), single_row: QMatMul::QTensor(q.clone()) }
         };
-        Ok(Some(Self { n, k, q: q.clone(), kernel }))
+        Ok(Some(Self { n, k, kernel }))
     }
 
     /// Bytes of weights a matmul reads.
     pub fn weight_bytes(&self) -> usize {
         match &self.kernel {
-            Kernel::Avx2 { .. } => self.q.storage_size_in_bytes(),
+            Kernel::Avx2 { q, .. } => q.storage_size_in_bytes(),
             Kernel::Vnni(w) => w.bytes(),
         }
     }
 
-    /// The weights as a dense f32 tensor `[n, k]`.
+    /// The weights as a dense f32 tensor `[n, k]` (the same values as candle's dequantization).
     pub fn dequantize(&self) -> Result<Tensor> {
-        self.q.dequantize(&Device::Cpu)
+        match &self.kernel {
+            Kernel::Avx2 { q, .. } => q.dequantize(&Device::Cpu),
+            Kernel::Vnni(w) => Tensor::from_vec(w.dequantize(), (self.n, self.k), &Device::Cpu),
+        }
     }
 
     /// `x · Wᵀ` for `x` of shape `[.., k]` (f32, CPU): the output has shape `[.., n]`.
@@ -91,7 +94,7 @@ impl Q8Matrix {
             candle_core::bail!("Q8_0 matmul: input width {k}, weights expect {}", self.k);
         }
         let m: usize = out_dims.iter().product();
-        if let (1, Kernel::Avx2 { single_row }) = (m, &self.kernel) {
+        if let (1, Kernel::Avx2 { single_row, .. }) = (m, &self.kernel) {
             return single_row.forward(x);
         }
         out_dims.push(self.n);
@@ -99,16 +102,16 @@ impl Q8Matrix {
         let (xq, xd) = quantize_rows(&xs);
         let mut out = vec![0f32; m * self.n];
         match &self.kernel {
-            Kernel::Avx2 { .. } => self.matmul(m, &xq, &xd, &mut out),
+            Kernel::Avx2 { q, .. } => self.matmul(q, m, &xq, &xd, &mut out),
             Kernel::Vnni(w) => w.matmul(m, &xq, &xd, &mut out),
         }
         Tensor::from_vec(out, out_dims, x.device())?.to_dtype(x.dtype())
     }
 
     /// `out[m, n] = xq[m, k] · Wᵀ` on quantized activations, weight rows split across the workers.
-    fn matmul(&self, m: usize, xq: &[i8], xd: &[f32], out: &mut [f32]) {
+    fn matmul(&self, q: &QTensor, m: usize, xq: &[i8], xd: &[f32], out: &mut [f32]) {
         let n = self.n;
-        let data = self.q.data().expect("CPU storage");
+        let data = q.data().expect("CPU storage");
         let out_ptr = SendPtr(out.as_mut_ptr());
         let items = n.div_ceil(COLS_PER_ITEM);
         let args = TileArgs { kb: self.k / BLOCK, xq, xd, w: &data, n, out: out_ptr };
@@ -434,10 +437,13 @@ mod tests {
         if !supported() {
             return;
         }
-        let q = Arc::new(QTensor::quantize(&random((8, 64), 2), GgmlDType::Q8_0).unwrap());
-        let ours = Q8Matrix::from_qtensor(&q).unwrap().unwrap().dequantize().unwrap();
-        let theirs = q.dequantize(&Device::Cpu).unwrap();
-        assert_eq!(ours.to_vec2::<f32>().unwrap(), theirs.to_vec2::<f32>().unwrap());
+        // 20 rows: a VNNI tile and a padded one.
+        let q = Arc::new(QTensor::quantize(&random((20, 64), 2), GgmlDType::Q8_0).unwrap());
+        let theirs = q.dequantize(&Device::Cpu).unwrap().to_vec2::<f32>().unwrap();
+        for vnni in [false, q8_vnni::supported()] {
+            let ours = Q8Matrix::build(&q, vnni).unwrap().unwrap().dequantize().unwrap();
+            assert_eq!(ours.to_vec2::<f32>().unwrap(), theirs, "vnni: {vnni}");
+        }
     }
 
     #[test]

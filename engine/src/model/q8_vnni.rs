@@ -63,6 +63,24 @@ impl VnniWeights {
         Self { n, kb, qs, scales }
     }
 
+    /// The weights as dense f32 `[n, k]`, row-major: the same values as candle's Q8_0 dequantization.
+    pub fn dequantize(&self) -> Vec<f32> {
+        let k = self.kb * BLOCK;
+        let mut out = vec![0f32; self.n * k];
+        for (row, values) in out.chunks_exact_mut(k).enumerate() {
+            let (t, lane) = (row / TILE, row % TILE);
+            for (b, block) in values.chunks_exact_mut(BLOCK).enumerate() {
+                let scale = self.scales[(t * self.kb + b) * TILE + lane];
+                let tile = &self.qs[(t * self.kb + b) * TILE_BLOCK_BYTES..][..TILE_BLOCK_BYTES];
+                for (i, v) in block.iter_mut().enumerate() {
+                    let q = tile[(i / 4) * TILE * 4 + lane * 4 + i % 4] as i16 - 128;
+                    *v = q as f32 * scale;
+                }
+            }
+        }
+        out
+    }
+
     /// Bytes of the repacked copy.
     pub fn bytes(&self) -> usize {
         self.qs.len() + self.scales.len() * std::mem::size_of::<f32>()
