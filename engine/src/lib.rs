@@ -4,7 +4,6 @@
 pub mod adapter;
 pub mod config;
 pub mod error;
-mod exp;
 pub mod generate;
 pub mod handle;
 pub mod kv_cache;
@@ -18,6 +17,7 @@ mod scheduler;
 pub mod stats;
 pub mod tokenizer;
 pub mod train;
+mod vector;
 
 pub use adapter::{AdapterBank, LoraAdapter};
 pub use config::ModelConfig;

@@ -10,6 +10,7 @@
 //! with it.
 
 use super::bank::Segment;
+use crate::vector::dot;
 use crate::Result;
 use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Shape, Tensor};
 use std::sync::Mutex;
@@ -77,19 +78,6 @@ pub fn cpu(x: &[f32], a: &[f32], b: &[f32], table: &[u32], d: SgmvDims) -> Vec<f
     });
     drop(outs);
     delta
-}
-
-/// `x · y` with eight independent partial sums, which the compiler turns into SIMD lanes.
-fn dot(x: &[f32], y: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (xc, yc) = (x.chunks_exact(8), y.chunks_exact(8));
-    let tail: f32 = xc.remainder().iter().zip(yc.remainder()).map(|(x, y)| x * y).sum();
-    for (xs, ys) in xc.zip(yc) {
-        for k in 0..8 {
-            acc[k] += xs[k] * ys[k];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
 }
 
 /// The SGMV op over `(x, a, b)`, producing the delta `[rows, fan_out]`.

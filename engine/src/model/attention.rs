@@ -8,7 +8,7 @@
 //! arithmetic, and ran on one core while the other waited.
 
 use super::{Rope, SeqInput};
-use crate::exp::exp_shifted;
+use crate::vector::{dot, exp_shifted};
 use crate::ModelConfig;
 use candle_core::{DType, Result, Tensor};
 use std::sync::Mutex;
@@ -247,19 +247,6 @@ unsafe fn weighted_sum_avx2(weights: &[f32], values: &[f32], scale: f32, out: &m
             unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(col + l * 8), _mm256_mul_ps(*a, sv)) };
         }
     }
-}
-
-/// `a · b` in eight independent lanes (which the compiler keeps in one vector register).
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = a8.remainder().iter().zip(b8.remainder()).map(|(x, y)| x * y).sum();
-    for (x, y) in a8.zip(b8) {
-        for l in 0..8 {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
 }
 
 /// Additive mask `[t, total]` for queries at positions `offset..offset + t` over keys `0..total`: a query sees keys

@@ -206,9 +206,11 @@ unsafe fn quantize_block_avx2(block: &[f32], qb: &mut [i8]) -> f32 {
     f16::from_f32(scale).to_f32()
 }
 
+/// An output pointer shared by the workers of a matmul.
 #[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: the pointer is only written through at indices that one task owns (see `Q8Matrix::matmul`).
+pub(super) struct SendPtr(pub(super) *mut f32);
+// SAFETY: the matmuls that share it (`Q8Matrix::matmul`, `VnniWeights::matmul`) write through it only at indices
+// that one task owns.
 #[allow(unsafe_code)]
 unsafe impl Send for SendPtr {}
 #[allow(unsafe_code)]

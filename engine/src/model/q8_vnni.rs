@@ -7,6 +7,7 @@
 //! f32, scaled by the weight's and the activation's Q8_0 scales and added up, the same per-row arithmetic whether a
 //! row runs alone or in a batch of any size, so a sequence's logits never depend on what else is in the batch.
 
+use super::q8::SendPtr;
 use half::f16;
 
 /// Values per Q8_0 block.
@@ -106,14 +107,6 @@ impl VnniWeights {
         });
     }
 }
-
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: the pointer is only written through at columns that one tile owns (see `VnniWeights::matmul`).
-#[allow(unsafe_code)]
-unsafe impl Send for SendPtr {}
-#[allow(unsafe_code)]
-unsafe impl Sync for SendPtr {}
 
 /// Every activation row against tile `t`, four rows at a time.
 #[cfg(target_arch = "x86_64")]

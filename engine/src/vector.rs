@@ -1,4 +1,4 @@
-//! `exp` over slices, eight values at a time with AVX2: the softmaxes of attention and sampling take an exponential
+//! Vectorised f32 helpers. `exp` over slices, eight values at a time with AVX2: the softmaxes of attention and sampling take an exponential
 //! per score, tens of thousands per sequence per step, and libm's scalar `expf` was a tenth of a batched decode step;
 //! the SwiGLU activation (`silu(gate) · up`) takes one per MLP feature.
 //!
@@ -115,6 +115,19 @@ fn exp8(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
     let pow2n =
         _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23));
     _mm256_andnot_ps(underflow, _mm256_mul_ps(y, pow2n))
+}
+
+/// `a · b` in eight independent lanes, which the compiler keeps in one vector register.
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = a8.remainder().iter().zip(b8.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in a8.zip(b8) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
 }
 
 #[cfg(test)]
