@@ -50,7 +50,9 @@ impl Q8Matrix {
         Self::build(q, q8_vnni::supported())
     }
 
+    /// As [`Q8Matrix::from_qtensor`], with the VNNI kernel if `vnni` and the CPU has it.
     fn build(q: &Arc<QTensor>, vnni: bool) -> Result<Option<Self>> {
+        let vnni = vnni && q8_vnni::supported();
         if !supported() || q.dtype() != GgmlDType::Q8_0 || !q.device().is_cpu() || q.shape().rank() != 2 {
             return Ok(None);
         }

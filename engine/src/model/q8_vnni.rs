@@ -90,6 +90,7 @@ impl VnniWeights {
     /// `out[m, n] = x · Wᵀ` for Q8_0 activations `xq` (`m` rows of `kb` blocks) with scales `xd`, tiles split across
     /// candle's workers.
     pub fn matmul(&self, m: usize, xq: &[i8], xd: &[f32], out: &mut [f32]) {
+        assert!(supported(), "the VNNI kernel needs AVX-512 VNNI");
         assert!(xq.len() >= m * self.kb * BLOCK && xd.len() >= m * self.kb && out.len() >= m * self.n);
         // 128 · Σx per activation block: the correction of the +128 weight offset.
         let corr: Vec<i32> = xq.chunks_exact(BLOCK).map(|b| 128 * b.iter().map(|&x| x as i32).sum::<i32>()).collect();
@@ -97,8 +98,8 @@ impl VnniWeights {
         let tiles = self.n.div_ceil(TILE);
         candle_core::utils::barrier_pool().execute_chunked(tiles, |range| {
             for t in range {
-                // SAFETY: `supported()` was checked before these weights were built; the bounds above and the packing
-                // make every read valid, and tile `t` writes only its own output columns.
+                // SAFETY: the CPU has the instructions (asserted above); the bounds above and the packing make every
+                // read valid, and tile `t` writes only its own output columns.
                 #[allow(unsafe_code)]
                 unsafe {
                     tile(self, t, m, xq, xd, &corr, out_ptr)
