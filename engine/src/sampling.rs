@@ -1,7 +1,7 @@
 //! Choosing the next token: greedy, or sampling with temperature, top-k, top-p and a repetition penalty, from a
 //! seeded generator so that a request with a seed is reproducible.
 
-use crate::vector::exp_shifted;
+use crate::vector::{exp_shifted, sum_exp_shifted};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -156,7 +156,7 @@ fn argmax(xs: &[f32]) -> u32 {
 
 fn log_softmax_at(logits: &[f32], i: usize) -> f32 {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let lse = exp_shifted(&mut logits.to_vec(), max).ln() + max;
+    let lse = sum_exp_shifted(logits, max).ln() + max;
     logits[i] - lse
 }
 

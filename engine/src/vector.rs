@@ -6,10 +6,34 @@
 //! to f32), a degree-6 polynomial for `e^r`, and `2^n` put into the exponent bits. Relative error within 2e-7 of
 //! libm's over the range used here (inputs <= 0 after subtracting the maximum; below -87.3 the result is 0).
 
+/// Whether this CPU has AVX2 and FMA, which every vectorised path of the CPU engine needs.
+pub(crate) fn has_avx2_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `Σ exp(xs[i] - shift)` through a small stack buffer, without copying `xs` to the heap.
+pub(crate) fn sum_exp_shifted(xs: &[f32], shift: f32) -> f32 {
+    let mut buf = [0f32; 1024];
+    xs.chunks(buf.len())
+        .map(|c| {
+            let chunk = &mut buf[..c.len()];
+            chunk.copy_from_slice(c);
+            exp_shifted(chunk, shift)
+        })
+        .sum()
+}
+
 /// `xs[i] = exp(xs[i] - shift)`; returns the sum of the results.
 pub(crate) fn exp_shifted(xs: &mut [f32], shift: f32) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+    if has_avx2_fma() {
         // SAFETY: the CPU has AVX2 and FMA (checked above).
         #[allow(unsafe_code)]
         return unsafe { exp_shifted_avx2(xs, shift) };
@@ -24,7 +48,7 @@ pub(crate) fn exp_shifted(xs: &mut [f32], shift: f32) -> f32 {
 pub(crate) fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
     assert!(gate.len() == up.len() && up.len() == out.len());
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+    if has_avx2_fma() {
         // SAFETY: the CPU has AVX2 and FMA (checked above); the three slices have one length (asserted).
         #[allow(unsafe_code)]
         unsafe {

@@ -167,7 +167,7 @@ fn attend(q: &[f32], keys: &[f32], values: &[f32], scores: &mut Vec<f32>, out: &
     let hd = q.len();
     scores.clear();
     #[cfg(target_arch = "x86_64")]
-    if hd.is_multiple_of(8) && std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+    if hd.is_multiple_of(8) && crate::vector::has_avx2_fma() {
         // SAFETY: AVX2 and FMA are present (checked above); every slice is a whole number of head_dim rows.
         #[allow(unsafe_code)]
         unsafe {

@@ -130,16 +130,9 @@ impl Q8Matrix {
     }
 }
 
-/// Whether this CPU can run the kernel.
+/// Whether this CPU can run the AVX2 kernel.
 fn supported() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    crate::vector::has_avx2_fma()
 }
 
 /// Quantizes `xs` (rows whose width is a multiple of 32) to Q8_0 exactly as candle does for its matmul: per block, scale
