@@ -1,8 +1,11 @@
 //! Many adapters in one batch. The base matmul runs once for every row; the LoRA delta is added per group of rows
 //! that share an adapter (segments of consecutive rows), in one of two ways:
-//! - SGMV ([`super::sgmv`], after Punica and LoRAX), what the engine runs: one op over all segments at once, reading
-//!   each segment's factors from stacks of every adapter in the bank; two kernel launches per module on CUDA, loops
-//!   over the rows split across the worker threads on the CPU (a few thousand multiply-adds per row and module).
+//! - SGMV ([`super::sgmv`], after Punica and LoRAX), what the engine runs: one op over all segments at once. On CUDA,
+//!   two kernel launches per module reading each segment's factors from stacks of every adapter in the bank (built
+//!   with the bank); on the CPU, loops over the rows split across the worker threads (a few thousand multiply-adds
+//!   per row and module) reading each adapter's own factors, so a bank is only a list and building one after an
+//!   adapter loads or leaves copies nothing (a full restack took 10-25 ms per load with 25 SmolLM2 adapters, and the
+//!   first wave of a load with cold adapters paid it for each of them).
 //!   Each row's delta is computed the same way whatever else is in the step, so a sequence decodes to the same
 //!   logits alone or in any batch, prompt chunks or not.
 //! - Segments: each segment does two small matmuls with its own adapter's factors; kept as the reference the tests
@@ -21,8 +24,8 @@ use std::sync::Arc;
 #[derive(Debug, Default)]
 pub struct AdapterBank {
     adapters: Vec<Arc<LoraAdapter>>,
-    /// Per layer, per module, the factors of all adapters side by side (see [`Stack`]).
-    stacks: Vec<[Option<Stack>; 7]>,
+    /// On a GPU: per layer, per module, the factors of all adapters side by side (see [`Stack`]); `None` on the CPU.
+    stacks: Option<Vec<[Option<Stack>; 7]>>,
 }
 
 /// One module's factors of every adapter in the bank, zero-padded to the largest rank (adapters without the module
@@ -38,6 +41,11 @@ struct Stack {
 impl AdapterBank {
     /// A bank holding `adapters`, in slot order.
     pub fn new(adapters: Vec<Arc<LoraAdapter>>, num_layers: usize) -> Result<Self> {
+        let on_gpu =
+            adapters.iter().flat_map(|a| a.layers.iter().flatten().flatten()).any(|w| !w.a_t.device().is_cpu());
+        if !on_gpu {
+            return Ok(Self { adapters, stacks: None });
+        }
         let mut stacks = Vec::with_capacity(num_layers);
         for layer in 0..num_layers {
             let mut mods: [Option<Stack>; 7] = Default::default();
@@ -46,7 +54,7 @@ impl AdapterBank {
             }
             stacks.push(mods);
         }
-        Ok(Self { adapters, stacks })
+        Ok(Self { adapters, stacks: Some(stacks) })
     }
 
     /// Number of adapter slots.
@@ -68,10 +76,19 @@ impl AdapterBank {
     pub fn apply(&self, plan: &LoraPlan, layer: usize, module: Module, xs: &Tensor, base: Tensor) -> Result<Tensor> {
         match &plan.mode {
             PlanMode::None => Ok(base),
-            PlanMode::Sgmv(op) => {
-                let Some(st) = &self.stacks[layer][module.index()] else { return Ok(base) };
-                Ok((base + op.delta(xs, &st.a, &st.b)?)?)
-            }
+            PlanMode::Sgmv(op) => match &self.stacks {
+                Some(stacks) => {
+                    let Some(st) = &stacks[layer][module.index()] else { return Ok(base) };
+                    Ok((base + op.delta(xs, &st.a, &st.b)?)?)
+                }
+                None => {
+                    let factors: Vec<_> = self.adapters.iter().map(|a| a.weights(layer, module)).collect();
+                    match op.delta_host(xs, &factors)? {
+                        Some(delta) => Ok((base + delta)?),
+                        None => Ok(base),
+                    }
+                }
+            },
             PlanMode::Segments => {
                 let mut pieces = Vec::with_capacity(plan.segments.len());
                 let mut any = false;

@@ -1,18 +1,18 @@
 //! SGMV: the LoRA delta of a heterogeneous batch in two launches whatever the number of adapters (Punica, LoRAX).
 //! Rows are grouped into segments that share an adapter; `shrink` computes `v = x A^T` and `expand` `delta = v (sB)^T`,
-//! every segment with its own adapter's factors gathered from stacks of all resident adapters.
+//! every segment with its own adapter's factors.
 //!
 //! On CUDA the two steps are our kernels (`engine/kernels/sgmv.cu`, compiled to PTX by nvcc at build time and
-//! launched through cudarc). On the CPU the same op runs [`cpu`]: the same arithmetic, row by row in f32, the rows
-//! split across candle's workers (a few thousand multiply-adds per row and module, where a matmul per segment
-//! costs more in call overhead than in arithmetic). Tests compare it with each row's own adapter, so the
-//! segment table and the arithmetic the GPU runs are checked on any machine, and the GPU test compares the kernels
-//! with it.
+//! launched through cudarc), reading the factors from stacks of all resident adapters (see [`super::bank`]). On the
+//! CPU the same op runs [`cpu`]: the same arithmetic, row by row in f32, the rows split across candle's workers (a
+//! few thousand multiply-adds per row and module, where a matmul per segment costs more in call overhead than in
+//! arithmetic), reading each adapter's own factors, so that a change of the resident set copies nothing. Tests
+//! compare it with each row's own adapter, and the GPU test compares the kernels with it.
 
 use super::bank::Segment;
-use crate::vector::dot;
+use super::LoraWeights;
 use crate::Result;
-use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Shape, Storage, Tensor};
 use std::sync::Mutex;
 
 /// The adapter segments of a batch as the kernels read them: first rows, then row counts, then adapter slots
@@ -35,42 +35,50 @@ pub struct SgmvDims {
     pub fan_in: usize,
     /// Output features.
     pub fan_out: usize,
-    /// Rank every adapter is zero-padded to.
+    /// Rank every adapter is zero-padded to (the GPU's stacks; the CPU reads each adapter at its own rank).
     pub r_max: usize,
 }
 
-/// The same op on the CPU: `x` is `[rows, fan_in]`, `a` is `[slots, r_max, fan_in]`, `b` is `[slots, r_max,
-/// fan_out]`; returns `delta`, `[rows, fan_out]`, zero outside the table's segments. The kernels' arithmetic (f32
-/// dot products over `fan_in`, then a sum over the rank per output column), row by row, vectorisable loops.
-pub fn cpu(x: &[f32], a: &[f32], b: &[f32], table: &[u32], d: SgmvDims) -> Vec<f32> {
+/// One adapter's factors for one module, as the CPU op reads them.
+#[derive(Clone, Copy, Debug)]
+pub struct HostFactors<'a> {
+    /// `A^T`, `[fan_in, r]`.
+    pub a_t: &'a [f32],
+    /// `(sB)^T`, `[r, fan_out]`.
+    pub b_t: &'a [f32],
+    /// The rank.
+    pub r: usize,
+}
+
+/// The op on the CPU: `x` is `[rows, fan_in]`, `slots[s]` the factors of the adapter in slot `s` (`None` where it
+/// lacks the module); returns `delta`, `[rows, fan_out]`, zero outside the table's segments. Each row: `r` dot
+/// products over `fan_in`, then a sum over the rank per output column, vectorisable loops.
+pub fn cpu(x: &[f32], slots: &[Option<HostFactors<'_>>], table: &[u32], fan_in: usize, fan_out: usize) -> Vec<f32> {
+    let rows = x.len().checked_div(fan_in).unwrap_or(0);
     let n_seg = table.len() / 3;
-    let (starts, lens, slots) = (&table[..n_seg], &table[n_seg..2 * n_seg], &table[2 * n_seg..]);
-    let mut delta = vec![0f32; d.rows * d.fan_out];
-    if d.fan_out == 0 {
+    let (starts, lens, seg_slots) = (&table[..n_seg], &table[n_seg..2 * n_seg], &table[2 * n_seg..]);
+    let mut delta = vec![0f32; rows * fan_out];
+    if fan_out == 0 {
         return delta;
     }
-    let mut slot_of = vec![None; d.rows];
+    let mut factors_of = vec![None; rows];
     for s in 0..n_seg {
         let (start, len) = (starts[s] as usize, lens[s] as usize);
-        slot_of[start..start + len].iter_mut().for_each(|slot| *slot = Some(slots[s] as usize));
+        let factors = slots.get(seg_slots[s] as usize).copied().flatten();
+        factors_of[start..start + len].iter_mut().for_each(|f| *f = factors);
     }
+    let r_max = slots.iter().flatten().map(|f| f.r).max().unwrap_or(0);
     // Each row writes only its own slice of `delta`; the locks are never contended.
-    let outs: Vec<Mutex<&mut [f32]>> = delta.chunks_mut(d.fan_out).map(Mutex::new).collect();
-    candle_core::utils::barrier_pool().execute_chunked(d.rows, |range| {
-        let mut v = vec![0f32; d.r_max];
+    let outs: Vec<Mutex<&mut [f32]>> = delta.chunks_mut(fan_out).map(Mutex::new).collect();
+    candle_core::utils::barrier_pool().execute_chunked(rows, |range| {
+        let mut v = vec![0f32; r_max];
         for n in range {
-            let Some(slot) = slot_of[n] else { continue };
-            let a_slot = &a[slot * d.r_max * d.fan_in..][..d.r_max * d.fan_in];
-            let b_slot = &b[slot * d.r_max * d.fan_out..][..d.r_max * d.fan_out];
-            // shrink
-            let x_row = &x[n * d.fan_in..][..d.fan_in];
-            for (j, vj) in v.iter_mut().enumerate() {
-                *vj = dot(x_row, &a_slot[j * d.fan_in..][..d.fan_in]);
-            }
-            // expand; rank rows past this adapter's rank are zero padding
+            let Some(f) = factors_of[n] else { continue };
+            let v = &mut v[..f.r];
+            shrink(&x[n * fan_in..][..fan_in], f.a_t, v);
             let mut out = outs[n].lock().expect("not poisoned");
-            for (j, &vj) in v.iter().enumerate().filter(|(_, &vj)| vj != 0.0) {
-                for (o, &bj) in out.iter_mut().zip(&b_slot[j * d.fan_out..][..d.fan_out]) {
+            for (&vj, b_row) in v.iter().zip(f.b_t.chunks_exact(fan_out)) {
+                for (o, &bj) in out.iter_mut().zip(b_row) {
                     *o += vj * bj;
                 }
             }
@@ -78,6 +86,43 @@ pub fn cpu(x: &[f32], a: &[f32], b: &[f32], table: &[u32], d: SgmvDims) -> Vec<f
     });
     drop(outs);
     delta
+}
+
+/// `v = x A^T` from `A^T` (`[fan_in, r]`, one row of `r` values per input feature): for ranks that are multiples of
+/// eight, eight accumulators side by side (one vector register), two of them over alternate inputs.
+fn shrink(x: &[f32], a_t: &[f32], v: &mut [f32]) {
+    let r = v.len();
+    if !r.is_multiple_of(8) {
+        v.fill(0.0);
+        for (&xi, a_row) in x.iter().zip(a_t.chunks_exact(r)) {
+            for (vj, &a) in v.iter_mut().zip(a_row) {
+                *vj += xi * a;
+            }
+        }
+        return;
+    }
+    for j0 in (0..r).step_by(8) {
+        let (mut even, mut odd) = ([0f32; 8], [0f32; 8]);
+        let lanes = |i: usize| -> &[f32; 8] { a_t[i * r + j0..][..8].try_into().expect("eight lanes") };
+        let pairs = x.len() / 2;
+        for p in 0..pairs {
+            let (x0, x1) = (x[2 * p], x[2 * p + 1]);
+            let (a0, a1) = (lanes(2 * p), lanes(2 * p + 1));
+            for k in 0..8 {
+                even[k] += x0 * a0[k];
+                odd[k] += x1 * a1[k];
+            }
+        }
+        if x.len() % 2 == 1 {
+            let (xl, al) = (x[x.len() - 1], lanes(x.len() - 1));
+            for k in 0..8 {
+                even[k] += xl * al[k];
+            }
+        }
+        for k in 0..8 {
+            v[j0 + k] = even[k] + odd[k];
+        }
+    }
 }
 
 /// The SGMV op over `(x, a, b)`, producing the delta `[rows, fan_out]`.
@@ -98,17 +143,60 @@ impl Sgmv {
         Ok(Self { host, table })
     }
 
-    /// `delta = SGMV(x, a, b)`, in the dtype of `xs` (the CPU computes in f32).
+    /// `delta = SGMV(x, a, b)` on a GPU, from the stacks of every adapter's factors (see [`super::bank`]).
     pub fn delta(&self, xs: &Tensor, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-        let xs = xs.contiguous()?;
-        if xs.device().is_cpu() && xs.dtype() != DType::F32 {
-            let f32 = |t: &Tensor| t.to_dtype(DType::F32);
-            let delta = f32(&xs)?.apply_op3_no_bwd(&f32(a)?, &f32(b)?, self)?;
-            return Ok(delta.to_dtype(xs.dtype())?);
-        }
-        Ok(xs.apply_op3_no_bwd(a, b, self)?)
+        Ok(xs.contiguous()?.apply_op3_no_bwd(a, b, self)?)
     }
 
+    /// `delta` on the CPU from each adapter's own factors: `slots[s]` holds the module's factors of the adapter in
+    /// slot `s`, `None` where it lacks the module. In the dtype of `xs`, computed in f32. `None` when no adapter
+    /// has the module.
+    pub fn delta_host(&self, xs: &Tensor, slots: &[Option<&LoraWeights>]) -> Result<Option<Tensor>> {
+        let Some(first) = slots.iter().flatten().next() else { return Ok(None) };
+        let (rows, fan_in) = xs.dims2()?;
+        let fan_out = first.b_t.dims2()?.1;
+        let f32 = |t: &Tensor| -> Result<Tensor> { Ok(t.to_dtype(DType::F32)?.contiguous()?) };
+        // Only the slots this batch uses are read (and converted, where adapters are not in f32).
+        let n_seg = self.host.len() / 3;
+        let used: Vec<bool> = (0..slots.len()).map(|s| self.host[2 * n_seg..].contains(&(s as u32))).collect();
+        let mut tensors = Vec::with_capacity(slots.len());
+        for (w, used) in slots.iter().zip(used) {
+            tensors.push(match w {
+                Some(w) if used => {
+                    let (a_t, b_t) = (f32(&w.a_t)?, f32(&w.b_t)?);
+                    let r = a_t.dims2()?.1;
+                    if a_t.dims() != [fan_in, r] || b_t.dims() != [r, fan_out] {
+                        let msg = format!(
+                            "sgmv: x [{rows}, {fan_in}], A^T {:?}, (sB)^T {:?} do not fit",
+                            a_t.dims(),
+                            b_t.dims()
+                        );
+                        return Err(candle_core::Error::Msg(msg).into());
+                    }
+                    Some((a_t, b_t))
+                }
+                _ => None,
+            });
+        }
+        let x = f32(xs)?;
+        let (x_storage, x_layout) = x.storage_and_layout();
+        let guards: Vec<_> =
+            tensors.iter().map(|t| t.as_ref().map(|(a, b)| (a.storage_and_layout(), b.storage_and_layout()))).collect();
+        let factors = guards
+            .iter()
+            .map(|g| {
+                g.as_ref()
+                    .map(|((sa, la), (sb, lb))| -> Result<HostFactors<'_>> {
+                        Ok(HostFactors { a_t: host_f32(sa, la)?, b_t: host_f32(sb, lb)?, r: la.dims()[1] })
+                    })
+                    .transpose()
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let delta = cpu(host_f32(&x_storage, x_layout)?, &factors, &self.host, fan_in, fan_out);
+        Ok(Some(Tensor::from_vec(delta, (rows, fan_out), xs.device())?.to_dtype(xs.dtype())?))
+    }
+
+    #[cfg(feature = "cuda")]
     fn dims(&self, x: &Layout, a: &Layout, b: &Layout) -> candle_core::Result<SgmvDims> {
         let (rows, fan_in) = x.shape().dims2()?;
         let (_, r_max, a_in) = a.shape().dims3()?;
@@ -120,10 +208,11 @@ impl Sgmv {
     }
 }
 
-fn contiguous<'a, T>(data: &'a [T], l: &Layout, what: &str) -> candle_core::Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => candle_core::bail!("sgmv: {what} must be contiguous"),
+/// The values of a contiguous f32 tensor in host memory.
+fn host_f32<'a>(storage: &'a Storage, layout: &Layout) -> Result<&'a [f32]> {
+    match (storage, layout.contiguous_offsets()) {
+        (Storage::Cpu(CpuStorage::F32(data)), Some((start, end))) => Ok(&data[start..end]),
+        _ => Err(candle_core::Error::Msg("sgmv: expected a contiguous f32 tensor in host memory".into()).into()),
     }
 }
 
@@ -134,19 +223,14 @@ impl CustomOp3 for Sgmv {
 
     fn cpu_fwd(
         &self,
-        x: &CpuStorage,
-        lx: &Layout,
-        a: &CpuStorage,
-        la: &Layout,
-        b: &CpuStorage,
-        lb: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let d = self.dims(lx, la, lb)?;
-        let (CpuStorage::F32(x), CpuStorage::F32(a), CpuStorage::F32(b)) = (x, a, b) else {
-            candle_core::bail!("sgmv: the CPU path runs in f32 only")
-        };
-        let (x, a, b) = (contiguous(x, lx, "x")?, contiguous(a, la, "a")?, contiguous(b, lb, "b")?);
-        Ok((CpuStorage::F32(cpu(x, a, b, &self.host, d)), Shape::from((d.rows, d.fan_out))))
+        candle_core::bail!("sgmv: stacked factors are for GPUs; on the CPU use Sgmv::delta_host")
     }
 
     #[cfg(feature = "cuda")]
@@ -186,52 +270,69 @@ mod tests {
         assert!(segment_table(&[seg(0, 4, None)]).is_empty());
     }
 
-    /// Activations in bf16 on the CPU go through the f32 path and come back in bf16.
+    /// Activations and factors in bf16 on the CPU go through the f32 path and come back in bf16.
     #[test]
     fn cpu_op_accepts_half_precision() {
         let dev = Device::Cpu;
         let x =
             Tensor::arange(0f32, 24., &dev).unwrap().reshape((2, 12)).unwrap().affine(0.1, 0.0).unwrap().sin().unwrap();
-        let a = Tensor::ones((1, 2, 12), DType::F32, &dev).unwrap();
-        let b = Tensor::ones((1, 2, 5), DType::F32, &dev).unwrap();
+        let w = LoraWeights {
+            a_t: Tensor::ones((12, 2), DType::F32, &dev).unwrap(),
+            b_t: Tensor::ones((2, 5), DType::F32, &dev).unwrap(),
+        };
         let op = Sgmv::new(&[seg(0, 2, Some(0))], &dev).unwrap();
-        let want = op.delta(&x, &a, &b).unwrap();
+        let want = op.delta_host(&x, &[Some(&w)]).unwrap().unwrap();
         let bf16 = |t: &Tensor| t.to_dtype(DType::BF16).unwrap();
-        let got = op.delta(&bf16(&x), &bf16(&a), &bf16(&b)).unwrap();
+        let w16 = LoraWeights { a_t: bf16(&w.a_t), b_t: bf16(&w.b_t) };
+        let got = op.delta_host(&bf16(&x), &[Some(&w16)]).unwrap().unwrap();
         assert_eq!(got.dtype(), DType::BF16);
         let err = (got.to_dtype(DType::F32).unwrap() - want).unwrap().abs().unwrap().max_all().unwrap();
         assert!(err.to_scalar::<f32>().unwrap() < 0.05);
+        // Factors that do not fit the activations are an error, not a silent short read.
+        let narrow = LoraWeights { a_t: Tensor::ones((11, 2), DType::F32, &dev).unwrap(), b_t: w.b_t.clone() };
+        assert!(op.delta_host(&x, &[Some(&narrow)]).is_err());
     }
 
     /// The CPU op against the plain formula per row: `x_n A_s^T (sB_s)^T`, with adapters of different ranks
-    /// zero-padded into the stacks and base rows left at zero.
+    /// (multiples of eight and not), a slot without the module, and base rows left at zero.
     #[test]
     fn cpu_op_equals_each_rows_own_adapter() {
-        let d = SgmvDims { rows: 7, fan_in: 12, fan_out: 10, r_max: 4 };
-        let slots = 3;
+        let (rows, fan_in, fan_out) = (9, 13, 10);
+        let ranks = [16, 3, 8, 0];
         let f = |i: usize, k: f32| ((i as f32) * k).sin();
-        let x: Vec<f32> = (0..d.rows * d.fan_in).map(|i| f(i, 0.37)).collect();
-        let mut a: Vec<f32> = (0..slots * d.r_max * d.fan_in).map(|i| f(i, 0.11)).collect();
-        let b: Vec<f32> = (0..slots * d.r_max * d.fan_out).map(|i| f(i, 0.23)).collect();
-        // Slot 1 has rank 2: its padded rank rows of A are zero.
-        for j in 2..d.r_max {
-            a[(d.r_max + j) * d.fan_in..][..d.fan_in].fill(0.0);
-        }
-        let row_slots = [Some(0), Some(0), None, Some(1), Some(2), Some(2), None];
-        let segs = [seg(0, 2, Some(0)), seg(2, 1, None), seg(3, 1, Some(1)), seg(4, 2, Some(2)), seg(6, 1, None)];
-        let got = cpu(&x, &a, &b, &segment_table(&segs), d);
+        let x: Vec<f32> = (0..rows * fan_in).map(|i| f(i, 0.37)).collect();
+        let a: Vec<Vec<f32>> = ranks.iter().map(|&r| (0..fan_in * r).map(|i| f(i + r, 0.11)).collect()).collect();
+        let b: Vec<Vec<f32>> = ranks.iter().map(|&r| (0..r * fan_out).map(|i| f(i + r, 0.23)).collect()).collect();
+        let slots: Vec<Option<HostFactors<'_>>> = (0..ranks.len())
+            .map(|s| (ranks[s] > 0).then(|| HostFactors { a_t: &a[s], b_t: &b[s], r: ranks[s] }))
+            .collect();
+        let row_slots = [Some(0), Some(0), None, Some(1), Some(2), Some(2), None, Some(3), Some(0)];
+        let segs = [
+            seg(0, 2, Some(0)),
+            seg(2, 1, None),
+            seg(3, 1, Some(1)),
+            seg(4, 2, Some(2)),
+            seg(6, 1, None),
+            seg(7, 1, Some(3)),
+            seg(8, 1, Some(0)),
+        ];
+        let got = cpu(&x, &slots, &segment_table(&segs), fan_in, fan_out);
         for (n, slot) in row_slots.iter().enumerate() {
-            for o in 0..d.fan_out {
-                let want = slot.map_or(0.0, |s| {
-                    (0..d.r_max)
+            for o in 0..fan_out {
+                let want: f32 = slot.filter(|&s| ranks[s] > 0).map_or(0.0, |s| {
+                    let r = ranks[s];
+                    (0..r)
                         .map(|j| {
-                            let xa: f32 =
-                                (0..d.fan_in).map(|i| x[n * d.fan_in + i] * a[(s * d.r_max + j) * d.fan_in + i]).sum();
-                            xa * b[(s * d.r_max + j) * d.fan_out + o]
+                            let xa: f32 = (0..fan_in).map(|i| x[n * fan_in + i] * a[s][i * r + j]).sum();
+                            xa * b[s][j * fan_out + o]
                         })
                         .sum()
                 });
-                assert!((got[n * d.fan_out + o] - want).abs() < 1e-5, "row {n} col {o}");
+                assert!(
+                    (got[n * fan_out + o] - want).abs() < 1e-5,
+                    "row {n} col {o}: {} vs {want}",
+                    got[n * fan_out + o]
+                );
             }
         }
     }
