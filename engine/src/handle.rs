@@ -3,7 +3,7 @@
 //! tokenized on the caller's side, admitted against a bounded queue, and answered through a stream of events;
 //! dropping the stream cancels the request.
 
-use crate::registry::{AdapterId, Catalog, ResidencyLimits};
+use crate::registry::{AdapterId, Catalog, Loader, ResidencyLimits};
 use crate::request::{Event, GenerateRequest, Prompt};
 use crate::scheduler::{self, Command, Submission};
 use crate::stats::EngineStats;
@@ -150,10 +150,11 @@ impl Engine {
             .name("loraland-engine".into())
             .spawn(move || scheduler::run(thread_cfg, cmd_rx, loop_tx, ready_tx, thread_stats))
             .map_err(|e| Error::Io { path: config.model.clone(), source: e })?;
-        let (tokenizer, info) = ready_rx.recv().map_err(|_| Error::EngineStopped)??;
+        let (tokenizer, info, loader) = ready_rx.recv().map_err(|_| Error::EngineStopped)??;
         Ok(EngineHandle {
             inner: Arc::new(Inner {
                 tx: cmd_tx,
+                loader,
                 tokenizer,
                 info,
                 config,
@@ -166,6 +167,7 @@ impl Engine {
 
 struct Inner {
     tx: mpsc::Sender<Command>,
+    loader: Arc<Loader>,
     tokenizer: Tokenizer,
     info: ModelInfo,
     config: EngineConfig,
@@ -251,15 +253,21 @@ impl EngineHandle {
             return Err(Error::Overloaded { waiting });
         }
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let load = request.adapter.clone().zip(source.clone());
         let submission = Submission { request, prompt, source, events: tx, _permit: permit, submitted: Instant::now() };
         self.inner.tx.send(Command::Submit(Box::new(submission))).map_err(|_| Error::EngineStopped)?;
+        // After the submission, so the engine has the request before it can hear that the load failed. A load that
+        // cannot start is reported to the request by the engine thread.
+        if let Some((id, source)) = load {
+            let _ = self.inner.loader.ensure(&id, &source);
+        }
         Ok(GenerationStream { rx })
     }
 
     /// Loads `id` now (if not resident) so that its first request does not wait.
     pub fn preload(&self, id: AdapterId) -> Result<()> {
         let source = self.inner.config.catalog.resolve(&id)?;
-        self.inner.tx.send(Command::Preload(id, source)).map_err(|_| Error::EngineStopped)
+        self.inner.loader.ensure(&id, &source)
     }
 }
 

@@ -2,16 +2,17 @@
 //! into the running batch (round-robin over adapters, within the batch size and KV budget, once their adapter is
 //! resident), runs ONE forward step for all running sequences — decode rows and chunks of prompts being prefilled,
 //! base and every adapter together — then emits tokens and drops finished or cancelled sequences at once.
-//! Adapter loads run on a loader thread and come back as commands, so running streams never wait for disk.
+//! Adapter loads run on a loader thread (started by the request's caller, see [`crate::registry::Loader`]) and come
+//! back as commands, so running streams never wait for disk.
 
 use crate::handle::{EngineConfig, ModelInfo, Permit};
-use crate::registry::{self, AdapterId, AdapterSource, HostCache, Residency};
+use crate::registry::{AdapterId, AdapterSource, LoadDone, Loader, Residency};
 use crate::request::{Event, Finished, GenerateRequest, Timings, TokenEvent};
 use crate::sampling::{Sampled, Sampler};
 use crate::stats::EngineStats;
 use crate::tokenizer::TokenStream;
 use crate::{AdapterBank, Error, FinishReason, KvCache, Logits, Model, Result, SeqInput, Tokenizer};
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::mpsc::{Receiver, Sender, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -34,7 +35,6 @@ pub(crate) struct Submission {
 #[derive(Debug)]
 pub(crate) enum Command {
     Submit(Box<Submission>),
-    Preload(AdapterId, AdapterSource),
     Loaded { id: AdapterId, result: Result<Arc<crate::LoraAdapter>>, took: Duration },
     Shutdown,
 }
@@ -63,8 +63,7 @@ struct Scheduler {
     eos: Vec<u32>,
     stats: Arc<EngineStats>,
     residency: Residency,
-    loader: Sender<(AdapterId, AdapterSource)>,
-    loading: HashSet<AdapterId>,
+    loader: Arc<Loader>,
     /// Loaded adapters waiting for room (every resident one is busy).
     parked: Vec<(AdapterId, Arc<crate::LoraAdapter>)>,
     waiting: BTreeMap<Key, VecDeque<Submission>>,
@@ -77,7 +76,7 @@ pub(crate) fn run(
     cfg: EngineConfig,
     rx: Receiver<Command>,
     tx: Sender<Command>,
-    ready: SyncSender<Result<(Tokenizer, ModelInfo)>>,
+    ready: SyncSender<Result<(Tokenizer, ModelInfo, Arc<Loader>)>>,
     stats: Arc<EngineStats>,
 ) {
     let loaded = (|| -> Result<(Model, Tokenizer)> {
@@ -107,7 +106,14 @@ pub(crate) fn run(
         decode_weight_bytes: model.decode_weight_bytes(),
         device: if model.device().is_cpu() { "cpu".into() } else { format!("{:?}", model.device().location()) },
     };
-    let loader = spawn_loader(model.adapter_target(), cfg.limits.host_cache_bytes, tx);
+    let done: LoadDone = Box::new(move |id, result, took| tx.send(Command::Loaded { id, result, took }).is_ok());
+    let loader = match Loader::spawn(model.adapter_target(), cfg.limits.host_cache_bytes, done) {
+        Ok(loader) => loader,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
     let pinned: HashSet<AdapterId> = cfg.pinned.iter().cloned().collect();
     let residency = Residency::new(cfg.limits, model.config().num_hidden_layers, pinned);
     let eos = crate::generate::eos_tokens(&model, &tokenizer);
@@ -117,8 +123,7 @@ pub(crate) fn run(
         eos,
         stats,
         residency,
-        loader,
-        loading: HashSet::new(),
+        loader: loader.clone(),
         parked: Vec::new(),
         waiting: BTreeMap::new(),
         running: Vec::new(),
@@ -127,84 +132,48 @@ pub(crate) fn run(
     };
     for id in s.cfg.pinned.clone().into_iter().chain(s.cfg.preload.clone()) {
         match s.cfg.catalog.resolve(&id) {
-            Ok(src) => s.start_load(id, src),
+            Ok(src) => {
+                if let Err(e) = loader.ensure(&id, &src) {
+                    tracing::warn!(adapter = %id, "cannot preload: {e}");
+                }
+            }
             Err(e) => tracing::warn!(adapter = %id, "cannot preload: {e}"),
         }
     }
-    if ready.send(Ok((tokenizer, info))).is_err() {
+    if ready.send(Ok((tokenizer, info, loader))).is_err() {
         return;
     }
     s.serve(rx);
 }
 
-fn spawn_loader(
-    target: crate::adapter::AdapterTarget,
-    host_cache_bytes: usize,
-    done: Sender<Command>,
-) -> Sender<(AdapterId, AdapterSource)> {
-    let (tx, rx) = std::sync::mpsc::channel::<(AdapterId, AdapterSource)>();
-    let spawned = std::thread::Builder::new().name("loraland-adapter-loader".into()).spawn(move || {
-        // On a GPU: adapters are read into host memory, kept there (bounded), and copied to the device.
-        let mut host = (!target.device.is_cpu()).then(|| HostCache::new(host_cache_bytes));
-        let host_target = crate::adapter::AdapterTarget { device: candle_core::Device::Cpu, ..target.clone() };
-        for (id, source) in rx {
-            let start = Instant::now();
-            let result = match host.as_mut() {
-                None => registry::load(&source, &target),
-                Some(cache) => {
-                    let on_host = match cache.get(&id) {
-                        Some(a) => {
-                            tracing::debug!(adapter = %id, "adapter copied back from host memory");
-                            Ok(a)
-                        }
-                        None => registry::load(&source, &host_target).inspect(|a| cache.insert(id.clone(), a.clone())),
-                    };
-                    on_host.and_then(|a| a.to_device(&target.device).map(Arc::new))
-                }
-            };
-            if done.send(Command::Loaded { id, result, took: start.elapsed() }).is_err() {
-                break;
-            }
-        }
-    });
-    if let Err(e) = spawned {
-        tracing::error!("cannot start the adapter loader thread: {e}");
-    }
-    tx
-}
-
 impl Scheduler {
     fn serve(&mut self, rx: Receiver<Command>) {
+        let mut received = None;
         loop {
-            // Block only when there is nothing to step.
-            if self.running.is_empty() {
-                match rx.recv() {
-                    Ok(cmd) => {
-                        if !self.handle(cmd) {
-                            return;
-                        }
-                    }
-                    Err(_) => return,
-                }
-            }
-            while let Ok(cmd) = rx.try_recv() {
+            for cmd in received.take().into_iter().chain(std::iter::from_fn(|| rx.try_recv().ok())) {
                 if !self.handle(cmd) {
                     return;
                 }
             }
             self.drop_cancelled();
+            self.load_for_waiting();
             self.place_parked();
             self.admit();
             self.publish_gauges();
-            if !self.running.is_empty() {
-                if let Err(e) = self.step() {
-                    tracing::error!("forward step failed: {e}");
-                    for seq in self.running.drain(..) {
-                        let _ = seq.sub.events.send(Err(Error::Generation(e.to_string())));
-                    }
+            if self.running.is_empty() {
+                // Nothing to step, after placing and admitting what could be (the last step may have made room):
+                // only a command can change that.
+                match rx.recv() {
+                    Ok(cmd) => received = Some(cmd),
+                    Err(_) => return,
                 }
-                // Finished and failed sequences have left: the gauges must say so before the loop blocks.
-                self.publish_gauges();
+                continue;
+            }
+            if let Err(e) = self.step() {
+                tracing::error!("forward step failed: {e}");
+                for seq in self.running.drain(..) {
+                    let _ = seq.sub.events.send(Err(Error::Generation(e.to_string())));
+                }
             }
         }
     }
@@ -213,18 +182,7 @@ impl Scheduler {
     fn handle(&mut self, cmd: Command) -> bool {
         match cmd {
             Command::Submit(sub) => {
-                let key = sub.request.adapter.clone();
-                if let (Some(id), Some(src)) = (&key, &sub.source) {
-                    if self.residency.slot(id).is_none() && !self.loading.contains(id) && !self.is_parked(id) {
-                        self.start_load(id.clone(), src.clone());
-                    }
-                }
-                self.waiting.entry(key).or_default().push_back(*sub);
-            }
-            Command::Preload(id, src) => {
-                if self.residency.slot(&id).is_none() && !self.loading.contains(&id) {
-                    self.start_load(id, src);
-                }
+                self.waiting.entry(sub.request.adapter.clone()).or_default().push_back(*sub);
             }
             Command::Loaded { id, result, took } => self.on_loaded(id, result, took),
             Command::Shutdown => return false,
@@ -232,21 +190,22 @@ impl Scheduler {
         true
     }
 
-    fn is_parked(&self, id: &AdapterId) -> bool {
-        self.parked.iter().any(|(p, _)| p == id)
-    }
-
-    fn start_load(&mut self, id: AdapterId, source: AdapterSource) {
-        tracing::info!(adapter = %id, ?source, "loading adapter");
-        self.loading.insert(id.clone());
-        if self.loader.send((id.clone(), source)).is_err() {
-            self.loading.remove(&id);
+    /// Makes sure the adapter of every waiting request is resident or on its way: the caller started its load, but
+    /// it may have been evicted since, or its load may have failed before the request arrived.
+    fn load_for_waiting(&mut self) {
+        let mut stopped = Vec::new();
+        for (key, queue) in &self.waiting {
+            let (Some(id), Some(src)) = (key, queue.front().and_then(|s| s.source.as_ref())) else { continue };
+            if self.residency.slot(id).is_none() && self.loader.ensure(id, src).is_err() {
+                stopped.push(id.clone());
+            }
+        }
+        for id in stopped {
             self.fail_waiting(&id, "the adapter loader has stopped".into());
         }
     }
 
     fn on_loaded(&mut self, id: AdapterId, result: Result<Arc<crate::LoraAdapter>>, took: Duration) {
-        self.loading.remove(&id);
         let checked = result.and_then(|a| self.residency.check(&a).map(|()| a));
         match checked {
             Ok(adapter) => {
@@ -259,29 +218,47 @@ impl Scheduler {
             Err(e) => {
                 EngineStats::add(&self.stats.adapter_load_failures, 1);
                 tracing::warn!(adapter = %id, "adapter failed to load: {e}");
+                self.loader.forget(&id);
                 self.fail_waiting(&id, e.to_string());
             }
         }
     }
 
-    /// Moves loaded adapters into the resident set as room allows (evicting idle ones).
+    /// Moves loaded adapters into the resident set as room allows, the one whose requests have waited longest
+    /// first. Idle adapters are evicted for it, except those with requests waiting since before its own (or any
+    /// waiting requests, for a preload): two adapters with waiting requests would otherwise evict each other in
+    /// turn while the batch is full, and an adapter never waits behind younger requests.
     fn place_parked(&mut self) {
         if self.parked.is_empty() {
             return;
         }
-        let busy: HashSet<AdapterId> = self.running.iter().filter_map(|s| s.sub.request.adapter.clone()).collect();
-        let mut still = Vec::new();
-        for (id, adapter) in std::mem::take(&mut self.parked) {
+        let running: HashSet<AdapterId> = self.running.iter().filter_map(|s| s.sub.request.adapter.clone()).collect();
+        let oldest: HashMap<&AdapterId, Instant> =
+            self.waiting.iter().filter_map(|(key, queue)| Some((key.as_ref()?, queue.front()?.submitted))).collect();
+        let mut parked = std::mem::take(&mut self.parked);
+        parked.sort_by_key(|(id, _)| oldest.get(id).map_or((1, None), |&t| (0, Some(t))));
+        let (mut still, mut evicted) = (Vec::new(), Vec::new());
+        for (id, adapter) in parked {
             if self.residency.slot(&id).is_some() {
                 continue;
             }
-            if self.residency.make_room(adapter.bytes(), &busy) {
+            let mine = oldest.get(&id).copied();
+            let mut busy = running.clone();
+            for (resident, &since) in &oldest {
+                if mine.is_none_or(|mine| since <= mine) {
+                    busy.insert((*resident).clone());
+                }
+            }
+            if self.residency.make_room(adapter.bytes(), &busy, &mut evicted) {
                 self.residency.insert(id, adapter);
             } else {
                 still.push((id, adapter));
             }
         }
         self.parked = still;
+        for id in &evicted {
+            self.loader.forget(id);
+        }
         EngineStats::set(&self.stats.adapter_evictions, self.residency.evictions());
     }
 

@@ -106,6 +106,48 @@ fn an_evicted_adapter_reloads_and_gives_the_same_tokens() {
     assert_eq!(EngineStats::get(&stats.adapters_resident), 1);
 }
 
+/// Reads a stream to its end on another thread, failing the test if it takes longer than `secs`.
+fn collect_within(stream: engine::GenerationStream, secs: u64) -> engine::Result<(Vec<u32>, Finished)> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(collect(stream));
+    });
+    rx.recv_timeout(Duration::from_secs(secs)).expect("the request never finished")
+}
+
+/// Adapters swap under a limit of one while the batch is full: a request whose resident adapter is evicted while it
+/// waits (for an adapter whose request came first) gets it loaded again, and every request completes with the
+/// tokens it gives alone. Neither adapter evicts the other while both have requests waiting, and the engine does not
+/// stall once the batch empties with an adapter still waiting for room.
+#[test]
+fn a_waiting_request_whose_adapter_is_evicted_gets_it_back() {
+    let mut cfg = config(&fixture("tiny-llama/adapters"));
+    cfg.limits = ResidencyLimits { max_adapters: 1, ..ResidencyLimits::default() };
+    cfg.max_batch_size = 1;
+    let engine = Engine::spawn(cfg).unwrap();
+    let prompt = [1u32, 20, 30, 40, 50];
+    let want_b = run_alone(&engine, &prompt, Some("all_r4"), 6);
+    let want_a = run_alone(&engine, &prompt, Some("qv_r8"), 6);
+    let stats = engine.stats();
+    let (evictions, loads) = (EngineStats::get(&stats.adapter_evictions), EngineStats::get(&stats.adapter_loads));
+    // The base model fills the batch; qv_r8 is resident and idle.
+    let mut long = engine.generate(request(&prompt, None, 200)).unwrap();
+    assert!(matches!(long.blocking_next(), Some(Ok(Event::Token(_)))));
+    // all_r4's request comes first, then one for qv_r8: all_r4 loads and evicts qv_r8.
+    let b = engine.generate(request(&prompt, Some("all_r4"), 6)).unwrap();
+    let a = engine.generate(request(&prompt, Some("qv_r8"), 6)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while EngineStats::get(&stats.adapter_evictions) == evictions && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    drop(long);
+    assert_eq!(collect_within(b, 20).unwrap().0, want_b);
+    assert_eq!(collect_within(a, 20).unwrap().0, want_a);
+    // all_r4 in, qv_r8 back: two loads and two evictions, no back and forth.
+    assert_eq!(EngineStats::get(&stats.adapter_loads) - loads, 2);
+    assert_eq!(EngineStats::get(&stats.adapter_evictions) - evictions, 2);
+}
+
 #[test]
 fn a_corrupt_adapter_fails_only_its_own_requests() {
     let dir = tempfile::tempdir().unwrap();

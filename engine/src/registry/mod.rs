@@ -3,10 +3,12 @@
 
 mod host_cache;
 mod id;
+mod loader;
 mod resident;
 
 pub use host_cache::HostCache;
 pub use id::{AdapterId, InvalidAdapterId, MAX_ID_LEN};
+pub(crate) use loader::{LoadDone, Loader};
 pub use resident::{Residency, ResidencyLimits};
 
 use crate::adapter::{AdapterTarget, LoraAdapter};

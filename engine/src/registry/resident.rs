@@ -89,8 +89,8 @@ impl Residency {
     }
 
     /// Evicts least-recently-used adapters that are neither pinned nor in `busy` until one more adapter of
-    /// `bytes` fits. Returns whether it fits now.
-    pub fn make_room(&mut self, bytes: usize, busy: &HashSet<AdapterId>) -> bool {
+    /// `bytes` fits, adding their ids to `evicted`. Returns whether it fits now.
+    pub fn make_room(&mut self, bytes: usize, busy: &HashSet<AdapterId>, evicted: &mut Vec<AdapterId>) -> bool {
         loop {
             let used: usize = self.entries.iter().map(|e| e.adapter.bytes()).sum();
             if self.entries.len() < self.limits.max_adapters && used + bytes <= self.limits.max_bytes {
@@ -108,6 +108,7 @@ impl Residency {
             tracing::info!(adapter = %e.id, "evicting idle adapter");
             self.evictions += 1;
             self.dirty = true;
+            evicted.push(e.id);
         }
     }
 

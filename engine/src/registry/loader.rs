@@ -1,0 +1,136 @@
+//! Loading adapters off the batching thread. One loader thread reads adapters from their sources (and, on a GPU,
+//! keeps host copies in a [`HostCache`]); the engine thread hears of each load through a callback.
+//!
+//! Loads are started by whoever first needs an adapter: the request's caller, as soon as the request is queued, so a
+//! load runs while the engine computes the current step and the adapter is ready when the engine next looks (the
+//! engine thread only reads commands between steps: starting the load there would add a step to every cold
+//! request's first token); the engine thread itself for preloads and for waiting requests whose adapter was evicted
+//! or failed. [`Loader::ensure`] starts at most one load per adapter until the engine forgets it.
+
+use super::{AdapterId, AdapterSource, HostCache};
+use crate::adapter::{AdapterTarget, LoraAdapter};
+use crate::{Error, Result};
+use std::collections::HashSet;
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// What the loader reports for each load: the adapter, the result and how long it took.
+pub(crate) type LoadDone = Box<dyn FnMut(AdapterId, Result<Arc<LoraAdapter>>, Duration) -> bool + Send>;
+
+/// The shared side of the loader thread.
+#[derive(Debug)]
+pub(crate) struct Loader {
+    tx: Mutex<Sender<(AdapterId, AdapterSource)>>,
+    /// Adapters resident, loaded and waiting for room, or being loaded: the ones no one needs to load.
+    tracked: Mutex<HashSet<AdapterId>>,
+}
+
+impl Loader {
+    /// Starts the loader thread for `target`; `done` hears of every load and returns false to stop the thread.
+    pub(crate) fn spawn(target: AdapterTarget, host_cache_bytes: usize, mut done: LoadDone) -> Result<Arc<Self>> {
+        let (tx, rx) = std::sync::mpsc::channel::<(AdapterId, AdapterSource)>();
+        std::thread::Builder::new()
+            .name("loraland-adapter-loader".into())
+            .spawn(move || {
+                // On a GPU: adapters are read into host memory, kept there (bounded), and copied to the device.
+                let mut host = (!target.device.is_cpu()).then(|| HostCache::new(host_cache_bytes));
+                let host_target = AdapterTarget { device: candle_core::Device::Cpu, ..target.clone() };
+                for (id, source) in rx {
+                    let start = Instant::now();
+                    let result = match host.as_mut() {
+                        None => super::load(&source, &target),
+                        Some(cache) => {
+                            let on_host = match cache.get(&id) {
+                                Some(a) => {
+                                    tracing::debug!(adapter = %id, "adapter copied back from host memory");
+                                    Ok(a)
+                                }
+                                None => {
+                                    super::load(&source, &host_target).inspect(|a| cache.insert(id.clone(), a.clone()))
+                                }
+                            };
+                            on_host.and_then(|a| a.to_device(&target.device).map(Arc::new))
+                        }
+                    };
+                    if !done(id, result, start.elapsed()) {
+                        break;
+                    }
+                }
+            })
+            .map_err(|e| Error::Config(format!("cannot start the adapter loader thread: {e}")))?;
+        Ok(Arc::new(Self { tx: Mutex::new(tx), tracked: Mutex::new(HashSet::new()) }))
+    }
+
+    /// Starts loading `id` from `source` unless it is resident, waiting for room or being loaded. Fails only if the
+    /// loader thread has stopped.
+    pub(crate) fn ensure(&self, id: &AdapterId, source: &AdapterSource) -> Result<()> {
+        let mut tracked = self.tracked.lock().expect("not poisoned");
+        if tracked.contains(id) {
+            return Ok(());
+        }
+        tracing::info!(adapter = %id, ?source, "loading adapter");
+        let sent = self.tx.lock().expect("not poisoned").send((id.clone(), source.clone()));
+        if sent.is_err() {
+            return Err(Error::AdapterLoad { id: id.clone(), reason: "the adapter loader has stopped".into() });
+        }
+        tracked.insert(id.clone());
+        Ok(())
+    }
+
+    /// Forgets `id` (evicted, or its load failed): the next request for it loads it again.
+    pub(crate) fn forget(&self, id: &AdapterId) {
+        self.tracked.lock().expect("not poisoned").remove(id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::adapter::AdapterTarget;
+    use crate::model::RopeStyle;
+    use crate::ModelConfig;
+    use std::sync::mpsc;
+
+    fn target() -> AdapterTarget {
+        let config = ModelConfig::from_hf_json(
+            r#"{"vocab_size":10,"hidden_size":16,"intermediate_size":24,"num_hidden_layers":1,
+                "num_attention_heads":2,"num_key_value_heads":1,"rms_norm_eps":1e-5}"#,
+        )
+        .unwrap();
+        AdapterTarget {
+            config,
+            rope_style: RopeStyle::Half,
+            device: candle_core::Device::Cpu,
+            dtype: candle_core::DType::F32,
+        }
+    }
+
+    /// One load per adapter however often it is asked for, until it is forgotten; a failed load reports its cause.
+    #[test]
+    fn loads_each_adapter_once_until_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = target();
+        crate::adapter::write_random_peft(&dir.path().join("a"), &t.config, 4, &[crate::Module::Q], 1).unwrap();
+        let (tx, rx) = mpsc::channel();
+        let done: LoadDone = Box::new(move |id, result, _| tx.send((id, result.map(|a| a.max_rank()))).is_ok());
+        let loader = Loader::spawn(t, 0, done).unwrap();
+        let a = AdapterId::new("a").unwrap();
+        let src = AdapterSource::Local(dir.path().join("a"));
+        for _ in 0..3 {
+            loader.ensure(&a, &src).unwrap();
+        }
+        let (id, rank) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!((id.as_str(), rank.unwrap()), ("a", 4));
+        loader.ensure(&a, &src).unwrap();
+        assert!(rx.recv_timeout(Duration::from_millis(200)).is_err(), "loaded twice");
+        loader.forget(&a);
+        loader.ensure(&a, &src).unwrap();
+        assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap().0, a);
+        let missing = AdapterId::new("missing").unwrap();
+        loader.ensure(&missing, &AdapterSource::Local(dir.path().join("missing"))).unwrap();
+        let (id, result) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(id, missing);
+        assert!(result.unwrap_err().to_string().contains("missing"));
+    }
+}
