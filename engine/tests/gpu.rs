@@ -85,7 +85,9 @@ fn sgmv_kernels_equal_the_cpu_reference() {
                 dtype: if device.is_cpu() { DType::F32 } else { dtype },
             };
             let adapters: Vec<_> = (0..25)
-                .map(|s| Arc::new(LoraAdapter::random(&target, 4 + 4 * (s % 4), &[Module::Q], s as u64).unwrap()))
+                .map(|s| {
+                    Arc::new(LoraAdapter::random(&target, 4 + 4 * (s % 4), &[Module::Q], s as u64, DType::F32).unwrap())
+                })
                 .collect();
             let bank = AdapterBank::new(adapters, 1).unwrap();
             let xs = Tensor::arange(0f32, (slots.len() * 4096) as f32, &Device::Cpu)

@@ -73,3 +73,48 @@ fn request_alone_equals_request_in_mixed_batch_of_8() {
     let mixed = greedy_mixed(&set, &batch, &slots, 10);
     assert_eq!(mixed[5], alone[0]);
 }
+
+/// An adapter saved in bf16 (as our trainer saves them) is held in bf16 on the CPU, half the bytes of f32, and the
+/// CPU op reads it exactly: the logits equal those of the same values saved in f32, bit for bit.
+#[test]
+fn bf16_adapters_are_held_in_bf16_and_read_exactly() {
+    use candle_core::{DType, Device};
+    use engine::adapter::LoraAdapter;
+    use engine::{AdapterBank, LoadOptions, Logits, Model, Module, SeqInput};
+    use std::sync::Arc;
+
+    let src = common::fixture("tiny-llama/adapters/all_r4");
+    let tensors = candle_core::safetensors::load(src.join("adapter_model.safetensors"), &Device::Cpu).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let model = Model::load(&common::fixture("tiny-llama/base"), &LoadOptions::default()).unwrap();
+    let mut loaded = Vec::new();
+    for (name, widen) in [("bf16", false), ("f32", true)] {
+        let d = dir.path().join(name);
+        std::fs::create_dir(&d).unwrap();
+        std::fs::copy(src.join("adapter_config.json"), d.join("adapter_config.json")).unwrap();
+        let saved: std::collections::HashMap<_, _> = tensors
+            .iter()
+            .map(|(k, t)| {
+                let t = t.to_dtype(DType::BF16).unwrap();
+                (k.clone(), if widen { t.to_dtype(DType::F32).unwrap() } else { t })
+            })
+            .collect();
+        candle_core::safetensors::save(&saved, d.join("adapter_model.safetensors")).unwrap();
+        loaded.push(Arc::new(LoraAdapter::load(&d, &model.adapter_target()).unwrap()));
+    }
+    let (held16, held32) = (&loaded[0], &loaded[1]);
+    assert_eq!(held16.weights(0, Module::Q).unwrap().a_t.dtype(), DType::BF16);
+    assert_eq!(held32.weights(0, Module::Q).unwrap().a_t.dtype(), DType::F32);
+    assert_eq!(2 * held16.bytes(), held32.bytes());
+    let ids = &token_rows(&common::tiny_set_reference("tiny-llama")["input_ids"])[1];
+    let logits: Vec<Vec<Vec<f32>>> = loaded
+        .iter()
+        .map(|a| {
+            let bank = AdapterBank::new(vec![a.clone()], model.config().num_hidden_layers).unwrap();
+            let mut cache = model.new_cache();
+            let mut seqs = [SeqInput { tokens: ids, cache: &mut cache, adapter: Some(0) }];
+            model.forward(&mut seqs, &bank, Logits::All).unwrap().squeeze(0).unwrap().to_vec2().unwrap()
+        })
+        .collect();
+    assert_eq!(logits[0], logits[1]);
+}

@@ -45,7 +45,15 @@ fn synthetic_tokenizer_round_trips_ids() {
 fn engine_serves_a_random_model_with_adapters() {
     let config = ModelConfig::preset("mistral-tiny").unwrap();
     let dir = tempfile::tempdir().unwrap();
-    engine::adapter::write_random_peft(&dir.path().join("a0"), &config, 8, &[Module::Q, Module::V], 1).unwrap();
+    engine::adapter::write_random_peft(
+        &dir.path().join("a0"),
+        &config,
+        8,
+        &[Module::Q, Module::V],
+        1,
+        candle_core::DType::F32,
+    )
+    .unwrap();
     let mut cfg = EngineConfig::new("random mistral-tiny");
     cfg.random_weights = Some(RandomWeights { config: config.clone(), seed: 0 });
     cfg.catalog = Catalog { adapters_dir: Some(dir.path().to_path_buf()), allow_hub: false };

@@ -38,10 +38,13 @@ pub struct DecodeBenchArgs {
     pub reference: bool,
 }
 
-/// `n` random adapters for `model`: rank `r` on q_proj and v_proj (the LoRA Land training setup).
+/// `n` random adapters for `model`: rank `r` on q_proj and v_proj (the LoRA Land training setup), stored in bf16 as
+/// the trainer saves them.
 pub fn random_adapters(model: &Model, n: usize, r: usize, seed: u64) -> anyhow::Result<Vec<Arc<LoraAdapter>>> {
     let target = model.adapter_target();
-    (0..n).map(|i| Ok(Arc::new(LoraAdapter::random(&target, r, &[Module::Q, Module::V], seed + i as u64)?))).collect()
+    (0..n)
+        .map(|i| Ok(Arc::new(LoraAdapter::random(&target, r, &[Module::Q, Module::V], seed + i as u64, DType::BF16)?)))
+        .collect()
 }
 
 /// Tokens per second of `steps` decode steps of a batch whose rows use `slots`.

@@ -172,7 +172,14 @@ pub(crate) fn write_adapters(dir: &Path, config: &ModelConfig, n: usize) -> anyh
     (0..n)
         .map(|i| {
             let id = format!("bench-{i:02}");
-            engine::adapter::write_random_peft(&dir.join(&id), config, 8, &[Module::Q, Module::V], 1000 + i as u64)?;
+            engine::adapter::write_random_peft(
+                &dir.join(&id),
+                config,
+                8,
+                &[Module::Q, Module::V],
+                1000 + i as u64,
+                candle_core::DType::F32,
+            )?;
             Ok(AdapterId::new(&id)?)
         })
         .collect()

@@ -17,7 +17,7 @@
 use super::sgmv::Sgmv;
 use super::LoraAdapter;
 use crate::{Module, Result};
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use std::sync::Arc;
 
 /// The adapters available to a batch, addressed by slot index.
@@ -29,7 +29,7 @@ pub struct AdapterBank {
 }
 
 /// One module's factors of every adapter in the bank, zero-padded to the largest rank (adapters without the module
-/// have zeros).
+/// have zeros), each adapter's scale folded into its `B`.
 #[derive(Debug)]
 struct Stack {
     /// `A` stacked, `[slots, r_max, in]` (each rank row contiguous over the input features).
@@ -99,7 +99,8 @@ impl AdapterBank {
                         Some(w) => {
                             any = true;
                             let x = xs.narrow(0, seg.start, seg.len)?;
-                            pieces.push((out + x.matmul(&w.a_t)?.matmul(&w.b_t)?)?);
+                            let (a_t, b_t) = (w.a_t.to_dtype(x.dtype())?, w.b_t.to_dtype(x.dtype())?);
+                            pieces.push((out + (x.matmul(&a_t)?.matmul(&b_t)? * f64::from(w.scale))?)?);
                         }
                         None => pieces.push(out),
                     }
@@ -119,6 +120,9 @@ fn stack_module(adapters: &[Arc<LoraAdapter>], layer: usize, module: Module) -> 
     let (fan_in, _) = first.a_t.dims2()?;
     let (_, fan_out) = first.b_t.dims2()?;
     let (device, dtype) = (first.a_t.device().clone(), first.a_t.dtype());
+    if present.iter().flatten().any(|w| w.a_t.dtype() != dtype || w.b_t.dtype() != dtype) {
+        return Err(candle_core::Error::Msg("adapter bank: adapters of different dtypes on one GPU".into()).into());
+    }
     let r_max = present.iter().flatten().map(|w| w.a_t.dims()[1]).max().unwrap_or(1);
     let mut a_list = Vec::with_capacity(adapters.len());
     let mut b_list = Vec::with_capacity(adapters.len());
@@ -127,7 +131,8 @@ fn stack_module(adapters: &[Arc<LoraAdapter>], layer: usize, module: Module) -> 
             Some(w) => {
                 let r = w.a_t.dims()[1];
                 a_list.push(w.a_t.t()?.pad_with_zeros(0, 0, r_max - r)?);
-                b_list.push(w.b_t.pad_with_zeros(0, 0, r_max - r)?);
+                let sb_t = (w.b_t.to_dtype(DType::F32)? * f64::from(w.scale))?.to_dtype(dtype)?;
+                b_list.push(sb_t.pad_with_zeros(0, 0, r_max - r)?);
             }
             None => {
                 a_list.push(Tensor::zeros((r_max, fan_in), dtype, &device)?);
@@ -227,10 +232,10 @@ mod tests {
     }
 
     fn adapter(r: usize, seed: u64, t: &AdapterTarget) -> Arc<LoraAdapter> {
-        Arc::new(LoraAdapter::random(t, r, &[Module::Q], seed).unwrap())
+        Arc::new(LoraAdapter::random(t, r, &[Module::Q], seed, candle_core::DType::F32).unwrap())
     }
 
-    /// The reference: each row alone, `x W^T + x A^T (sB)^T` with its own adapter's unpadded factors.
+    /// The reference: each row alone, `x W^T + s x A^T B^T` with its own adapter's unpadded factors.
     fn per_row_loop(bank: &AdapterBank, slots: &[Option<usize>], xs: &Tensor, base: &Tensor) -> Tensor {
         let rows: Vec<Tensor> = slots
             .iter()
@@ -239,7 +244,9 @@ mod tests {
                 let x = xs.narrow(0, n, 1).unwrap();
                 let b = base.narrow(0, n, 1).unwrap();
                 match slot.and_then(|s| bank.get(s).unwrap().weights(0, Module::Q)) {
-                    Some(w) => (b + x.matmul(&w.a_t).unwrap().matmul(&w.b_t).unwrap()).unwrap(),
+                    Some(w) => {
+                        (b + (x.matmul(&w.a_t).unwrap().matmul(&w.b_t).unwrap() * f64::from(w.scale)).unwrap()).unwrap()
+                    }
                     None => b,
                 }
             })

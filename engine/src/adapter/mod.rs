@@ -3,6 +3,10 @@
 //!
 //! An adapter never modifies the base weights: each targeted linear layer computes `W x + s · B (A x)` with the
 //! adapter's own `A`, `B` and scale `s` (alpha / r, or alpha / sqrt(r) with rsLoRA).
+//!
+//! Factors are held in the activation dtype, except on the CPU, where factors stored in bf16 (what our trainer and
+//! most fine-tuning runs save) stay in bf16: the CPU op widens them as it reads them, exactly, and with 16 rows on
+//! 16 different adapters a decode step reads each row's factors, so half the bytes is a faster step.
 
 pub mod bank;
 pub mod config;
@@ -32,13 +36,15 @@ pub struct AdapterTarget {
     pub dtype: DType,
 }
 
-/// One module's LoRA factors, transposed for `x · A^T · (s B)^T` and with the scale folded into B.
+/// One module's LoRA factors, transposed for `s · x A^T B^T`.
 #[derive(Clone, Debug)]
 pub struct LoraWeights {
     /// `A^T`, `[in, r]`.
     pub a_t: Tensor,
-    /// `(s · B)^T`, `[r, out]`.
+    /// `B^T`, `[r, out]`.
     pub b_t: Tensor,
+    /// The scale `s` (alpha / r, or alpha / sqrt(r)).
+    pub scale: f32,
 }
 
 /// A loaded LoRA adapter: per layer, the factors of each targeted module.
@@ -84,7 +90,7 @@ impl LoraAdapter {
             for &module in &config.target_modules {
                 let (r, scale) = config.rank_and_scale(layer, module);
                 let (fan_in, fan_out) = cfg.module_shape(module);
-                let mut take = |which: char, expected: [usize; 2]| -> Result<Tensor> {
+                let mut take = |which: char, expected: [usize; 2]| -> Result<(Tensor, DType)> {
                     let (name, t) = by_key.remove(&(layer, module, which)).ok_or_else(|| Error::MissingTensor {
                         path: dir.to_path_buf(),
                         tensor: peft_tensor_name(layer, module, which),
@@ -97,34 +103,43 @@ impl LoraAdapter {
                             got: t.dims().to_vec(),
                         });
                     }
-                    Ok(t.to_dtype(DType::F32)?)
+                    Ok((t.to_dtype(DType::F32)?, t.dtype()))
                 };
-                let a = take('A', [r, fan_in])?;
-                let b = take('B', [fan_out, r])?;
+                let (a, a_dtype) = take('A', [r, fan_in])?;
+                let (b, b_dtype) = take('B', [fan_out, r])?;
+                let store = storage_dtype(target, a_dtype, b_dtype);
                 let b = match (target.rope_style, module) {
                     (RopeStyle::Interleaved, Module::Q) => permute_rows_for_gguf(&b, cfg.num_attention_heads)?,
                     (RopeStyle::Interleaved, Module::K) => permute_rows_for_gguf(&b, cfg.num_key_value_heads)?,
                     _ => b,
                 };
-                let a_t = a.t()?.contiguous()?.to_dtype(target.dtype)?.to_device(&target.device)?;
-                let b_t = (b * scale)?.t()?.contiguous()?.to_dtype(target.dtype)?.to_device(&target.device)?;
-                total += (a_t.elem_count() + b_t.elem_count()) * target.dtype.size_in_bytes();
-                mods[module.index()] = Some(LoraWeights { a_t, b_t });
+                let a_t = a.t()?.contiguous()?.to_dtype(store)?.to_device(&target.device)?;
+                let b_t = b.t()?.contiguous()?.to_dtype(store)?.to_device(&target.device)?;
+                total += (a_t.elem_count() + b_t.elem_count()) * store.size_in_bytes();
+                mods[module.index()] = Some(LoraWeights { a_t, b_t, scale: scale as f32 });
             }
             layers.push(mods);
         }
         Ok(Self { config, layers, bytes: total })
     }
 
-    /// A random adapter for `target` (see [`random_peft`]).
-    pub fn random(target: &AdapterTarget, r: usize, modules: &[Module], seed: u64) -> Result<Self> {
-        let (json, tensors) = random_peft(&target.config, r, modules, seed)?;
+    /// A random adapter for `target` (see [`random_peft`]), as loaded from a file storing its tensors in `stored`.
+    pub fn random(target: &AdapterTarget, r: usize, modules: &[Module], seed: u64, stored: DType) -> Result<Self> {
+        let (json, tensors) = random_peft(&target.config, r, modules, seed, stored)?;
         let config = AdapterConfig::parse(&json, Path::new("random"))?;
         Self::from_tensors(config, tensors, Path::new("random"), target)
     }
 
-    /// A copy of the adapter on `device`.
-    pub fn to_device(&self, device: &Device) -> Result<Self> {
+    /// A copy of the adapter for `target` (a host copy moved to the GPU: on a GPU, factors are held in the
+    /// activation dtype).
+    pub fn to_target(&self, target: &AdapterTarget) -> Result<Self> {
+        let mut bytes = 0;
+        let mut copy = |t: &Tensor| -> Result<Tensor> {
+            let dtype = if target.device.is_cpu() { t.dtype() } else { target.dtype };
+            let t = t.to_dtype(dtype)?.to_device(&target.device)?;
+            bytes += t.elem_count() * dtype.size_in_bytes();
+            Ok(t)
+        };
         let layers = self
             .layers
             .iter()
@@ -132,13 +147,14 @@ impl LoraAdapter {
                 let mut out: [Option<LoraWeights>; 7] = Default::default();
                 for (o, w) in out.iter_mut().zip(mods) {
                     if let Some(w) = w {
-                        *o = Some(LoraWeights { a_t: w.a_t.to_device(device)?, b_t: w.b_t.to_device(device)? });
+                        let (a_t, b_t) = (copy(&w.a_t)?, copy(&w.b_t)?);
+                        *o = Some(LoraWeights { a_t, b_t, scale: w.scale });
                     }
                 }
                 Ok(out)
             })
             .collect::<Result<_>>()?;
-        Ok(Self { config: self.config.clone(), layers, bytes: self.bytes })
+        Ok(Self { config: self.config.clone(), layers, bytes })
     }
 
     /// The factors of `module` in `layer`, if the adapter targets it.
@@ -157,14 +173,25 @@ impl LoraAdapter {
     }
 }
 
+/// The dtype an adapter's factors are held in: the activation dtype, or bf16 on the CPU when both factors are
+/// stored in bf16 (kept exactly; see the module docs).
+fn storage_dtype(target: &AdapterTarget, a: DType, b: DType) -> DType {
+    if target.device.is_cpu() && a == DType::BF16 && b == DType::BF16 {
+        DType::BF16
+    } else {
+        target.dtype
+    }
+}
+
 /// A random PEFT adapter for a model of `config`: its `adapter_config.json` text and its tensors, with PEFT's names
-/// and shapes (rank `r`, alpha `2r`, on `modules`; A ~ N(0, 1/in), B ~ N(0, 0.02)). For benchmarks and tests;
-/// deterministic in `seed`.
+/// and shapes (rank `r`, alpha `2r`, on `modules`; A ~ N(0, 1/in), B ~ N(0, 0.02)), in `dtype`. For benchmarks and
+/// tests; deterministic in `seed`.
 pub fn random_peft(
     config: &ModelConfig,
     r: usize,
     modules: &[Module],
     seed: u64,
+    dtype: DType,
 ) -> Result<(String, HashMap<String, Tensor>)> {
     use rand::{Rng, SeedableRng};
     let names: Vec<String> = modules.iter().map(|m| format!("\"{}\"", m.short_name())).collect();
@@ -189,16 +216,23 @@ pub fn random_peft(
             let (fan_in, fan_out) = config.module_shape(m);
             let a = Tensor::from_vec(normal(r * fan_in, 1.0 / (fan_in as f64).sqrt()), (r, fan_in), &Device::Cpu)?;
             let b = Tensor::from_vec(normal(fan_out * r, 0.02), (fan_out, r), &Device::Cpu)?;
-            tensors.insert(peft_tensor_name(layer, m, 'A'), a);
-            tensors.insert(peft_tensor_name(layer, m, 'B'), b);
+            tensors.insert(peft_tensor_name(layer, m, 'A'), a.to_dtype(dtype)?);
+            tensors.insert(peft_tensor_name(layer, m, 'B'), b.to_dtype(dtype)?);
         }
     }
     Ok((json, tensors))
 }
 
-/// Writes a random PEFT adapter folder (see [`random_peft`]) to `dir`.
-pub fn write_random_peft(dir: &Path, config: &ModelConfig, r: usize, modules: &[Module], seed: u64) -> Result<()> {
-    let (json, tensors) = random_peft(config, r, modules, seed)?;
+/// Writes a random PEFT adapter folder (see [`random_peft`]) to `dir`, its tensors saved in `dtype`.
+pub fn write_random_peft(
+    dir: &Path,
+    config: &ModelConfig,
+    r: usize,
+    modules: &[Module],
+    seed: u64,
+    dtype: DType,
+) -> Result<()> {
+    let (json, tensors) = random_peft(config, r, modules, seed, dtype)?;
     let io = |source| Error::Io { path: dir.to_path_buf(), source };
     std::fs::create_dir_all(dir).map_err(io)?;
     std::fs::write(dir.join("adapter_config.json"), json).map_err(io)?;

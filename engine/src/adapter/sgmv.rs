@@ -12,7 +12,8 @@
 use super::bank::Segment;
 use super::LoraWeights;
 use crate::Result;
-use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Shape, Storage, Tensor, WithDType};
+use half::bf16;
 use std::sync::Mutex;
 
 /// The adapter segments of a batch as the kernels read them: first rows, then row counts, then adapter slots
@@ -39,21 +40,61 @@ pub struct SgmvDims {
     pub r_max: usize,
 }
 
+/// A factor value as the CPU op reads it: f32, or bf16 widened exactly (a shift into the high half).
+pub trait Factor: Copy + Send + Sync {
+    /// The value as f32.
+    fn widen(self) -> f32;
+}
+
+impl Factor for f32 {
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        self
+    }
+}
+
+impl Factor for bf16 {
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        f32::from_bits(u32::from(self.to_bits()) << 16)
+    }
+}
+
 /// One adapter's factors for one module, as the CPU op reads them.
 #[derive(Clone, Copy, Debug)]
-pub struct HostFactors<'a> {
+pub struct HostFactors<'a, T> {
     /// `A^T`, `[fan_in, r]`.
-    pub a_t: &'a [f32],
-    /// `(sB)^T`, `[r, fan_out]`.
-    pub b_t: &'a [f32],
+    pub a_t: &'a [T],
+    /// `B^T`, `[r, fan_out]`.
+    pub b_t: &'a [T],
     /// The rank.
     pub r: usize,
+    /// The scale `s`.
+    pub scale: f32,
+}
+
+/// A slot's factors, in the dtype the adapter holds them in.
+#[derive(Clone, Copy, Debug)]
+pub enum SlotFactors<'a> {
+    /// Held in f32.
+    F32(HostFactors<'a, f32>),
+    /// Held in bf16.
+    Bf16(HostFactors<'a, bf16>),
+}
+
+impl SlotFactors<'_> {
+    fn rank(&self) -> usize {
+        match self {
+            Self::F32(f) => f.r,
+            Self::Bf16(f) => f.r,
+        }
+    }
 }
 
 /// The op on the CPU: `x` is `[rows, fan_in]`, `slots[s]` the factors of the adapter in slot `s` (`None` where it
 /// lacks the module); returns `delta`, `[rows, fan_out]`, zero outside the table's segments. Each row: `r` dot
 /// products over `fan_in`, then a sum over the rank per output column, vectorisable loops.
-pub fn cpu(x: &[f32], slots: &[Option<HostFactors<'_>>], table: &[u32], fan_in: usize, fan_out: usize) -> Vec<f32> {
+pub fn cpu(x: &[f32], slots: &[Option<SlotFactors<'_>>], table: &[u32], fan_in: usize, fan_out: usize) -> Vec<f32> {
     let rows = x.len().checked_div(fan_in).unwrap_or(0);
     let n_seg = table.len() / 3;
     let (starts, lens, seg_slots) = (&table[..n_seg], &table[n_seg..2 * n_seg], &table[2 * n_seg..]);
@@ -67,20 +108,18 @@ pub fn cpu(x: &[f32], slots: &[Option<HostFactors<'_>>], table: &[u32], fan_in: 
         let factors = slots.get(seg_slots[s] as usize).copied().flatten();
         factors_of[start..start + len].iter_mut().for_each(|f| *f = factors);
     }
-    let r_max = slots.iter().flatten().map(|f| f.r).max().unwrap_or(0);
+    let r_max = slots.iter().flatten().map(SlotFactors::rank).max().unwrap_or(0);
     // Each row writes only its own slice of `delta`; the locks are never contended.
     let outs: Vec<Mutex<&mut [f32]>> = delta.chunks_mut(fan_out).map(Mutex::new).collect();
     candle_core::utils::barrier_pool().execute_chunked(rows, |range| {
         let mut v = vec![0f32; r_max];
         for n in range {
             let Some(f) = factors_of[n] else { continue };
-            let v = &mut v[..f.r];
-            shrink(&x[n * fan_in..][..fan_in], f.a_t, v);
+            let x_row = &x[n * fan_in..][..fan_in];
             let mut out = outs[n].lock().expect("not poisoned");
-            for (&vj, b_row) in v.iter().zip(f.b_t.chunks_exact(fan_out)) {
-                for (o, &bj) in out.iter_mut().zip(b_row) {
-                    *o += vj * bj;
-                }
+            match f {
+                SlotFactors::F32(f) => add_delta(x_row, &f, &mut v, &mut out),
+                SlotFactors::Bf16(f) => add_delta(x_row, &f, &mut v, &mut out),
             }
         }
     });
@@ -88,35 +127,47 @@ pub fn cpu(x: &[f32], slots: &[Option<HostFactors<'_>>], table: &[u32], fan_in: 
     delta
 }
 
+/// `out += s · x A^T B^T` for one row.
+fn add_delta<T: Factor>(x: &[f32], f: &HostFactors<'_, T>, v: &mut [f32], out: &mut [f32]) {
+    let v = &mut v[..f.r];
+    shrink(x, f.a_t, v);
+    for (&vj, b_row) in v.iter().zip(f.b_t.chunks_exact(out.len())) {
+        let vj = vj * f.scale;
+        for (o, &bj) in out.iter_mut().zip(b_row) {
+            *o += vj * bj.widen();
+        }
+    }
+}
+
 /// `v = x A^T` from `A^T` (`[fan_in, r]`, one row of `r` values per input feature): for ranks that are multiples of
 /// eight, eight accumulators side by side (one vector register), two of them over alternate inputs.
-fn shrink(x: &[f32], a_t: &[f32], v: &mut [f32]) {
+fn shrink<T: Factor>(x: &[f32], a_t: &[T], v: &mut [f32]) {
     let r = v.len();
     if !r.is_multiple_of(8) {
         v.fill(0.0);
         for (&xi, a_row) in x.iter().zip(a_t.chunks_exact(r)) {
             for (vj, &a) in v.iter_mut().zip(a_row) {
-                *vj += xi * a;
+                *vj += xi * a.widen();
             }
         }
         return;
     }
     for j0 in (0..r).step_by(8) {
         let (mut even, mut odd) = ([0f32; 8], [0f32; 8]);
-        let lanes = |i: usize| -> &[f32; 8] { a_t[i * r + j0..][..8].try_into().expect("eight lanes") };
+        let lanes = |i: usize| -> &[T; 8] { a_t[i * r + j0..][..8].try_into().expect("eight lanes") };
         let pairs = x.len() / 2;
         for p in 0..pairs {
             let (x0, x1) = (x[2 * p], x[2 * p + 1]);
             let (a0, a1) = (lanes(2 * p), lanes(2 * p + 1));
             for k in 0..8 {
-                even[k] += x0 * a0[k];
-                odd[k] += x1 * a1[k];
+                even[k] += x0 * a0[k].widen();
+                odd[k] += x1 * a1[k].widen();
             }
         }
         if x.len() % 2 == 1 {
             let (xl, al) = (x[x.len() - 1], lanes(x.len() - 1));
             for k in 0..8 {
-                even[k] += xl * al[k];
+                even[k] += xl * al[k].widen();
             }
         }
         for k in 0..8 {
@@ -149,50 +200,64 @@ impl Sgmv {
     }
 
     /// `delta` on the CPU from each adapter's own factors: `slots[s]` holds the module's factors of the adapter in
-    /// slot `s`, `None` where it lacks the module. In the dtype of `xs`, computed in f32. `None` when no adapter
-    /// has the module.
+    /// slot `s`, `None` where it lacks the module. In the dtype of `xs`, computed in f32 from factors in f32 or bf16
+    /// as held (other dtypes are converted). `None` when no adapter has the module.
     pub fn delta_host(&self, xs: &Tensor, slots: &[Option<&LoraWeights>]) -> Result<Option<Tensor>> {
         let Some(first) = slots.iter().flatten().next() else { return Ok(None) };
         let (rows, fan_in) = xs.dims2()?;
         let fan_out = first.b_t.dims2()?.1;
-        let f32 = |t: &Tensor| -> Result<Tensor> { Ok(t.to_dtype(DType::F32)?.contiguous()?) };
-        // Only the slots this batch uses are read (and converted, where adapters are not in f32).
+        // Only the slots this batch uses are read.
         let n_seg = self.host.len() / 3;
-        let used: Vec<bool> = (0..slots.len()).map(|s| self.host[2 * n_seg..].contains(&(s as u32))).collect();
-        let mut tensors = Vec::with_capacity(slots.len());
-        for (w, used) in slots.iter().zip(used) {
-            tensors.push(match w {
-                Some(w) if used => {
-                    let (a_t, b_t) = (f32(&w.a_t)?, f32(&w.b_t)?);
-                    let r = a_t.dims2()?.1;
-                    if a_t.dims() != [fan_in, r] || b_t.dims() != [r, fan_out] {
+        let used = |s: usize| self.host[2 * n_seg..].contains(&(s as u32));
+        let mut held = Vec::with_capacity(slots.len());
+        for (s, w) in slots.iter().enumerate() {
+            held.push(match w {
+                Some(w) if used(s) => {
+                    let r = w.a_t.dims2()?.1;
+                    if w.a_t.dims() != [fan_in, r] || w.b_t.dims() != [r, fan_out] {
                         let msg = format!(
-                            "sgmv: x [{rows}, {fan_in}], A^T {:?}, (sB)^T {:?} do not fit",
-                            a_t.dims(),
-                            b_t.dims()
+                            "sgmv: x [{rows}, {fan_in}], A^T {:?}, B^T {:?} do not fit",
+                            w.a_t.dims(),
+                            w.b_t.dims()
                         );
                         return Err(candle_core::Error::Msg(msg).into());
                     }
-                    Some((a_t, b_t))
+                    let dtype = match (w.a_t.dtype(), w.b_t.dtype()) {
+                        (DType::BF16, DType::BF16) => DType::BF16,
+                        _ => DType::F32,
+                    };
+                    let as_held = |t: &Tensor| -> Result<Tensor> { Ok(t.to_dtype(dtype)?.contiguous()?) };
+                    Some((as_held(&w.a_t)?, as_held(&w.b_t)?, dtype, r, w.scale))
                 }
                 _ => None,
             });
         }
-        let x = f32(xs)?;
+        let x = xs.to_dtype(DType::F32)?.contiguous()?;
         let (x_storage, x_layout) = x.storage_and_layout();
-        let guards: Vec<_> =
-            tensors.iter().map(|t| t.as_ref().map(|(a, b)| (a.storage_and_layout(), b.storage_and_layout()))).collect();
+        let guards: Vec<_> = held
+            .iter()
+            .map(|h| {
+                h.as_ref()
+                    .map(|(a, b, dtype, r, scale)| (a.storage_and_layout(), b.storage_and_layout(), *dtype, *r, *scale))
+            })
+            .collect();
         let factors = guards
             .iter()
             .map(|g| {
                 g.as_ref()
-                    .map(|((sa, la), (sb, lb))| -> Result<HostFactors<'_>> {
-                        Ok(HostFactors { a_t: host_f32(sa, la)?, b_t: host_f32(sb, lb)?, r: la.dims()[1] })
+                    .map(|((sa, la), (sb, lb), dtype, r, scale)| -> Result<SlotFactors<'_>> {
+                        let (r, scale) = (*r, *scale);
+                        Ok(match dtype {
+                            DType::BF16 => {
+                                SlotFactors::Bf16(HostFactors { a_t: host(sa, la)?, b_t: host(sb, lb)?, r, scale })
+                            }
+                            _ => SlotFactors::F32(HostFactors { a_t: host(sa, la)?, b_t: host(sb, lb)?, r, scale }),
+                        })
                     })
                     .transpose()
             })
             .collect::<Result<Vec<_>>>()?;
-        let delta = cpu(host_f32(&x_storage, x_layout)?, &factors, &self.host, fan_in, fan_out);
+        let delta = cpu(host(&x_storage, x_layout)?, &factors, &self.host, fan_in, fan_out);
         Ok(Some(Tensor::from_vec(delta, (rows, fan_out), xs.device())?.to_dtype(xs.dtype())?))
     }
 
@@ -208,11 +273,11 @@ impl Sgmv {
     }
 }
 
-/// The values of a contiguous f32 tensor in host memory.
-fn host_f32<'a>(storage: &'a Storage, layout: &Layout) -> Result<&'a [f32]> {
+/// The values of a contiguous tensor in host memory.
+fn host<'a, T: WithDType>(storage: &'a Storage, layout: &Layout) -> Result<&'a [T]> {
     match (storage, layout.contiguous_offsets()) {
-        (Storage::Cpu(CpuStorage::F32(data)), Some((start, end))) => Ok(&data[start..end]),
-        _ => Err(candle_core::Error::Msg("sgmv: expected a contiguous f32 tensor in host memory".into()).into()),
+        (Storage::Cpu(cpu), Some((start, end))) => Ok(&cpu.as_slice::<T>()?[start..end]),
+        _ => Err(candle_core::Error::Msg("sgmv: expected a contiguous tensor in host memory".into()).into()),
     }
 }
 
@@ -270,48 +335,76 @@ mod tests {
         assert!(segment_table(&[seg(0, 4, None)]).is_empty());
     }
 
-    /// Activations and factors in bf16 on the CPU go through the f32 path and come back in bf16.
+    /// Activations in bf16 on the CPU go through the f32 path and come back in bf16; factors held in bf16 are read
+    /// as they are, exactly as their f32 values.
     #[test]
     fn cpu_op_accepts_half_precision() {
         let dev = Device::Cpu;
         let x =
             Tensor::arange(0f32, 24., &dev).unwrap().reshape((2, 12)).unwrap().affine(0.1, 0.0).unwrap().sin().unwrap();
-        let w = LoraWeights {
-            a_t: Tensor::ones((12, 2), DType::F32, &dev).unwrap(),
-            b_t: Tensor::ones((2, 5), DType::F32, &dev).unwrap(),
-        };
-        let op = Sgmv::new(&[seg(0, 2, Some(0))], &dev).unwrap();
-        let want = op.delta_host(&x, &[Some(&w)]).unwrap().unwrap();
         let bf16 = |t: &Tensor| t.to_dtype(DType::BF16).unwrap();
-        let w16 = LoraWeights { a_t: bf16(&w.a_t), b_t: bf16(&w.b_t) };
-        let got = op.delta_host(&bf16(&x), &[Some(&w16)]).unwrap().unwrap();
+        // Values that bf16 holds exactly.
+        let a_t = bf16(
+            &Tensor::arange(0f32, 24., &dev)
+                .unwrap()
+                .reshape((12, 2))
+                .unwrap()
+                .affine(0.37, 0.0)
+                .unwrap()
+                .cos()
+                .unwrap(),
+        );
+        let b_t = bf16(&Tensor::arange(0f32, 10., &dev).unwrap().reshape((2, 5)).unwrap().sin().unwrap());
+        let f32w =
+            LoraWeights { a_t: a_t.to_dtype(DType::F32).unwrap(), b_t: b_t.to_dtype(DType::F32).unwrap(), scale: 0.75 };
+        let bf16w = LoraWeights { a_t, b_t, scale: 0.75 };
+        let op = Sgmv::new(&[seg(0, 2, Some(0))], &dev).unwrap();
+        let want = op.delta_host(&x, &[Some(&f32w)]).unwrap().unwrap();
+        let held = op.delta_host(&x, &[Some(&bf16w)]).unwrap().unwrap();
+        assert_eq!(held.to_vec2::<f32>().unwrap(), want.to_vec2::<f32>().unwrap(), "bf16 factors read exactly");
+        let got = op.delta_host(&bf16(&x), &[Some(&f32w)]).unwrap().unwrap();
         assert_eq!(got.dtype(), DType::BF16);
         let err = (got.to_dtype(DType::F32).unwrap() - want).unwrap().abs().unwrap().max_all().unwrap();
         assert!(err.to_scalar::<f32>().unwrap() < 0.05);
         // Factors that do not fit the activations are an error, not a silent short read.
-        let narrow = LoraWeights { a_t: Tensor::ones((11, 2), DType::F32, &dev).unwrap(), b_t: w.b_t.clone() };
+        let narrow = LoraWeights { a_t: Tensor::ones((11, 2), DType::F32, &dev).unwrap(), ..f32w.clone() };
         assert!(op.delta_host(&x, &[Some(&narrow)]).is_err());
     }
 
-    /// The CPU op against the plain formula per row: `x_n A_s^T (sB_s)^T`, with adapters of different ranks
-    /// (multiples of eight and not), a slot without the module, and base rows left at zero.
+    /// The CPU op against the plain formula per row: `s_n x_n A_s^T B_s^T`, with adapters of different ranks
+    /// (multiples of eight and not) in f32 and bf16, a slot without the module, and base rows left at zero.
     #[test]
     fn cpu_op_equals_each_rows_own_adapter() {
         let (rows, fan_in, fan_out) = (9, 13, 10);
-        let ranks = [16, 3, 8, 0];
+        let ranks = [16, 3, 8, 0, 8];
+        let scales = [0.5, 2.0, 1.25, 1.0, 0.3];
         let f = |i: usize, k: f32| ((i as f32) * k).sin();
         let x: Vec<f32> = (0..rows * fan_in).map(|i| f(i, 0.37)).collect();
-        let a: Vec<Vec<f32>> = ranks.iter().map(|&r| (0..fan_in * r).map(|i| f(i + r, 0.11)).collect()).collect();
-        let b: Vec<Vec<f32>> = ranks.iter().map(|&r| (0..r * fan_out).map(|i| f(i + r, 0.23)).collect()).collect();
-        let slots: Vec<Option<HostFactors<'_>>> = (0..ranks.len())
-            .map(|s| (ranks[s] > 0).then(|| HostFactors { a_t: &a[s], b_t: &b[s], r: ranks[s] }))
+        // Slot 4 is held in bf16; its reference uses the same values widened.
+        let round = |s: usize, v: f32| if s == 4 { bf16::from_f32(v).to_f32() } else { v };
+        let a: Vec<Vec<f32>> =
+            (0..ranks.len()).map(|s| (0..fan_in * ranks[s]).map(|i| round(s, f(i + s, 0.11))).collect()).collect();
+        let b: Vec<Vec<f32>> =
+            (0..ranks.len()).map(|s| (0..ranks[s] * fan_out).map(|i| round(s, f(i + s, 0.23))).collect()).collect();
+        let half = |v: &[f32]| v.iter().map(|&x| bf16::from_f32(x)).collect::<Vec<_>>();
+        let (a4, b4) = (half(&a[4]), half(&b[4]));
+        let slots: Vec<Option<SlotFactors<'_>>> = (0..ranks.len())
+            .map(|s| {
+                let (r, scale) = (ranks[s], scales[s]);
+                match s {
+                    3 => None,
+                    4 => Some(SlotFactors::Bf16(HostFactors { a_t: &a4, b_t: &b4, r, scale })),
+                    _ => Some(SlotFactors::F32(HostFactors { a_t: &a[s], b_t: &b[s], r, scale })),
+                }
+            })
             .collect();
-        let row_slots = [Some(0), Some(0), None, Some(1), Some(2), Some(2), None, Some(3), Some(0)];
+        let row_slots = [Some(0), Some(0), None, Some(1), Some(2), Some(4), None, Some(3), Some(0)];
         let segs = [
             seg(0, 2, Some(0)),
             seg(2, 1, None),
             seg(3, 1, Some(1)),
-            seg(4, 2, Some(2)),
+            seg(4, 1, Some(2)),
+            seg(5, 1, Some(4)),
             seg(6, 1, None),
             seg(7, 1, Some(3)),
             seg(8, 1, Some(0)),
@@ -319,20 +412,18 @@ mod tests {
         let got = cpu(&x, &slots, &segment_table(&segs), fan_in, fan_out);
         for (n, slot) in row_slots.iter().enumerate() {
             for o in 0..fan_out {
-                let want: f32 = slot.filter(|&s| ranks[s] > 0).map_or(0.0, |s| {
+                let want: f32 = slot.filter(|&s| ranks[s] > 0 && s != 3).map_or(0.0, |s| {
                     let r = ranks[s];
-                    (0..r)
+                    let sum: f32 = (0..r)
                         .map(|j| {
                             let xa: f32 = (0..fan_in).map(|i| x[n * fan_in + i] * a[s][i * r + j]).sum();
                             xa * b[s][j * fan_out + o]
                         })
-                        .sum()
+                        .sum();
+                    scales[s] * sum
                 });
-                assert!(
-                    (got[n * fan_out + o] - want).abs() < 1e-5,
-                    "row {n} col {o}: {} vs {want}",
-                    got[n * fan_out + o]
-                );
+                let got = got[n * fan_out + o];
+                assert!((got - want).abs() < 1e-5, "row {n} col {o}: {got} vs {want}");
             }
         }
     }

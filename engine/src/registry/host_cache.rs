@@ -71,7 +71,7 @@ mod tests {
             device: candle_core::Device::Cpu,
             dtype: candle_core::DType::F32,
         };
-        Arc::new(LoraAdapter::random(&t, r, &[Module::Q], 0).unwrap())
+        Arc::new(LoraAdapter::random(&t, r, &[Module::Q], 0, candle_core::DType::F32).unwrap())
     }
 
     fn id(s: &str) -> AdapterId {

@@ -50,7 +50,7 @@ impl Loader {
                                     super::load(&source, &host_target).inspect(|a| cache.insert(id.clone(), a.clone()))
                                 }
                             };
-                            on_host.and_then(|a| a.to_device(&target.device).map(Arc::new))
+                            on_host.and_then(|a| a.to_target(&target).map(Arc::new))
                         }
                     };
                     if !done(id, result, start.elapsed()) {
@@ -111,7 +111,15 @@ mod tests {
     fn loads_each_adapter_once_until_forgotten() {
         let dir = tempfile::tempdir().unwrap();
         let t = target();
-        crate::adapter::write_random_peft(&dir.path().join("a"), &t.config, 4, &[crate::Module::Q], 1).unwrap();
+        crate::adapter::write_random_peft(
+            &dir.path().join("a"),
+            &t.config,
+            4,
+            &[crate::Module::Q],
+            1,
+            candle_core::DType::F32,
+        )
+        .unwrap();
         let (tx, rx) = mpsc::channel();
         let done: LoadDone = Box::new(move |id, result, _| tx.send((id, result.map(|a| a.max_rank()))).is_ok());
         let loader = Loader::spawn(t, 0, done).unwrap();
