@@ -1,9 +1,10 @@
 //! `loraland bench load`: an in-process load generator for the engine handle, shaped like the LoRA Land load test:
 //! N concurrent closed-loop streams, prompts of 90–110 words, 90–110 new tokens, adapters round-robin over K random
-//! r=8 q/v adapters written to disk (so first requests pay a real cold load), against the same load on the base
-//! model alone, in one run.
+//! r=8 q/v adapters written to disk in bf16 like the trainer's (so first requests pay a real cold load), against the
+//! same load on the base model alone, in one run.
 
 use anyhow::Context;
+use candle_core::DType;
 use clap::Args;
 use engine::registry::ResidencyLimits;
 use engine::{
@@ -48,6 +49,11 @@ pub struct LoadBenchArgs {
     /// of 25, and prints the decode step next to its floor (weight bytes / measured memory bandwidth).
     #[arg(long)]
     pub random_model: Option<String>,
+    /// Rounds of every load, each on a fresh engine (so each round's adapters start cold), in alternating order; the
+    /// table pools all rounds and the ratios to the base are given per round (drift on a shared machine affects both
+    /// sides of a ratio measured minutes apart) with their median.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rounds: u32,
     /// Concurrent streams to measure with `--random-model`.
     #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
     pub stream_counts: Vec<usize>,
@@ -70,6 +76,23 @@ pub(crate) struct Outcome {
     pub tokens_per_s: f64,
     pub ttft: Vec<Duration>,
     pub itl: Vec<Duration>,
+    tokens: usize,
+    seconds: f64,
+}
+
+impl Outcome {
+    /// The outcomes of one load over several rounds as one: all samples, total tokens over total time.
+    fn pooled(rounds: &[&Outcome]) -> Outcome {
+        let (tokens, seconds) = (rounds.iter().map(|o| o.tokens).sum(), rounds.iter().map(|o| o.seconds).sum());
+        Outcome {
+            label: rounds[0].label.clone(),
+            tokens_per_s: tokens as f64 / seconds,
+            ttft: rounds.iter().flat_map(|o| o.ttft.iter().copied()).collect(),
+            itl: rounds.iter().flat_map(|o| o.itl.iter().copied()).collect(),
+            tokens,
+            seconds,
+        }
+    }
 }
 
 /// What the streams send: text of 90-110 words, or (for a model with random weights) 90-110 random token ids.
@@ -156,6 +179,8 @@ pub(crate) fn run_load(
         tokens_per_s: tokens as f64 / elapsed,
         ttft: samples.iter().map(|s| s.ttft).collect(),
         itl: samples.into_iter().flat_map(|s| s.itl).collect(),
+        tokens,
+        seconds: elapsed,
     })
 }
 
@@ -178,7 +203,7 @@ pub(crate) fn write_adapters(dir: &Path, config: &ModelConfig, n: usize) -> anyh
                 8,
                 &[Module::Q, Module::V],
                 1000 + i as u64,
-                candle_core::DType::F32,
+                DType::BF16,
             )?;
             Ok(AdapterId::new(&id)?)
         })
@@ -207,34 +232,56 @@ pub fn run(args: LoadBenchArgs) -> anyhow::Result<()> {
         return crate::bench_random::run(&args);
     }
     let tmp = tempfile::tempdir()?;
-    let max_k = args.adapters.iter().copied().max().unwrap_or(1);
+    // Each adapter load gets adapters of its own, so that each starts cold whatever ran before it.
+    let total_k: usize = args.adapters.iter().sum::<usize>().max(1);
     // The base's shape, for the random adapters and the cold-load timing below (the engine loads its own copy).
     let target = engine::Model::load(&args.model, &LoadOptions::default())?.adapter_target();
-    let ids = write_adapters(tmp.path(), &target.config, max_k).context("writing random adapters")?;
-    let engine = Engine::spawn(engine_config(&args, tmp.path(), args.streams, max_k)?)?;
+    let ids = write_adapters(tmp.path(), &target.config, total_k).context("writing random adapters")?;
     let (n, per, kind) = (args.streams, args.requests_per_stream, PromptKind::Words);
-    let mut rows = Vec::new();
+    // The loads of a round (label, streams, requests per stream, adapters); the single stream is a base load too.
+    let mut loads: Vec<(String, usize, usize, &[AdapterId])> = Vec::new();
     if args.single_stream {
-        rows.push(run_load(&engine, kind, "base, 1 stream", 1, n * per, |_, _| None)?);
+        loads.push(("base, 1 stream".into(), 1, n * per, &[]));
     }
-    let base = run_load(&engine, kind, &format!("base, {n} streams"), n, per, |_, _| None)?;
+    loads.push((format!("base, {n} streams"), n, per, &[]));
+    let mut first = 0;
     for &k in &args.adapters {
-        let ids = &ids[..k];
-        rows.push(run_load(&engine, kind, &format!("K={k} adapters, {n} streams"), n, per, |i, j| {
-            Some(ids[(i + j * n) % k].clone())
-        })?);
+        loads.push((format!("K={k} adapters, {n} streams"), n, per, &ids[first..first + k]));
+        first += k;
     }
-    let loads = engine::EngineStats::get(&engine.stats().adapter_loads);
+    let (mut rounds, mut adapter_loads, mut budget) = (Vec::new(), 0, 0);
+    for round in 0..args.rounds {
+        let engine = Engine::spawn(engine_config(&args, tmp.path(), n, total_k)?)?;
+        budget = engine.config().step_token_budget();
+        run_load(&engine, kind, "warm-up", 1, 1, |_, _| None)?;
+        let mut outcomes: Vec<Option<Outcome>> = loads.iter().map(|_| None).collect();
+        // Odd rounds run the loads in reverse, so that a steady drift weighs on both sides of each ratio.
+        let order: Vec<usize> =
+            if round % 2 == 0 { (0..loads.len()).collect() } else { (0..loads.len()).rev().collect() };
+        for i in order {
+            let (label, streams, requests, ids) = &loads[i];
+            outcomes[i] = Some(run_load(&engine, kind, label, *streams, *requests, |s, j| {
+                (!ids.is_empty()).then(|| ids[(s + j * n) % ids.len()].clone())
+            })?);
+        }
+        adapter_loads += engine::EngineStats::get(&engine.stats().adapter_loads);
+        rounds.push(outcomes.into_iter().map(|o| o.expect("every load ran")).collect::<Vec<_>>());
+    }
+    let base_at = usize::from(args.single_stream);
+    let pooled: Vec<Outcome> =
+        (0..loads.len()).map(|i| Outcome::pooled(&rounds.iter().map(|r| &r[i]).collect::<Vec<_>>())).collect();
+    let base = &pooled[base_at];
     let p = |s: &str| crate::generate::print_line(s);
     p(&format!(
         "load: {} , {n} closed-loop streams x {per} requests, prompts 90-110 words, 90-110 new tokens, steps of at most \
-         {} tokens\n",
+         {budget} tokens, {} round(s) on fresh engines\n",
         args.model.display(),
-        engine.config().step_token_budget()
+        args.rounds
     ));
     p("| load | tokens/s | vs base | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms |");
     p("|---|---:|---:|---:|---:|---:|---:|");
-    for o in std::iter::once(&base).chain(&rows) {
+    let order = std::iter::once(base_at).chain((0..pooled.len()).filter(|&i| i != base_at));
+    for o in order.map(|i| &pooled[i]) {
         p(&format!(
             "| {} | {:.1} | {:.2} | {:.0} | {:.0} | {:.1} | {:.1} |",
             o.label,
@@ -246,8 +293,22 @@ pub fn run(args: LoadBenchArgs) -> anyhow::Result<()> {
             pct(&o.itl, 0.99)
         ));
     }
-    if let Some(one) = rows.iter().find(|o| o.label == "base, 1 stream") {
-        p(&format!("\nconcurrency scaling: {n} streams / 1 stream = {:.2}x", base.tokens_per_s / one.tokens_per_s));
+    // Each ratio within its round, then the median over rounds.
+    let per_round = |i: usize, f: &dyn Fn(&Outcome, &Outcome) -> f64| -> (f64, String) {
+        let mut v: Vec<f64> = rounds.iter().map(|r| f(&r[i], &r[base_at])).collect();
+        let listed = v.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>().join(", ");
+        v.sort_by(f64::total_cmp);
+        (v[v.len() / 2], listed)
+    };
+    p("\nratios to the base within each round: median (each round)");
+    if args.single_stream {
+        let (m, each) = per_round(0, &|one, base| base.tokens_per_s / one.tokens_per_s);
+        p(&format!("- concurrency scaling, {n} streams / 1 stream, tokens/s: {m:.2}x ({each})"));
+    }
+    for i in (0..loads.len()).filter(|&i| !loads[i].3.is_empty()) {
+        let (t, t_each) = per_round(i, &|o, base| o.tokens_per_s / base.tokens_per_s);
+        let (f, f_each) = per_round(i, &|o, base| pct(&o.ttft, 0.5) / pct(&base.ttft, 0.5));
+        p(&format!("- {}: tokens/s {t:.2}x ({t_each}); TTFT p50 {f:.2}x ({f_each})", loads[i].0));
     }
     // Cold loads of one r=8 q/v adapter from disk, off the batching thread.
     let mut times: Vec<Duration> = Vec::new();
@@ -257,7 +318,7 @@ pub fn run(args: LoadBenchArgs) -> anyhow::Result<()> {
         times.push(t.elapsed());
     }
     p(&format!(
-        "cold adapter load (r=8 q/v, from disk): p50 {:.1} ms, max {:.1} ms; adapter loads during the run: {loads}",
+        "cold adapter load (r=8 q/v, from disk): p50 {:.1} ms, max {:.1} ms; adapter loads during the run: {adapter_loads}",
         pct(&times, 0.5),
         pct(&times, 1.0)
     ));
