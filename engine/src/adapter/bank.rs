@@ -83,10 +83,7 @@ impl AdapterBank {
                 }
                 None => {
                     let factors: Vec<_> = self.adapters.iter().map(|a| a.weights(layer, module)).collect();
-                    match op.delta_host(xs, &factors)? {
-                        Some(delta) => Ok((base + delta)?),
-                        None => Ok(base),
-                    }
+                    op.add_host(xs, base, &factors)
                 }
             },
             PlanMode::Segments => {

@@ -92,16 +92,14 @@ impl SlotFactors<'_> {
 }
 
 /// The op on the CPU: `x` is `[rows, fan_in]`, `slots[s]` the factors of the adapter in slot `s` (`None` where it
-/// lacks the module); returns `delta`, `[rows, fan_out]`, zero outside the table's segments. Each row: `r` dot
-/// products over `fan_in`, then a sum over the rank per output column, vectorisable loops.
-pub fn cpu(x: &[f32], slots: &[Option<SlotFactors<'_>>], table: &[u32], fan_in: usize, fan_out: usize) -> Vec<f32> {
+/// lacks the module); adds each row's delta to `out`, `[rows, fan_out]` (rows outside the table's segments are left
+/// as they are). Each row: `r` dot products over `fan_in`, then a sum over the rank per output column, vectorisable
+/// loops.
+pub fn cpu(x: &[f32], slots: &[Option<SlotFactors<'_>>], table: &[u32], fan_in: usize, out: &mut [f32]) {
     let rows = x.len().checked_div(fan_in).unwrap_or(0);
     let n_seg = table.len() / 3;
     let (starts, lens, seg_slots) = (&table[..n_seg], &table[n_seg..2 * n_seg], &table[2 * n_seg..]);
-    let mut delta = vec![0f32; rows * fan_out];
-    if fan_out == 0 {
-        return delta;
-    }
+    let Some(fan_out) = out.len().checked_div(rows).filter(|&f| f > 0) else { return };
     let mut factors_of = vec![None; rows];
     for s in 0..n_seg {
         let (start, len) = (starts[s] as usize, lens[s] as usize);
@@ -109,8 +107,8 @@ pub fn cpu(x: &[f32], slots: &[Option<SlotFactors<'_>>], table: &[u32], fan_in: 
         factors_of[start..start + len].iter_mut().for_each(|f| *f = factors);
     }
     let r_max = slots.iter().flatten().map(SlotFactors::rank).max().unwrap_or(0);
-    // Each row writes only its own slice of `delta`; the locks are never contended.
-    let outs: Vec<Mutex<&mut [f32]>> = delta.chunks_mut(fan_out).map(Mutex::new).collect();
+    // Each row writes only its own slice of `out`; the locks are never contended.
+    let outs: Vec<Mutex<&mut [f32]>> = out.chunks_mut(fan_out).map(Mutex::new).collect();
     candle_core::utils::barrier_pool().execute_chunked(rows, |range| {
         let mut v = vec![0f32; r_max];
         for n in range {
@@ -123,8 +121,6 @@ pub fn cpu(x: &[f32], slots: &[Option<SlotFactors<'_>>], table: &[u32], fan_in: 
             }
         }
     });
-    drop(outs);
-    delta
 }
 
 /// `out += s · x A^T B^T` for one row.
@@ -199,11 +195,11 @@ impl Sgmv {
         Ok(xs.contiguous()?.apply_op3_no_bwd(a, b, self)?)
     }
 
-    /// `delta` on the CPU from each adapter's own factors: `slots[s]` holds the module's factors of the adapter in
-    /// slot `s`, `None` where it lacks the module. In the dtype of `xs`, computed in f32 from factors in f32 or bf16
-    /// as held (other dtypes are converted). `None` when no adapter has the module.
-    pub fn delta_host(&self, xs: &Tensor, slots: &[Option<&LoraWeights>]) -> Result<Option<Tensor>> {
-        let Some(first) = slots.iter().flatten().next() else { return Ok(None) };
+    /// `base + delta` on the CPU (one pass, no separate delta), from each adapter's own factors: `slots[s]` holds the
+    /// module's factors of the adapter in slot `s`, `None` where it lacks the module. In the dtype of `base`,
+    /// computed in f32 from factors in f32 or bf16 as held (other dtypes are converted).
+    pub fn add_host(&self, xs: &Tensor, base: Tensor, slots: &[Option<&LoraWeights>]) -> Result<Tensor> {
+        let Some(first) = slots.iter().flatten().next() else { return Ok(base) };
         let (rows, fan_in) = xs.dims2()?;
         let fan_out = first.b_t.dims2()?.1;
         // Only the slots this batch uses are read.
@@ -257,8 +253,13 @@ impl Sgmv {
                     .transpose()
             })
             .collect::<Result<Vec<_>>>()?;
-        let delta = cpu(host(&x_storage, x_layout)?, &factors, &self.host, fan_in, fan_out);
-        Ok(Some(Tensor::from_vec(delta, (rows, fan_out), xs.device())?.to_dtype(xs.dtype())?))
+        if base.dims() != [rows, fan_out] {
+            let msg = format!("sgmv: base output {:?} for x [{rows}, {fan_in}] and {fan_out} outputs", base.dims());
+            return Err(candle_core::Error::Msg(msg).into());
+        }
+        let mut out = base.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        cpu(host(&x_storage, x_layout)?, &factors, &self.host, fan_in, &mut out);
+        Ok(Tensor::from_vec(out, (rows, fan_out), base.device())?.to_dtype(base.dtype())?)
     }
 
     #[cfg(feature = "cuda")]
@@ -295,7 +296,7 @@ impl CustomOp3 for Sgmv {
         _: &CpuStorage,
         _: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        candle_core::bail!("sgmv: stacked factors are for GPUs; on the CPU use Sgmv::delta_host")
+        candle_core::bail!("sgmv: stacked factors are for GPUs; on the CPU use Sgmv::add_host")
     }
 
     #[cfg(feature = "cuda")]
@@ -359,16 +360,18 @@ mod tests {
             LoraWeights { a_t: a_t.to_dtype(DType::F32).unwrap(), b_t: b_t.to_dtype(DType::F32).unwrap(), scale: 0.75 };
         let bf16w = LoraWeights { a_t, b_t, scale: 0.75 };
         let op = Sgmv::new(&[seg(0, 2, Some(0))], &dev).unwrap();
-        let want = op.delta_host(&x, &[Some(&f32w)]).unwrap().unwrap();
-        let held = op.delta_host(&x, &[Some(&bf16w)]).unwrap().unwrap();
+        let base = x.narrow(1, 0, 5).unwrap().cos().unwrap();
+        let want = op.add_host(&x, base.clone(), &[Some(&f32w)]).unwrap();
+        let held = op.add_host(&x, base.clone(), &[Some(&bf16w)]).unwrap();
         assert_eq!(held.to_vec2::<f32>().unwrap(), want.to_vec2::<f32>().unwrap(), "bf16 factors read exactly");
-        let got = op.delta_host(&bf16(&x), &[Some(&f32w)]).unwrap().unwrap();
+        let got = op.add_host(&bf16(&x), bf16(&base), &[Some(&f32w)]).unwrap();
         assert_eq!(got.dtype(), DType::BF16);
         let err = (got.to_dtype(DType::F32).unwrap() - want).unwrap().abs().unwrap().max_all().unwrap();
         assert!(err.to_scalar::<f32>().unwrap() < 0.05);
         // Factors that do not fit the activations are an error, not a silent short read.
         let narrow = LoraWeights { a_t: Tensor::ones((11, 2), DType::F32, &dev).unwrap(), ..f32w.clone() };
-        assert!(op.delta_host(&x, &[Some(&narrow)]).is_err());
+        assert!(op.add_host(&x, base.clone(), &[Some(&narrow)]).is_err());
+        assert!(op.add_host(&x, x.clone(), &[Some(&f32w)]).is_err(), "a base output of the wrong width");
     }
 
     /// The CPU op against the plain formula per row: `s_n x_n A_s^T B_s^T`, with adapters of different ranks
@@ -409,7 +412,10 @@ mod tests {
             seg(7, 1, Some(3)),
             seg(8, 1, Some(0)),
         ];
-        let got = cpu(&x, &slots, &segment_table(&segs), fan_in, fan_out);
+        // Onto a base output, which rows without an adapter keep.
+        let base: Vec<f32> = (0..rows * fan_out).map(|i| f(i, 0.71)).collect();
+        let mut got = base.clone();
+        cpu(&x, &slots, &segment_table(&segs), fan_in, &mut got);
         for (n, slot) in row_slots.iter().enumerate() {
             for o in 0..fan_out {
                 let want: f32 = slot.filter(|&s| ranks[s] > 0 && s != 3).map_or(0.0, |s| {
@@ -422,7 +428,7 @@ mod tests {
                         .sum();
                     scales[s] * sum
                 });
-                let got = got[n * fan_out + o];
+                let got = got[n * fan_out + o] - base[n * fan_out + o];
                 assert!((got - want).abs() < 1e-5, "row {n} col {o}: {got} vs {want}");
             }
         }
