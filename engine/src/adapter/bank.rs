@@ -216,16 +216,9 @@ impl LoraPlan {
 mod tests {
     use super::*;
     use crate::adapter::AdapterTarget;
-    use crate::model::RopeStyle;
-    use crate::ModelConfig;
 
     fn target() -> AdapterTarget {
-        let cfg = ModelConfig::from_hf_json(
-            r#"{"vocab_size":10,"hidden_size":16,"intermediate_size":24,"num_hidden_layers":1,
-                "num_attention_heads":2,"num_key_value_heads":1,"rms_norm_eps":1e-5}"#,
-        )
-        .unwrap();
-        AdapterTarget { config: cfg, rope_style: RopeStyle::Half, device: Device::Cpu, dtype: candle_core::DType::F32 }
+        crate::adapter::tiny_test_target()
     }
 
     fn adapter(r: usize, seed: u64, t: &AdapterTarget) -> Arc<LoraAdapter> {

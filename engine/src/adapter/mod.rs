@@ -282,6 +282,17 @@ fn regroup_rows(b: &Tensor, n_heads: usize, outer: usize) -> Result<Tensor> {
     Ok(b.reshape((n_heads, outer, inner, r))?.transpose(1, 2)?.contiguous()?.reshape((out, r))?)
 }
 
+/// A one-layer, 16-wide model's target on the CPU in f32, for unit tests.
+#[cfg(test)]
+pub(crate) fn tiny_test_target() -> AdapterTarget {
+    let config = ModelConfig::from_hf_json(
+        r#"{"vocab_size":10,"hidden_size":16,"intermediate_size":24,"num_hidden_layers":1,
+            "num_attention_heads":2,"num_key_value_heads":1,"rms_norm_eps":1e-5}"#,
+    )
+    .expect("a valid config");
+    AdapterTarget { config, rope_style: RopeStyle::Half, device: Device::Cpu, dtype: DType::F32 }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -55,22 +55,10 @@ impl HostCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::adapter::AdapterTarget;
-    use crate::model::RopeStyle;
-    use crate::{ModelConfig, Module};
+    use crate::Module;
 
     fn adapter(r: usize) -> Arc<LoraAdapter> {
-        let config = ModelConfig::from_hf_json(
-            r#"{"vocab_size":10,"hidden_size":16,"intermediate_size":24,"num_hidden_layers":1,
-                "num_attention_heads":2,"num_key_value_heads":1,"rms_norm_eps":1e-5}"#,
-        )
-        .unwrap();
-        let t = AdapterTarget {
-            config,
-            rope_style: RopeStyle::Half,
-            device: candle_core::Device::Cpu,
-            dtype: candle_core::DType::F32,
-        };
+        let t = crate::adapter::tiny_test_target();
         Arc::new(LoraAdapter::random(&t, r, &[Module::Q], 0, candle_core::DType::F32).unwrap())
     }
 

@@ -87,30 +87,13 @@ impl Loader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::adapter::AdapterTarget;
-    use crate::model::RopeStyle;
-    use crate::ModelConfig;
     use std::sync::mpsc;
-
-    fn target() -> AdapterTarget {
-        let config = ModelConfig::from_hf_json(
-            r#"{"vocab_size":10,"hidden_size":16,"intermediate_size":24,"num_hidden_layers":1,
-                "num_attention_heads":2,"num_key_value_heads":1,"rms_norm_eps":1e-5}"#,
-        )
-        .unwrap();
-        AdapterTarget {
-            config,
-            rope_style: RopeStyle::Half,
-            device: candle_core::Device::Cpu,
-            dtype: candle_core::DType::F32,
-        }
-    }
 
     /// One load per adapter however often it is asked for, until it is forgotten; a failed load reports its cause.
     #[test]
     fn loads_each_adapter_once_until_forgotten() {
         let dir = tempfile::tempdir().unwrap();
-        let t = target();
+        let t = crate::adapter::tiny_test_target();
         crate::adapter::write_random_peft(
             &dir.path().join("a"),
             &t.config,
