@@ -41,8 +41,9 @@ struct Stack {
 impl AdapterBank {
     /// A bank holding `adapters`, in slot order.
     pub fn new(adapters: Vec<Arc<LoraAdapter>>, num_layers: usize) -> Result<Self> {
-        let on_gpu =
-            adapters.iter().flat_map(|a| a.layers.iter().flatten().flatten()).any(|w| !w.a_t.device().is_cpu());
+        // An engine's adapters all live on its device: the first one's factors say where.
+        let first = adapters.iter().flat_map(|a| a.layers.iter().flatten().flatten()).next();
+        let on_gpu = first.is_some_and(|w| !w.a_t.device().is_cpu());
         if !on_gpu {
             return Ok(Self { adapters, stacks: None });
         }

@@ -130,12 +130,11 @@ impl LoraAdapter {
         Self::from_tensors(config, tensors, Path::new("random"), target)
     }
 
-    /// A copy of the adapter for `target` (a host copy moved to the GPU: on a GPU, factors are held in the
-    /// activation dtype).
+    /// A copy of the adapter for `target` (a host copy moved to the GPU), its factors in the dtype
+    /// [`storage_dtype`] picks for `target`.
     pub fn to_target(&self, target: &AdapterTarget) -> Result<Self> {
         let mut bytes = 0;
-        let mut copy = |t: &Tensor| -> Result<Tensor> {
-            let dtype = if target.device.is_cpu() { t.dtype() } else { target.dtype };
+        let mut copy = |t: &Tensor, dtype: DType| -> Result<Tensor> {
             let t = t.to_dtype(dtype)?.to_device(&target.device)?;
             bytes += t.elem_count() * dtype.size_in_bytes();
             Ok(t)
@@ -147,7 +146,8 @@ impl LoraAdapter {
                 let mut out: [Option<LoraWeights>; 7] = Default::default();
                 for (o, w) in out.iter_mut().zip(mods) {
                     if let Some(w) = w {
-                        let (a_t, b_t) = (copy(&w.a_t)?, copy(&w.b_t)?);
+                        let dtype = storage_dtype(target, w.a_t.dtype(), w.b_t.dtype());
+                        let (a_t, b_t) = (copy(&w.a_t, dtype)?, copy(&w.b_t, dtype)?);
                         *o = Some(LoraWeights { a_t, b_t, scale: w.scale });
                     }
                 }

@@ -177,6 +177,8 @@ fn shrink<T: Factor>(x: &[f32], a_t: &[T], v: &mut [f32]) {
 pub struct Sgmv {
     /// The segment table on the host (CPU path) ...
     host: Vec<u32>,
+    /// Which adapter slots the table uses, by slot index (the CPU reads only their factors).
+    used: Vec<bool>,
     /// ... and on the GPU, the kernels' argument (`None` on the CPU).
     #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     table: Option<Tensor>,
@@ -187,7 +189,14 @@ impl Sgmv {
     pub fn new(segments: &[Segment], device: &Device) -> Result<Self> {
         let host = segment_table(segments);
         let table = if device.is_cpu() { None } else { Some(Tensor::new(host.as_slice(), device)?) };
-        Ok(Self { host, table })
+        let mut used = Vec::new();
+        for slot in segments.iter().filter_map(|s| s.slot) {
+            if used.len() <= slot {
+                used.resize(slot + 1, false);
+            }
+            used[slot] = true;
+        }
+        Ok(Self { host, used, table })
     }
 
     /// `delta = SGMV(x, a, b)` on a GPU, from the stacks of every adapter's factors (see [`super::bank`]).
@@ -202,61 +211,37 @@ impl Sgmv {
         let Some(first) = slots.iter().flatten().next() else { return Ok(base) };
         let (rows, fan_in) = xs.dims2()?;
         let fan_out = first.b_t.dims2()?.1;
-        // Only the slots this batch uses are read.
-        let n_seg = self.host.len() / 3;
-        let used = |s: usize| self.host[2 * n_seg..].contains(&(s as u32));
+        let misfit = |what: String| -> Result<Tensor> { Err(candle_core::Error::Msg(format!("sgmv: {what}")).into()) };
+        if base.dims() != [rows, fan_out] {
+            return misfit(format!("base output {:?} for x [{rows}, {fan_in}] and {fan_out} outputs", base.dims()));
+        }
+        // The factors of the slots this batch uses, in f32 or bf16 as held (other dtypes converted to f32).
         let mut held = Vec::with_capacity(slots.len());
         for (s, w) in slots.iter().enumerate() {
-            held.push(match w {
-                Some(w) if used(s) => {
-                    let r = w.a_t.dims2()?.1;
-                    if w.a_t.dims() != [fan_in, r] || w.b_t.dims() != [r, fan_out] {
-                        let msg = format!(
-                            "sgmv: x [{rows}, {fan_in}], A^T {:?}, B^T {:?} do not fit",
-                            w.a_t.dims(),
-                            w.b_t.dims()
-                        );
-                        return Err(candle_core::Error::Msg(msg).into());
-                    }
-                    let dtype = match (w.a_t.dtype(), w.b_t.dtype()) {
-                        (DType::BF16, DType::BF16) => DType::BF16,
-                        _ => DType::F32,
-                    };
-                    let as_held = |t: &Tensor| -> Result<Tensor> { Ok(t.to_dtype(dtype)?.contiguous()?) };
-                    Some((as_held(&w.a_t)?, as_held(&w.b_t)?, dtype, r, w.scale))
-                }
-                _ => None,
-            });
+            let Some(w) = w.filter(|_| self.used.get(s).copied().unwrap_or(false)) else {
+                held.push(None);
+                continue;
+            };
+            let r = w.a_t.dims2()?.1;
+            if w.a_t.dims() != [fan_in, r] || w.b_t.dims() != [r, fan_out] {
+                let (a, b) = (w.a_t.dims(), w.b_t.dims());
+                return misfit(format!("x [{rows}, {fan_in}], A^T {a:?}, B^T {b:?} do not fit"));
+            }
+            let both_bf16 = w.a_t.dtype() == DType::BF16 && w.b_t.dtype() == DType::BF16;
+            let dtype = if both_bf16 { DType::BF16 } else { DType::F32 };
+            let as_held = |t: &Tensor| -> Result<Tensor> { Ok(t.to_dtype(dtype)?.contiguous()?) };
+            held.push(Some((as_held(&w.a_t)?, as_held(&w.b_t)?, w.scale)));
         }
-        let x = xs.to_dtype(DType::F32)?.contiguous()?;
-        let (x_storage, x_layout) = x.storage_and_layout();
         let guards: Vec<_> = held
             .iter()
-            .map(|h| {
-                h.as_ref()
-                    .map(|(a, b, dtype, r, scale)| (a.storage_and_layout(), b.storage_and_layout(), *dtype, *r, *scale))
-            })
+            .map(|h| h.as_ref().map(|(a, b, scale)| (a.storage_and_layout(), b.storage_and_layout(), *scale)))
             .collect();
         let factors = guards
             .iter()
-            .map(|g| {
-                g.as_ref()
-                    .map(|((sa, la), (sb, lb), dtype, r, scale)| -> Result<SlotFactors<'_>> {
-                        let (r, scale) = (*r, *scale);
-                        Ok(match dtype {
-                            DType::BF16 => {
-                                SlotFactors::Bf16(HostFactors { a_t: host(sa, la)?, b_t: host(sb, lb)?, r, scale })
-                            }
-                            _ => SlotFactors::F32(HostFactors { a_t: host(sa, la)?, b_t: host(sb, lb)?, r, scale }),
-                        })
-                    })
-                    .transpose()
-            })
+            .map(|g| g.as_ref().map(|((sa, la), (sb, lb), scale)| slot_factors((sa, la), (sb, lb), *scale)).transpose())
             .collect::<Result<Vec<_>>>()?;
-        if base.dims() != [rows, fan_out] {
-            let msg = format!("sgmv: base output {:?} for x [{rows}, {fan_in}] and {fan_out} outputs", base.dims());
-            return Err(candle_core::Error::Msg(msg).into());
-        }
+        let x = xs.to_dtype(DType::F32)?.contiguous()?;
+        let (x_storage, x_layout) = x.storage_and_layout();
         let mut out = base.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         cpu(host(&x_storage, x_layout)?, &factors, &self.host, fan_in, &mut out);
         Ok(Tensor::from_vec(out, (rows, fan_out), base.device())?.to_dtype(base.dtype())?)
@@ -272,6 +257,15 @@ impl Sgmv {
         }
         Ok(SgmvDims { rows, fan_in, fan_out, r_max })
     }
+}
+
+/// One slot's factors as the CPU op reads them, from `A^T` and `B^T` held in host memory in f32 or bf16.
+fn slot_factors<'a>(a: (&'a Storage, &Layout), b: (&'a Storage, &Layout), scale: f32) -> Result<SlotFactors<'a>> {
+    let r = a.1.dims()[1];
+    Ok(match a.0.dtype() {
+        DType::BF16 => SlotFactors::Bf16(HostFactors { a_t: host(a.0, a.1)?, b_t: host(b.0, b.1)?, r, scale }),
+        _ => SlotFactors::F32(HostFactors { a_t: host(a.0, a.1)?, b_t: host(b.0, b.1)?, r, scale }),
+    })
 }
 
 /// The values of a contiguous tensor in host memory.

@@ -21,7 +21,7 @@ pub(crate) type LoadDone = Box<dyn FnMut(AdapterId, Result<Arc<LoraAdapter>>, Du
 /// The shared side of the loader thread.
 #[derive(Debug)]
 pub(crate) struct Loader {
-    tx: Mutex<Sender<(AdapterId, AdapterSource)>>,
+    tx: Sender<(AdapterId, AdapterSource)>,
     /// Adapters resident, loaded and waiting for room, or being loaded: the ones no one needs to load.
     tracked: Mutex<HashSet<AdapterId>>,
 }
@@ -59,7 +59,7 @@ impl Loader {
                 }
             })
             .map_err(|e| Error::Config(format!("cannot start the adapter loader thread: {e}")))?;
-        Ok(Arc::new(Self { tx: Mutex::new(tx), tracked: Mutex::new(HashSet::new()) }))
+        Ok(Arc::new(Self { tx, tracked: Mutex::new(HashSet::new()) }))
     }
 
     /// Starts loading `id` from `source` unless it is resident, waiting for room or being loaded. Fails only if the
@@ -70,7 +70,7 @@ impl Loader {
             return Ok(());
         }
         tracing::info!(adapter = %id, ?source, "loading adapter");
-        let sent = self.tx.lock().expect("not poisoned").send((id.clone(), source.clone()));
+        let sent = self.tx.send((id.clone(), source.clone()));
         if sent.is_err() {
             return Err(Error::AdapterLoad { id: id.clone(), reason: "the adapter loader has stopped".into() });
         }
