@@ -1,5 +1,11 @@
 //! LoRA Land's web app: the page shell, the router and the pages, rendered on the server (`ssr`) and hydrated in the
 //! browser (`hydrate`). Layout after Leptos' start-axum-workspace.
+//!
+//! Every component returns [`AnyView`] (its view ends in `.into_any()`), as the Leptos book advises for large
+//! apps: the type of an unerased view nests the types of every component inside it, and a release build of the
+//! WASM (where cargo-leptos does not set `--cfg erase_components`, as it does for debug builds) of the home page
+//! overflowed rustc's query depth limit by 130 levels. Erasing at each component keeps every type as deep as one
+//! component's own markup, however the pages grow.
 
 pub mod api;
 pub mod catalog;
@@ -41,7 +47,7 @@ pub fn shell(options: LeptosOptions) -> impl IntoView {
 
 /// The root component: meta tags, stylesheet and routes.
 #[component]
-pub fn App() -> impl IntoView {
+pub fn App() -> AnyView {
     provide_meta_context();
     view! {
         <Stylesheet id="leptos" href="/pkg/loraland.css"/>
@@ -61,4 +67,5 @@ pub fn App() -> impl IntoView {
             </main>
         </Router>
     }
+    .into_any()
 }

@@ -17,7 +17,7 @@ pub fn matches(task: &Task, filter: &str) -> bool {
 
 /// The gallery.
 #[component]
-pub fn Gallery() -> impl IntoView {
+pub fn Gallery() -> AnyView {
     let query = use_query_map();
     let filter = RwSignal::new(query.with_untracked(|q| q.get("q").unwrap_or_default()));
     let shown = move || catalog::tasks().iter().filter(|t| filter.with(|f| matches(t, f))).count();
@@ -61,6 +61,7 @@ pub fn Gallery() -> impl IntoView {
                 .collect_view()}
         </section>
     }
+    .into_any()
 }
 
 /// One adapter's card.
@@ -69,7 +70,7 @@ fn Card(
     task: &'static Task,
     filter: RwSignal<String>,
     rates: Resource<Result<Vec<WinRate>, ServerFnError>>,
-) -> impl IntoView {
+) -> AnyView {
     let record = move || {
         let rates = rates.get()?.ok()?;
         let r = rates.into_iter().find(|r| r.adapter == task.adapters.embedded)?;
@@ -90,6 +91,7 @@ fn Card(
             </Suspense>
         </li>
     }
+    .into_any()
 }
 
 #[cfg(test)]

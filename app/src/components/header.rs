@@ -5,7 +5,7 @@ use leptos::prelude::*;
 /// Site header. Once the WASM has hydrated the page, `data-hydrated="true"` appears on it: effects never run
 /// during server rendering, so the attribute tells tests (and curious users) that the page is interactive.
 #[component]
-pub fn Header() -> impl IntoView {
+pub fn Header() -> AnyView {
     let hydrated = RwSignal::new(false);
     Effect::new(move |_| hydrated.set(true));
     view! {
@@ -19,4 +19,5 @@ pub fn Header() -> impl IntoView {
             </nav>
         </header>
     }
+    .into_any()
 }

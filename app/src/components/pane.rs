@@ -86,7 +86,7 @@ pub fn Pane(
     /// The model id shown under the heading.
     model: String,
     state: PaneState,
-) -> impl IntoView {
+) -> AnyView {
     view! {
         <section class="pane" data-pane=index data-status=move || state.status.get() aria-live="polite">
             <header class="pane-head">
@@ -98,6 +98,7 @@ pub fn Pane(
             <p class="pane-timings muted">{move || timings(state.done.get(), state.pieces.get())}</p>
         </section>
     }
+    .into_any()
 }
 
 #[cfg(test)]

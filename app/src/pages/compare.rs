@@ -23,7 +23,7 @@ pub fn chosen_panes(values: &[Option<String>]) -> Vec<PaneSpec> {
 
 /// The compare page.
 #[component]
-pub fn Compare() -> impl IntoView {
+pub fn Compare() -> AnyView {
     let query = use_query_map();
     let q = query.read_untracked();
     let task_id = q.get("task").unwrap_or_else(|| "glue_sst2".to_string());
@@ -66,6 +66,7 @@ pub fn Compare() -> impl IntoView {
             (_, true) => view! { <p class="muted panel">"Choose at least one pane, then Set up."</p> }.into_any(),
         }}
     }
+    .into_any()
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use leptos_router::hooks::use_query_map;
 
 /// The history page.
 #[component]
-pub fn History() -> impl IntoView {
+pub fn History() -> AnyView {
     let query = use_query_map();
     let page = move || query.read().get("page").and_then(|p| p.parse::<i64>().ok()).unwrap_or(0).max(0);
     let runs = Resource::new(page, list_runs);
@@ -48,4 +48,5 @@ pub fn History() -> impl IntoView {
             </Suspense>
         </section>
     }
+    .into_any()
 }

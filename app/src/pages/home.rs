@@ -6,7 +6,7 @@ use leptos::prelude::*;
 
 /// `/`: the landing page.
 #[component]
-pub fn Home() -> impl IntoView {
+pub fn Home() -> AnyView {
     let info = Resource::new(|| (), |_| get_overview());
 
     view! {
@@ -36,4 +36,5 @@ pub fn Home() -> impl IntoView {
         </section>
         <Gallery/>
     }
+    .into_any()
 }

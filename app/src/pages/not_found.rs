@@ -4,7 +4,7 @@ use leptos::prelude::*;
 
 /// Shown for any path no route matches; answers with status 404 on the server.
 #[component]
-pub fn NotFound() -> impl IntoView {
+pub fn NotFound() -> AnyView {
     #[cfg(feature = "ssr")]
     {
         if let Some(resp) = use_context::<leptos_axum::ResponseOptions>() {
@@ -17,4 +17,5 @@ pub fn NotFound() -> impl IntoView {
             <p><a href="/">"Back to the adapters"</a></p>
         </section>
     }
+    .into_any()
 }

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 /// The playground page.
 #[component]
-pub fn Playground() -> impl IntoView {
+pub fn Playground() -> AnyView {
     let params = use_params_map();
     let id = params.read_untracked().get("adapter").unwrap_or_default();
     match catalog::task(&id) {
@@ -34,7 +34,7 @@ pub fn panes_of(task: &Task) -> Vec<PaneSpec> {
 /// The inputs, parameters and answer panes of one task's template, run through `panes`. Used by the playground
 /// and the compare page. Without JavaScript the form posts to `run_form`, which answers with the finished run.
 #[component]
-pub fn TaskPlayground(task: &'static Task, panes: Vec<PaneSpec>) -> impl IntoView {
+pub fn TaskPlayground(task: &'static Task, panes: Vec<PaneSpec>) -> AnyView {
     let specs = panes;
     let first: BTreeMap<String, String> = task.examples[0].clone();
     let values = RwSignal::new(first);
@@ -232,6 +232,7 @@ pub fn TaskPlayground(task: &'static Task, panes: Vec<PaneSpec>) -> impl IntoVie
             }).collect_view()}
         </section>
     }
+    .into_any()
 }
 
 /// The browser side of `/runs/{id}/stream`: an `EventSource` whose events go to the panes. A no-op on the server.

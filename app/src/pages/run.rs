@@ -9,7 +9,7 @@ use leptos_router::hooks::use_params_map;
 
 /// The run page.
 #[component]
-pub fn RunPage() -> impl IntoView {
+pub fn RunPage() -> AnyView {
     let params = use_params_map();
     let run = Resource::new(move || params.read().get("id").unwrap_or_default(), get_run);
     view! {
@@ -21,10 +21,11 @@ pub fn RunPage() -> impl IntoView {
             })}
         </Suspense>
     }
+    .into_any()
 }
 
 #[component]
-fn RunDetails(run: RunView) -> impl IntoView {
+fn RunDetails(run: RunView) -> AnyView {
     let task = run.task.as_deref().and_then(catalog::task);
     let title = task.map_or_else(|| "Run".to_string(), |t| t.name.clone());
     let when = format_time(run.created_at);
@@ -92,6 +93,7 @@ fn RunDetails(run: RunView) -> impl IntoView {
             }).collect_view()}
         </section>
     }
+    .into_any()
 }
 
 /// The heading of a stored pane: the task's name for a catalog adapter, "Base model" for the base.
