@@ -10,15 +10,22 @@ export LEPTOS_OUTPUT_NAME := loraland
 # Two cores here: keep candle's matmuls to one thread in tests so test binaries running side by side don't fight.
 TEST_ENV := RAYON_NUM_THREADS=1 RUSTFLAGS="$(LEPTOS_RUSTFLAGS)"
 
-.PHONY: serve test tools test-deps fmt lint unit clients e2e fetch-model adapters cuda-toolchain cuda-check gpu-bundle clean
+.PHONY: serve site test tools test-deps fmt lint unit clients e2e fetch-model adapters cuda-toolchain cuda-check \
+	gpu-bundle clean
 
 ## Build the site in release mode and serve it (fetches the default model on first start).
 serve: tools test-deps-npm
 	@echo "==> LoRA Land will listen on http://$${LORALAND_ADDR:-127.0.0.1:3000} (set LORALAND_ADDR to change)"
 	cargo leptos serve --release
 
-## Everything CI runs: formatting, lints, unit and integration tests, browser tests, the CUDA build (compile only).
-test: tools test-deps fmt lint fetch-model unit clients e2e cuda-check
+## The release site exactly as `make serve` builds it (target/release/loraland, target/site); the API clients and
+## the browser tests run against it.
+site: tools test-deps-npm
+	cargo leptos build --release
+
+## Everything CI runs: formatting, lints, unit and integration tests, the release site with the Python API
+## clients and the browser tests against it, the CUDA compile check.
+test: tools test-deps fmt lint site fetch-model unit clients e2e cuda-check
 
 tools:
 	@scripts/install-tools.sh
@@ -40,16 +47,17 @@ lint:
 unit:
 	$(TEST_ENV) cargo test --workspace --exclude frontend
 
-## The real OpenAI and LoRAX Python clients (from PyPI) against a live server.
-clients:
-	RUSTFLAGS="$(LEPTOS_RUSTFLAGS)" scripts/clients.sh
+## The real OpenAI and LoRAX Python clients (from PyPI) against the release server.
+clients: site
+	scripts/clients.sh
 
-e2e:
+## The browser tests (Playwright, Debian's Chromium) against the release server.
+e2e: site
 	scripts/e2e.sh
 
 ## Fetch the default model into data/models (the engine's SmolLM2 tests need it).
-fetch-model:
-	RUSTFLAGS="$(LEPTOS_RUSTFLAGS)" cargo run -q -p server --bin loraland -- fetch-model
+fetch-model: site
+	target/release/loraland fetch-model
 
 ## Train the embedded model's demo adapters into adapters/ and score them (TASKS="a b" for some; long on a CPU).
 adapters:
@@ -59,20 +67,25 @@ adapters:
 cuda-toolchain:
 	@scripts/cuda-toolchain.sh
 
-# The CUDA build has its own target folder outside the checkout: candle's kernels take ~30 min of nvcc on 2 cores,
-# once per machine.
-CUDA_TARGET_DIR ?= $(HOME)/.cache/loraland/cuda-target
-CUDA_BUILD = eval "$$(scripts/cuda-toolchain.sh --env)" && RUSTFLAGS="$(LEPTOS_RUSTFLAGS)" CARGO_TARGET_DIR=$(CUDA_TARGET_DIR)
+CUDA_ENV = eval "$$(scripts/cuda-toolchain.sh --env)" && RUSTFLAGS="$(LEPTOS_RUSTFLAGS)"
 
-## `loraland` with the CUDA engine (the SGMV kernels, candle's CUDA backend) and the engine's GPU tests; compiles
-## here, runs on a GPU machine.
+## The CUDA compile check: our SGMV kernels through the real nvcc, and clippy over the engine and the server with
+## `--features cuda` (the engine's GPU tests included). candle's own kernels get empty stand-ins here
+## (scripts/nvcc-check.sh): they are candle's, and would take ~30 min of nvcc on 2 cores. Its own target folder,
+## so that no real build ever reuses those stand-ins.
 cuda-check: cuda-toolchain
-	$(CUDA_BUILD) cargo build --release -p server --bin loraland --features cuda
-	$(CUDA_BUILD) cargo test --release -p server -p engine --features server/cuda --test gpu --no-run
+	$(CUDA_ENV) NVCC=$(CURDIR)/scripts/nvcc-check.sh CARGO_TARGET_DIR=$(CURDIR)/target/cuda-check \
+	  cargo clippy -p engine -p server --features server/cuda --all-targets -- -D warnings
 
-## What scripts/gpu-check.sh runs on a GPU machine, in target/gpu-check: the CUDA binary, the engine's GPU tests,
-## the tiny PEFT fixtures. Then: the device tool runs `bash scripts/gpu-check.sh` carrying target/gpu-check.
-gpu-bundle: cuda-check
+# The real CUDA build has its own target folder outside the checkout: candle's kernels take ~30 min of nvcc on
+# 2 cores, once per machine.
+CUDA_TARGET_DIR ?= $(HOME)/.cache/loraland/cuda-target
+
+## What scripts/gpu-check.sh runs on a GPU machine, in target/gpu-check: the CUDA binary (every kernel compiled
+## for real), the engine's GPU tests, the tiny PEFT fixtures. Then: the device tool runs `bash scripts/gpu-check.sh`
+## carrying target/gpu-check.
+gpu-bundle: cuda-toolchain
+	$(CUDA_ENV) CARGO_TARGET_DIR=$(CUDA_TARGET_DIR) cargo build --release -p server --bin loraland --features cuda
 	RUSTFLAGS="$(LEPTOS_RUSTFLAGS)" scripts/gpu-bundle.sh $(CUDA_TARGET_DIR)
 
 clean:

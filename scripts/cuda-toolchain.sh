@@ -9,6 +9,7 @@
 #   eval "$(scripts/cuda-toolchain.sh --env)"   install, then export CUDA_HOME, PATH, CUDA_COMPUTE_CAP
 set -euo pipefail
 cd "$(dirname "$0")/.."
+trap 'echo "cuda-toolchain.sh: failed at line $LINENO: $BASH_COMMAND" >&2' ERR
 
 CUDA_VERSION=13.0
 ROOT=${LORALAND_CUDA_HOME:-$HOME/.cache/loraland/cuda-$CUDA_VERSION}
@@ -20,7 +21,7 @@ log() { echo "$@" >&2; }
 
 install() {
   log "==> installing CUDA $CUDA_VERSION build tools from PyPI into $ROOT (~700 MB, once)"
-  python3 -m pip install -q --disable-pip-version-check --no-deps --target "$ROOT" \
+  python3 -m pip install --progress-bar off --disable-pip-version-check --no-deps --target "$ROOT" \
     "nvidia-cuda-nvcc==$CUDA_VERSION.*" "nvidia-nvvm==$CUDA_VERSION.*" "nvidia-cuda-crt==$CUDA_VERSION.*" \
     "nvidia-cuda-runtime==$CUDA_VERSION.*" "nvidia-cuda-cccl==$CUDA_VERSION.*" "nvidia-cuda-nvrtc==$CUDA_VERSION.*" \
     "nvidia-cublas==$CUDA_VERSION.*" "nvidia-curand==10.4.*" >&2
@@ -39,21 +40,36 @@ install() {
 # libcuda.so.1 with every driver entry point cudarc declares, as empty functions: enough for the linker to record
 # the dependency and resolve the symbols; the real driver replaces it on a GPU machine.
 build_driver_stub() {
-  local lib=$1
-  local cudarc
-  cudarc=$(awk '/^name = "cudarc"$/ {getline; gsub(/"/, "", $3); print $3}' Cargo.lock)
-  local sys
-  sys=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/cudarc-"$cudarc"/src/driver/sys/mod.rs 2>/dev/null | head -1)
-  if [ -z "$sys" ]; then
-    cargo fetch -q
-    sys=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/cudarc-"$cudarc"/src/driver/sys/mod.rs | head -1)
-  fi
+  local lib=$1 sys
+  sys=$(cudarc_driver_sys)
   local src=$ROOT/libcuda-stub.c
   grep -oE '^\s+fn (cu[A-Za-z0-9_]+)\(' "$sys" | sed -E 's/^\s+fn (cu[A-Za-z0-9_]+)\(/\1/' | sort -u \
     | sed 's/.*/int &(void) { return 999; }/' >"$src"
-  gcc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$lib/libcuda.so.1" "$src"
+  [ -s "$src" ] || fail "found no driver functions in $sys (has cudarc's layout changed?)"
+  gcc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$lib/libcuda.so.1" "$src" || fail "gcc could not build the libcuda stub"
   ln -sf libcuda.so.1 "$lib/libcuda.so"
-  log "    libcuda stub: $(wc -l <"$src") driver symbols from cudarc $cudarc"
+  log "    libcuda stub: $(wc -l <"$src") driver symbols from $sys"
+}
+
+# The driver API declarations of the cudarc version in Cargo.lock. Cargo unpacks a crate only when a build needs
+# it, so on a machine that has never built the `cuda` feature it is fetched first.
+cudarc_driver_sys() {
+  cargo fetch --locked >&2 || fail "cargo fetch failed (the cudarc sources are needed for the libcuda stub)"
+  local manifest
+  manifest=$(cargo metadata --format-version 1 --locked --features server/cuda 2>/dev/null | python3 -c '
+import json, sys
+pkgs = [p for p in json.load(sys.stdin)["packages"] if p["name"] == "cudarc"]
+print(pkgs[0]["manifest_path"] if pkgs else "")') || fail "cargo metadata failed"
+  [ -n "$manifest" ] || fail "cudarc is not in Cargo.lock's cuda dependency graph"
+  local sys
+  sys=$(dirname "$manifest")/src/driver/sys/mod.rs
+  [ -f "$sys" ] || fail "$sys does not exist (has cudarc's layout changed?)"
+  echo "$sys"
+}
+
+fail() {
+  log "cuda-toolchain.sh: $*"
+  exit 1
 }
 
 [ -x "$CUDA_HOME_DIR/bin/nvcc" ] && [ -e "$CUDA_HOME_DIR/lib/libcuda.so" ] || install
