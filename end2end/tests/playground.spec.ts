@@ -57,6 +57,8 @@ test("playground: example chip, prompt preview, Run streams both panes, then his
   const other = await browser.newContext();
   const shared = await other.newPage();
   await shared.goto(href!);
+  // A click before hydration is lost (the vote button is wired up by the WASM).
+  await waitForHydration(shared);
   await expect(shared.getByRole("heading", { level: 1 })).toHaveText("Sentiment Detection (SST2)");
   await expect(shared.locator('section.pane[data-pane="0"] .pane-text')).toHaveText(adapterText!);
   await expect(shared.locator('section.pane[data-pane="1"]')).toHaveAttribute("data-status", "done");

@@ -124,6 +124,16 @@ pub enum Error {
         /// The cause.
         reason: String,
     },
+    /// A request waited longer than the engine's `adapter_load_timeout` for its adapter to become resident.
+    #[error("adapter {id} was not ready after {waited_secs:.1} s ({state}); try again later")]
+    AdapterLoadTimeout {
+        /// The adapter.
+        id: crate::registry::AdapterId,
+        /// How long the request waited, in seconds.
+        waited_secs: f64,
+        /// What the adapter was doing (loading for how long, or waiting for room).
+        state: String,
+    },
     /// An adapter whose rank exceeds the configured limit.
     #[error("adapter rank {rank} exceeds the limit of {max}")]
     RankLimit {

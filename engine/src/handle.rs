@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Defaults of [`EngineConfig`].
 pub const DEFAULT_MAX_BATCH_SIZE: usize = 32;
@@ -27,6 +27,13 @@ pub const DEFAULT_MAX_BATCH_TOKENS_CPU: usize = 64;
 pub const DEFAULT_MAX_KV_TOKENS: usize = 65_536;
 /// Default bound on requests waiting or running.
 pub const DEFAULT_MAX_QUEUE: usize = 256;
+/// Default time a request may wait for its adapter to become resident (a hub download included) before it fails.
+pub const DEFAULT_ADAPTER_LOAD_TIMEOUT: Duration = Duration::from_secs(120);
+/// Default age of the batching loop's heartbeat past which the engine reports itself stalled: far above the longest
+/// step (a 512-token prefill of a 7B model on a CPU takes seconds, not a minute).
+pub const DEFAULT_STALL_AFTER: Duration = Duration::from_secs(60);
+/// The longest the batching loop sleeps while idle: it wakes this often to expire deadlines and beat.
+pub const TICK: Duration = Duration::from_secs(1);
 
 /// How to run the engine.
 #[derive(Clone, Debug)]
@@ -59,6 +66,24 @@ pub struct EngineConfig {
     /// Build a model with random weights instead of loading `model` (which is then only its display name), with
     /// a synthetic tokenizer: benchmarks of a model's shape without its files.
     pub random_weights: Option<RandomWeights>,
+    /// How long a request may wait for its adapter to become resident; past it the request fails with
+    /// [`Error::AdapterLoadTimeout`], which says what the adapter was doing.
+    pub adapter_load_timeout: Duration,
+    /// Heartbeat age past which [`EngineHandle::health`] reports [`Health::Stalled`].
+    pub stall_after: Duration,
+    /// Faults to inject, for the tests of failure handling; none by default.
+    #[doc(hidden)]
+    pub faults: Faults,
+}
+
+/// Faults the engine injects on purpose, so that tests can check what the server does when the engine fails.
+#[doc(hidden)]
+#[derive(Clone, Debug, Default)]
+pub struct Faults {
+    /// Panic the engine thread at the start of this step (counted from 0).
+    pub panic_at_step: Option<u64>,
+    /// Block the engine thread for this long at the start of this step.
+    pub stall_at_step: Option<(u64, Duration)>,
 }
 
 /// An architecture and a seed for [`crate::Model::random`].
@@ -87,6 +112,9 @@ impl EngineConfig {
             max_input_tokens: 2048,
             max_new_tokens: 512,
             random_weights: None,
+            adapter_load_timeout: DEFAULT_ADAPTER_LOAD_TIMEOUT,
+            stall_after: DEFAULT_STALL_AFTER,
+            faults: Faults::default(),
         }
     }
 
@@ -110,6 +138,9 @@ impl EngineConfig {
         if self.max_queue == 0 {
             return Err(Error::Config("max_queue must be at least 1".into()));
         }
+        if self.adapter_load_timeout.is_zero() {
+            return Err(Error::Config("adapter_load_timeout must be more than zero".into()));
+        }
         Ok(())
     }
 }
@@ -129,6 +160,20 @@ pub struct ModelInfo {
     pub device: String,
     /// Bytes of weights one decode step reads (see [`crate::Model::decode_weight_bytes`]).
     pub decode_weight_bytes: usize,
+}
+
+/// Whether the engine is serving, from its batching loop's heartbeat.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Health {
+    /// The loop beat recently.
+    Ok,
+    /// The loop has not beaten for `for_` (over the stall threshold): a step that never ends, or a deadlock.
+    Stalled {
+        /// Age of the last heartbeat.
+        for_: Duration,
+    },
+    /// The engine thread has exited (it panicked); every request fails with [`Error::EngineStopped`].
+    Stopped,
 }
 
 /// Starts engines.
@@ -224,6 +269,18 @@ impl EngineHandle {
         &self.inner.stats
     }
 
+    /// Whether the batching loop is alive and beating (see [`Health`]).
+    pub fn health(&self) -> Health {
+        let liveness = &self.inner.stats.liveness;
+        if liveness.stopped() {
+            return Health::Stopped;
+        }
+        match liveness.age() {
+            age if age > self.inner.config.stall_after => Health::Stalled { for_: age },
+            _ => Health::Ok,
+        }
+    }
+
     /// Validates `request` (prompt length, `max_new_tokens`, adapter id known to the catalog), admits it to the
     /// queue or fails with [`Error::Overloaded`], and returns its event stream.
     pub fn generate(&self, request: GenerateRequest) -> Result<GenerationStream> {
@@ -252,6 +309,9 @@ impl EngineHandle {
         if waiting >= cfg.max_queue {
             return Err(Error::Overloaded { waiting });
         }
+        if self.inner.stats.liveness.stopped() {
+            return Err(Error::EngineStopped);
+        }
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let load = request.adapter.clone().zip(source.clone());
         let submission = Submission { request, prompt, source, events: tx, _permit: permit, submitted: Instant::now() };
@@ -261,7 +321,7 @@ impl EngineHandle {
         if let Some((id, source)) = load {
             let _ = self.inner.loader.ensure(&id, &source);
         }
-        Ok(GenerationStream { rx })
+        Ok(GenerationStream { rx, ended: false })
     }
 
     /// Loads `id` now (if not resident) so that its first request does not wait.
@@ -272,27 +332,54 @@ impl EngineHandle {
 }
 
 /// The events of one request: zero or more [`Event::Token`], then [`Event::Finished`] (or an error). Dropping it
-/// cancels the request; its KV cache is freed at the next step.
+/// cancels the request; its KV cache is freed at the next step. A stream never just stops: if the engine goes
+/// away before the last event, the stream's last item is [`Error::EngineStopped`].
 #[derive(Debug)]
 pub struct GenerationStream {
     rx: tokio::sync::mpsc::UnboundedReceiver<Result<Event>>,
+    ended: bool,
 }
 
 impl GenerationStream {
     /// The next event, waiting for it; `None` after the last.
     pub async fn next_event(&mut self) -> Option<Result<Event>> {
-        self.rx.recv().await
+        let item = self.rx.recv().await;
+        self.settle(item)
     }
 
     /// The next event, blocking the thread (not for async contexts).
     pub fn blocking_next(&mut self) -> Option<Result<Event>> {
-        self.rx.blocking_recv()
+        let item = self.rx.blocking_recv();
+        self.settle(item)
+    }
+
+    /// Turns the channel closing before a last event (the engine thread died) into [`Error::EngineStopped`].
+    fn settle(&mut self, item: Option<Result<Event>>) -> Option<Result<Event>> {
+        if self.ended {
+            return None;
+        }
+        match item {
+            None => {
+                self.ended = true;
+                Some(Err(Error::EngineStopped))
+            }
+            Some(event) => {
+                self.ended = matches!(event, Ok(Event::Finished(_)) | Err(_));
+                Some(event)
+            }
+        }
     }
 }
 
 impl futures_core::Stream for GenerationStream {
     type Item = Result<Event>;
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.rx.poll_recv(cx)
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(item) => Poll::Ready(self.settle(item)),
+            Poll::Pending => Poll::Pending,
+        }
     }
 }

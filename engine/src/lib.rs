@@ -23,7 +23,7 @@ pub use adapter::{AdapterBank, LoraAdapter};
 pub use config::ModelConfig;
 pub use error::{Error, Result};
 pub use generate::{generate_batch, FinishReason, GenOutput, GenRequest};
-pub use handle::{Engine, EngineConfig, EngineHandle, GenerationStream, ModelInfo, RandomWeights};
+pub use handle::{Engine, EngineConfig, EngineHandle, Faults, GenerationStream, Health, ModelInfo, RandomWeights};
 pub use kv_cache::KvCache;
 pub use model::{memory_bandwidth, LoadOptions, Logits, Model, QuantMode, SeqInput};
 pub use model_files::{ModelFiles, ModelFormat};

@@ -13,7 +13,7 @@ use crate::stats::EngineStats;
 use crate::tokenizer::TokenStream;
 use crate::{AdapterBank, Error, FinishReason, KvCache, Logits, Model, Result, SeqInput, Tokenizer};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::sync::mpsc::{Receiver, Sender, SyncSender};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -143,13 +143,25 @@ pub(crate) fn run(
     if ready.send(Ok((tokenizer, info, loader))).is_err() {
         return;
     }
-    s.serve(rx);
+    s.stats.liveness.beat();
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| s.serve(rx)));
+    s.stats.liveness.stop();
+    if let Err(panic) = outcome {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|m| m.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        tracing::error!(running = s.running.len(), "the engine thread panicked: {what}; every request fails");
+        s.fail_all(Error::EngineStopped);
+    }
 }
 
 impl Scheduler {
     fn serve(&mut self, rx: Receiver<Command>) {
         let mut received = None;
         loop {
+            self.stats.liveness.beat();
             for cmd in received.take().into_iter().chain(std::iter::from_fn(|| rx.try_recv().ok())) {
                 if !self.handle(cmd) {
                     return;
@@ -159,13 +171,17 @@ impl Scheduler {
             self.load_for_waiting();
             self.place_parked();
             self.admit();
+            let now = Instant::now();
+            let next_deadline = self.expire_waiting(now);
             self.publish_gauges();
             if self.running.is_empty() {
                 // Nothing to step, after placing and admitting what could be (the last step may have made room):
-                // only a command can change that.
-                match rx.recv() {
+                // only a command can change that, or time (a waiting request's deadline, the heartbeat).
+                let sleep = next_deadline.map_or(crate::handle::TICK, |d| (d - now).min(crate::handle::TICK));
+                match rx.recv_timeout(sleep) {
                     Ok(cmd) => received = Some(cmd),
-                    Err(_) => return,
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => return,
                 }
                 continue;
             }
@@ -266,6 +282,72 @@ impl Scheduler {
         if let Some(queue) = self.waiting.remove(&Some(id.clone())) {
             for sub in queue {
                 let _ = sub.events.send(Err(Error::AdapterLoad { id: id.clone(), reason: reason.clone() }));
+            }
+        }
+    }
+
+    /// Fails the requests that have waited longer than `adapter_load_timeout` for an adapter that is still not
+    /// resident, saying what the adapter was doing. Requests waiting only for room in the batch are not affected.
+    /// Returns the next such deadline.
+    fn expire_waiting(&mut self, now: Instant) -> Option<Instant> {
+        let timeout = self.cfg.adapter_load_timeout;
+        let mut expired = Vec::new();
+        let mut next: Option<Instant> = None;
+        for (key, queue) in &mut self.waiting {
+            let Some(id) = key else { continue };
+            if self.residency.slot(id).is_some() {
+                continue;
+            }
+            let Some(oldest) = queue.front().map(|s| s.submitted) else { continue };
+            if now - oldest < timeout {
+                next = Some(next.map_or(oldest + timeout, |n| n.min(oldest + timeout)));
+                continue;
+            }
+            let state = if self.parked.iter().any(|(p, _)| p == id) {
+                "loaded, waiting for room: every resident adapter is in use".to_string()
+            } else {
+                match self.loader.started(id) {
+                    Some(t) => format!("loading for {:.1} s", (now - t).as_secs_f64()),
+                    None => "not loading".to_string(),
+                }
+            };
+            while let Some(sub) = queue.front() {
+                let waited = now - sub.submitted;
+                if waited < timeout {
+                    next = Some(next.map_or(sub.submitted + timeout, |n| n.min(sub.submitted + timeout)));
+                    break;
+                }
+                let sub = queue.pop_front().expect("front exists");
+                EngineStats::add(&self.stats.adapter_load_timeouts, 1);
+                let waited_secs = waited.as_secs_f64();
+                let _ = sub.events.send(Err(Error::AdapterLoadTimeout {
+                    id: id.clone(),
+                    waited_secs,
+                    state: state.clone(),
+                }));
+                expired.push((id.clone(), state.clone()));
+            }
+        }
+        self.waiting.retain(|_, q| !q.is_empty());
+        for (id, state) in expired {
+            tracing::warn!(adapter = %id, %state, "a request timed out waiting for its adapter");
+        }
+        next
+    }
+
+    /// Ends every running and waiting request with `error`.
+    fn fail_all(&mut self, error: Error) {
+        let message = error.to_string();
+        let copy = || match &error {
+            Error::EngineStopped => Error::EngineStopped,
+            _ => Error::Generation(message.clone()),
+        };
+        for seq in self.running.drain(..) {
+            let _ = seq.sub.events.send(Err(copy()));
+        }
+        for (_, queue) in std::mem::take(&mut self.waiting) {
+            for sub in queue {
+                let _ = sub.events.send(Err(copy()));
             }
         }
     }
@@ -374,6 +456,7 @@ impl Scheduler {
         if picked.is_empty() {
             return Ok(());
         }
+        self.inject_faults();
         let logits = self.forward(&picked, &chunks, &bank)?;
         EngineStats::add(&self.stats.steps, 1);
         EngineStats::set(&self.stats.batch_size, picked.len() as u64);
@@ -401,6 +484,20 @@ impl Scheduler {
             self.running.swap_remove(i);
         }
         Ok(())
+    }
+
+    /// The faults a test asked for (see [`crate::handle::Faults`]).
+    fn inject_faults(&self) {
+        let step = EngineStats::get(&self.stats.steps);
+        let faults = &self.cfg.faults;
+        if let Some((at, pause)) = faults.stall_at_step {
+            if at == step {
+                std::thread::sleep(pause);
+            }
+        }
+        if faults.panic_at_step == Some(step) {
+            panic!("injected fault at step {step}");
+        }
     }
 
     fn forward(

@@ -1,6 +1,8 @@
-//! Live engine gauges and counters, updated by the batching thread and read by the server's `/metrics`.
+//! Live engine gauges and counters, updated by the batching thread and read by the server's `/metrics`, and the
+//! loop's liveness (a heartbeat at every iteration, and whether the thread has stopped).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 /// Gauges (current values) and counters (totals since start).
 #[derive(Debug, Default)]
@@ -27,6 +29,48 @@ pub struct EngineStats {
     pub steps: AtomicU64,
     /// Tokens generated.
     pub generated_tokens: AtomicU64,
+    /// Requests failed because their adapter did not become resident in time.
+    pub adapter_load_timeouts: AtomicU64,
+    /// The batching loop's heartbeat.
+    pub liveness: Liveness,
+}
+
+/// The batching loop's heartbeat: it beats at the top of every iteration, and an idle loop wakes to beat at least
+/// every [`crate::handle::TICK`]; a heartbeat older than the stall threshold means the loop is stuck (in a step
+/// that never ends, or a deadlock). The thread marks itself stopped when it exits, normally or by a panic.
+#[derive(Debug)]
+pub struct Liveness {
+    epoch: Instant,
+    beat_us: AtomicU64,
+    stopped: AtomicBool,
+}
+
+impl Default for Liveness {
+    fn default() -> Self {
+        Self { epoch: Instant::now(), beat_us: AtomicU64::new(0), stopped: AtomicBool::new(false) }
+    }
+}
+
+impl Liveness {
+    /// Records a heartbeat now.
+    pub(crate) fn beat(&self) {
+        self.beat_us.store(self.epoch.elapsed().as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Marks the loop as stopped for good.
+    pub(crate) fn stop(&self) {
+        self.stopped.store(true, Ordering::Relaxed);
+    }
+
+    /// Time since the last heartbeat.
+    pub fn age(&self) -> Duration {
+        self.epoch.elapsed().saturating_sub(Duration::from_micros(self.beat_us.load(Ordering::Relaxed)))
+    }
+
+    /// Whether the loop's thread has exited.
+    pub fn stopped(&self) -> bool {
+        self.stopped.load(Ordering::Relaxed)
+    }
 }
 
 impl EngineStats {

@@ -80,6 +80,16 @@ pub struct ServeConfig {
     #[arg(long, env = "LORALAND_REQUEST_TIMEOUT", default_value_t = DEFAULT_REQUEST_TIMEOUT_SECS)]
     pub request_timeout: u64,
 
+    /// Seconds a request may wait for its adapter to load (a hub download included) before it fails.
+    #[arg(long, env = "LORALAND_ADAPTER_LOAD_TIMEOUT", default_value_t = engine::handle::DEFAULT_ADAPTER_LOAD_TIMEOUT.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub adapter_load_timeout: u64,
+
+    /// Seconds without a heartbeat from the engine's batching loop after which /health answers 503 (stalled).
+    #[arg(long, env = "LORALAND_STALL_AFTER", default_value_t = engine::handle::DEFAULT_STALL_AFTER.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub stall_after: u64,
+
     /// Origins allowed to call the API from a browser (CORS), comma-separated; `*` for any. Off when empty.
     #[arg(long, env = "LORALAND_CORS_ALLOW_ORIGIN", value_delimiter = ',')]
     pub cors_allow_origin: Vec<String>,
@@ -88,6 +98,10 @@ pub struct ServeConfig {
     /// (honours HF_HOME, HF_ENDPOINT, HF_TOKEN).
     #[arg(long, env = "LORALAND_ALLOW_HUB")]
     pub allow_hub: bool,
+
+    /// Panic the engine thread at this step, to test what the server does when its engine fails (tests only).
+    #[arg(long, env = "LORALAND_INJECT_PANIC_AT_STEP", hide = true)]
+    pub inject_panic_at_step: Option<u64>,
 
     /// Folder of the built site (the WASM bundle and CSS under pkg/).
     #[arg(long, env = "LEPTOS_SITE_ROOT", default_value = "target/site")]
@@ -124,6 +138,9 @@ impl ServeConfig {
         cfg.max_batch_tokens = self.max_batch_tokens.map(std::num::NonZeroUsize::get);
         cfg.max_input_tokens = self.max_input_tokens;
         cfg.max_new_tokens = self.max_new_tokens;
+        cfg.adapter_load_timeout = Duration::from_secs(self.adapter_load_timeout);
+        cfg.stall_after = Duration::from_secs(self.stall_after);
+        cfg.faults.panic_at_step = self.inject_panic_at_step;
         Ok(cfg)
     }
 

@@ -45,10 +45,12 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     let (failed_tx, failed_rx) = tokio::sync::oneshot::channel();
     let slot = state.engine.clone();
     let engine_config = config.engine_config(model.path.clone())?;
+    let runtime = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || match Engine::spawn(engine_config) {
         Ok(handle) => {
             tracing::info!("model loaded; ready");
-            slot.fill(handle);
+            slot.fill(handle.clone());
+            runtime.spawn(watch_engine(handle, failed_tx));
         }
         Err(e) => {
             let _ = failed_tx.send(anyhow::Error::new(e).context("cannot load the model"));
@@ -75,6 +77,34 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     }
     tracing::info!("shut down");
     Ok(())
+}
+
+/// Watches the engine's heartbeat. A stalled loop is logged (and `/health` answers 503 meanwhile, so a supervisor's
+/// liveness probe can restart the process); an engine thread that has stopped (it panicked; every request in it got
+/// an error) stops the server with an error, so that it exits non-zero and its supervisor starts a fresh one.
+async fn watch_engine(engine: engine::EngineHandle, failed: tokio::sync::oneshot::Sender<anyhow::Error>) {
+    let mut stalled = false;
+    loop {
+        tokio::time::sleep(engine::handle::TICK).await;
+        match engine.health() {
+            engine::Health::Ok => {
+                if stalled {
+                    tracing::info!("the engine is beating again");
+                }
+                stalled = false;
+            }
+            engine::Health::Stalled { for_ } => {
+                if !stalled {
+                    tracing::error!(seconds = for_.as_secs_f64(), "the engine's batching loop has stalled");
+                }
+                stalled = true;
+            }
+            engine::Health::Stopped => {
+                let _ = failed.send(anyhow::anyhow!("the inference engine stopped (see the error above); exiting"));
+                return;
+            }
+        }
+    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

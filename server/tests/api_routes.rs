@@ -319,3 +319,38 @@ async fn compression_skips_streams_and_cors_is_off_unless_configured() {
     let on = common::send(&st, &cors, preflight()).await;
     assert_eq!(on.headers["access-control-allow-origin"], "https://example.com");
 }
+
+/// `/health` follows the engine's heartbeat: 503 "stalled" while its loop is stuck in a step, 200 once it beats
+/// again, and 503 "stopped" (with requests answered 503) after its thread died.
+#[tokio::test]
+async fn health_reports_a_stalled_and_a_stopped_engine() {
+    let mut cfg = engine_config();
+    cfg.stall_after = std::time::Duration::from_millis(300);
+    cfg.faults.stall_at_step = Some((0, std::time::Duration::from_millis(2000)));
+    let st = state(Some(cfg)).await;
+    let slow = tokio::spawn({
+        let st = st.clone();
+        async move { post(&st, &opts(), "/generate", json!({"inputs": PROMPT, "parameters": {"max_new_tokens": 2}})).await }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let h = get(&st, "/health").await;
+        if h.status == StatusCode::SERVICE_UNAVAILABLE {
+            assert_eq!(h.json()["status"], "stalled");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never reported stalled");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(slow.await.unwrap().status, StatusCode::OK);
+    assert_eq!(get(&st, "/health").await.status, StatusCode::OK);
+
+    let mut cfg = engine_config();
+    cfg.faults.panic_at_step = Some(0);
+    let st = state(Some(cfg)).await;
+    let failed = post(&st, &opts(), "/generate", json!({"inputs": PROMPT, "parameters": {"max_new_tokens": 2}})).await;
+    assert_eq!(failed.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(failed.json()["error"], "the inference engine has stopped");
+    let h = get(&st, "/health").await;
+    assert_eq!((h.status, h.json()["status"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("stopped")));
+}

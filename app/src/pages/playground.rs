@@ -266,10 +266,11 @@ mod live {
                 on_end();
                 return;
             };
+            let message_panes = panes.clone();
             let on_message = Closure::<dyn FnMut(web_sys::MessageEvent)>::new(move |ev: web_sys::MessageEvent| {
                 let Some(data) = ev.data().as_string() else { return };
                 let Ok(v) = serde_json::from_str::<serde_json::Value>(&data) else { return };
-                if let Some(p) = v.get("pane").and_then(|p| p.as_u64()).and_then(|i| panes.get(i as usize)) {
+                if let Some(p) = v.get("pane").and_then(|p| p.as_u64()).and_then(|i| message_panes.get(i as usize)) {
                     p.apply(&v);
                 }
             });
@@ -279,9 +280,17 @@ mod live {
             for name in ["end", "error"] {
                 let es2 = es.clone();
                 let on_end = on_end.clone();
+                let panes = panes.clone();
                 let done = Closure::<dyn FnMut(web_sys::Event)>::new(move |_| {
-                    // EventSource would reconnect after an error; a run is not resumed that way.
+                    // EventSource would reconnect after an error; a run is not resumed that way. A pane that had
+                    // not finished says so, instead of looking as if it were still running.
                     es2.close();
+                    if name == "error" {
+                        for p in panes.iter().filter(|p| p.status.get_untracked() == "running") {
+                            p.error.set(Some("the connection to the server was lost before this answer ended".into()));
+                            p.status.set("error");
+                        }
+                    }
                     on_end();
                 });
                 let _ = es.add_event_listener_with_callback(name, done.as_ref().unchecked_ref());

@@ -10,7 +10,7 @@
 use super::{AdapterId, AdapterSource, HostCache};
 use crate::adapter::{AdapterTarget, LoraAdapter};
 use crate::{Error, Result};
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -22,8 +22,9 @@ pub(crate) type LoadDone = Box<dyn FnMut(AdapterId, Result<Arc<LoraAdapter>>, Du
 #[derive(Debug)]
 pub(crate) struct Loader {
     tx: Sender<(AdapterId, AdapterSource)>,
-    /// Adapters resident, loaded and waiting for room, or being loaded: the ones no one needs to load.
-    tracked: Mutex<HashSet<AdapterId>>,
+    /// Adapters resident, loaded and waiting for room, or being loaded (the ones no one needs to load), with the
+    /// time their load was started.
+    tracked: Mutex<HashMap<AdapterId, Instant>>,
 }
 
 impl Loader {
@@ -59,14 +60,14 @@ impl Loader {
                 }
             })
             .map_err(|e| Error::Config(format!("cannot start the adapter loader thread: {e}")))?;
-        Ok(Arc::new(Self { tx, tracked: Mutex::new(HashSet::new()) }))
+        Ok(Arc::new(Self { tx, tracked: Mutex::new(HashMap::new()) }))
     }
 
     /// Starts loading `id` from `source` unless it is resident, waiting for room or being loaded. Fails only if the
     /// loader thread has stopped.
     pub(crate) fn ensure(&self, id: &AdapterId, source: &AdapterSource) -> Result<()> {
         let mut tracked = self.tracked.lock().expect("not poisoned");
-        if tracked.contains(id) {
+        if tracked.contains_key(id) {
             return Ok(());
         }
         tracing::info!(adapter = %id, ?source, "loading adapter");
@@ -74,8 +75,13 @@ impl Loader {
         if sent.is_err() {
             return Err(Error::AdapterLoad { id: id.clone(), reason: "the adapter loader has stopped".into() });
         }
-        tracked.insert(id.clone());
+        tracked.insert(id.clone(), Instant::now());
         Ok(())
+    }
+
+    /// When the load of `id` was started, if the loader tracks it (loading, loaded or resident).
+    pub(crate) fn started(&self, id: &AdapterId) -> Option<Instant> {
+        self.tracked.lock().expect("not poisoned").get(id).copied()
     }
 
     /// Forgets `id` (evicted, or its load failed): the next request for it loads it again.

@@ -175,7 +175,7 @@ impl From<engine::Error> for ApiError {
             E::AdapterLoad { .. } | E::AdapterFetch { .. } | E::RankLimit { .. } | E::AdapterTooLarge { .. } => {
                 ErrorKind::AdapterLoad
             }
-            E::EngineStopped => ErrorKind::NotReady,
+            E::EngineStopped | E::AdapterLoadTimeout { .. } => ErrorKind::NotReady,
             E::Template(_) => ErrorKind::Validation,
             _ => return Self::internal(&e),
         };

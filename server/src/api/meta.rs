@@ -5,15 +5,21 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use engine::EngineStats;
+use engine::{EngineHandle, EngineStats, Health};
 use serde_json::json;
 
-/// `GET /health`: 200 once the model is loaded, 503 while it loads.
+/// `GET /health`: 200 once the model is loaded and the engine's loop is beating; 503 while the model loads, when
+/// the loop has stalled, or when the engine has stopped (the process then exits, see `serve`).
 pub async fn health(State(state): State<AppState>) -> Response {
-    match state.engine.get() {
-        Some(_) => Json(json!({ "status": "ok", "model": &*state.model_name })).into_response(),
-        None => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "loading", "model": &*state.model_name })))
-            .into_response(),
+    let model = &*state.model_name;
+    let unavailable = |body| (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    match state.engine.get().map(EngineHandle::health) {
+        None => unavailable(json!({ "status": "loading", "model": model })),
+        Some(Health::Ok) => Json(json!({ "status": "ok", "model": model })).into_response(),
+        Some(Health::Stalled { for_ }) => {
+            unavailable(json!({ "status": "stalled", "model": model, "stalled_seconds": for_.as_secs_f64() }))
+        }
+        Some(Health::Stopped) => unavailable(json!({ "status": "stopped", "model": model })),
     }
 }
 

@@ -1,0 +1,141 @@
+//! No silent hangs: a request waiting for an adapter that never arrives fails with a deadline that says what the
+//! adapter was doing; a batching loop that stops beating is reported stalled; a panicking engine thread fails every
+//! request with a clear error and reports itself stopped. On the tiny Llama fixture.
+
+mod common;
+
+use common::fixture;
+use engine::{
+    AdapterId, Catalog, Engine, EngineConfig, Error, Event, GenerateRequest, GenerationStream, Health, Prompt,
+    SamplingParams,
+};
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+fn config() -> EngineConfig {
+    let mut cfg = EngineConfig::new(fixture("tiny-llama/base"));
+    cfg.catalog = Catalog { adapters_dir: Some(fixture("tiny-llama/adapters")), allow_hub: false };
+    cfg
+}
+
+fn request(adapter: Option<&str>, max_new_tokens: usize) -> GenerateRequest {
+    GenerateRequest {
+        prompt: Prompt::Tokens(vec![1, 5, 9, 13]),
+        adapter: adapter.map(|a| AdapterId::new(a).unwrap()),
+        sampling: SamplingParams::greedy(),
+        max_new_tokens,
+        stop: vec![],
+    }
+}
+
+/// The stream's tokens and its end: the finish, or the error.
+fn finish(mut stream: GenerationStream) -> (usize, Result<(), Error>) {
+    let mut tokens = 0;
+    loop {
+        match stream.blocking_next() {
+            Some(Ok(Event::Token(_))) => tokens += 1,
+            Some(Ok(Event::Finished(_))) => return (tokens, Ok(())),
+            Some(Err(e)) => return (tokens, Err(e)),
+            None => panic!("a stream must end with Finished or an error"),
+        }
+    }
+}
+
+/// A hub whose downloads never answer: connections are accepted and held.
+fn silent_hub() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in listener.incoming() {
+            held.push(conn);
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[test]
+fn a_request_whose_adapter_never_arrives_times_out_and_says_why() {
+    std::env::set_var("HF_ENDPOINT", silent_hub());
+    let home = tempfile::tempdir().unwrap();
+    std::env::set_var("HF_HOME", home.path());
+    let mut cfg = config();
+    cfg.catalog.allow_hub = true;
+    cfg.adapter_load_timeout = Duration::from_millis(1500);
+    let engine = Engine::spawn(cfg).unwrap();
+    let start = Instant::now();
+    let stuck = engine.generate(request(Some("someone/never-answers"), 4)).unwrap();
+    // The engine keeps serving meanwhile.
+    let (tokens, done) = finish(engine.generate(request(None, 4)).unwrap());
+    assert_eq!((tokens, done.is_ok()), (4, true));
+    let (tokens, err) = finish(stuck);
+    let waited = start.elapsed();
+    let err = err.unwrap_err();
+    assert_eq!(tokens, 0);
+    assert!(matches!(&err, Error::AdapterLoadTimeout { id, .. } if id.as_str() == "someone/never-answers"), "{err:?}");
+    let message = err.to_string();
+    assert!(message.contains("after 1.") && message.contains("loading for"), "{message}");
+    assert!(waited >= Duration::from_millis(1500) && waited < Duration::from_secs(10), "{waited:?}");
+    assert_eq!(engine::EngineStats::get(&engine.stats().adapter_load_timeouts), 1);
+    assert_eq!(engine.health(), Health::Ok, "an idle loop still beats");
+}
+
+#[test]
+fn a_loop_that_stops_beating_is_reported_stalled_until_it_beats_again() {
+    let mut cfg = config();
+    cfg.stall_after = Duration::from_millis(300);
+    cfg.faults.stall_at_step = Some((0, Duration::from_millis(1500)));
+    let engine = Engine::spawn(cfg).unwrap();
+    assert_eq!(engine.health(), Health::Ok);
+    let stream = engine.generate(request(None, 3)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let stalled = loop {
+        match engine.health() {
+            Health::Stalled { for_ } => break for_,
+            _ if Instant::now() > deadline => panic!("never reported stalled"),
+            _ => std::thread::sleep(Duration::from_millis(20)),
+        }
+    };
+    assert!(stalled > Duration::from_millis(300), "{stalled:?}");
+    let (tokens, done) = finish(stream);
+    assert_eq!((tokens, done.is_ok()), (3, true));
+    assert_eq!(engine.health(), Health::Ok);
+}
+
+#[test]
+fn a_panicking_engine_fails_every_request_and_reports_stopped() {
+    let mut cfg = config();
+    cfg.faults.panic_at_step = Some(0);
+    let engine = Engine::spawn(cfg).unwrap();
+    let running = engine.generate(request(None, 8));
+    // This one is submitted around the moment the thread dies: refused at once, or failed in its stream.
+    let waiting = engine.generate(request(Some("qv_r8"), 8));
+    for submitted in [running, waiting] {
+        let err = submitted.and_then(|stream| finish(stream).1);
+        assert!(matches!(err, Err(Error::EngineStopped)), "{err:?}");
+    }
+    assert_eq!(engine.health(), Health::Stopped);
+    assert!(matches!(engine.generate(request(None, 2)), Err(Error::EngineStopped)));
+}
+
+/// The web app's first run: a request on a cold adapter and one on the base model, submitted together to a fresh
+/// engine (the adapter's load races the engine loop's first look at its request). Every one of many fresh engines
+/// answers both in full.
+#[test]
+fn a_cold_adapter_beside_the_base_model_always_answers() {
+    for round in 0..100 {
+        let engine = Engine::spawn(config()).unwrap();
+        let streams = [engine.generate(request(Some("qv_r8"), 6)).unwrap(), engine.generate(request(None, 6)).unwrap()];
+        let (tx, rx) = std::sync::mpsc::channel();
+        for (pane, stream) in streams.into_iter().enumerate() {
+            let tx = tx.clone();
+            std::thread::spawn(move || tx.send((pane, finish(stream))).unwrap());
+        }
+        for _ in 0..2 {
+            let (pane, (tokens, done)) = rx
+                .recv_timeout(Duration::from_secs(20))
+                .unwrap_or_else(|_| panic!("round {round}: a request hung; {:?}", engine.stats()));
+            assert_eq!((tokens, done.is_ok()), (6, true), "round {round}, request {pane}");
+        }
+    }
+}
