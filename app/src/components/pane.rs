@@ -58,6 +58,16 @@ impl PaneState {
     }
 }
 
+impl PaneState {
+    /// The run's stream was lost: a pane that had not finished says so, instead of looking as if it still ran.
+    pub fn lose_connection(&self) {
+        if self.status.get_untracked() == "running" {
+            self.error.set(Some("the connection to the server was lost before this answer ended".into()));
+            self.status.set("error");
+        }
+    }
+}
+
 impl Default for PaneState {
     fn default() -> Self {
         Self::new()
@@ -104,6 +114,25 @@ pub fn Pane(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lost_stream_marks_only_unfinished_panes() {
+        let owner = Owner::new();
+        owner.with(|| {
+            let (running, done) = (PaneState::new(), PaneState::new());
+            running.reset();
+            done.reset();
+            done.apply(&serde_json::json!({"pane": 1, "text": "ok", "done": {"generated_tokens": 1, "ttft_ms": 3.0}}));
+            running.apply(&serde_json::json!({"pane": 0, "text": "par"}));
+            for p in [&running, &done] {
+                p.lose_connection();
+            }
+            assert_eq!(running.status.get_untracked(), "error");
+            assert_eq!(running.text.get_untracked(), "par", "the text so far is kept");
+            assert!(running.error.get_untracked().unwrap().contains("connection to the server was lost"));
+            assert_eq!((done.status.get_untracked(), done.error.get_untracked()), ("done", None));
+        });
+    }
 
     #[test]
     fn timings_line() {

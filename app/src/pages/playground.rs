@@ -286,10 +286,7 @@ mod live {
                     // not finished says so, instead of looking as if it were still running.
                     es2.close();
                     if name == "error" {
-                        for p in panes.iter().filter(|p| p.status.get_untracked() == "running") {
-                            p.error.set(Some("the connection to the server was lost before this answer ended".into()));
-                            p.status.set("error");
-                        }
+                        panes.iter().for_each(PaneState::lose_connection);
                     }
                     on_end();
                 });
