@@ -89,17 +89,38 @@ pub enum TemplateError {
     Unbalanced(usize),
 }
 
+/// A piece of a rendered template: the template's own text, or a value filled in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Piece {
+    /// Text of the template (literal braces resolved).
+    Template(String),
+    /// The value of one of its variables (a visitor's input).
+    Value(String),
+}
+
 /// Renders `template` as Python's `str.format(**values)` does for plain `{name}` fields: `{{` and `}}` are
 /// literal braces.
 pub fn render(template: &str, values: &BTreeMap<String, String>) -> Result<String, TemplateError> {
-    let mut out = String::with_capacity(template.len() + values.values().map(String::len).sum::<usize>());
+    Ok(render_pieces(template, values)?
+        .into_iter()
+        .map(|p| match p {
+            Piece::Template(t) | Piece::Value(t) => t,
+        })
+        .collect())
+}
+
+/// [`render`], keeping the template's text apart from the values filled in (so that a value is tokenized as the
+/// content it is: special-token text in a visitor's input stays text).
+pub fn render_pieces(template: &str, values: &BTreeMap<String, String>) -> Result<Vec<Piece>, TemplateError> {
+    let mut pieces = Vec::new();
+    let mut text = String::with_capacity(template.len());
     let mut rest = template;
     let mut at = 0;
     while let Some(i) = rest.find(['{', '}']) {
-        out.push_str(&rest[..i]);
+        text.push_str(&rest[..i]);
         let tail = &rest[i..];
         if tail.starts_with("{{") || tail.starts_with("}}") {
-            out.push_str(&tail[..1]);
+            text.push_str(&tail[..1]);
             rest = &tail[2..];
             at += i + 2;
             continue;
@@ -110,12 +131,18 @@ pub fn render(template: &str, values: &BTreeMap<String, String>) -> Result<Strin
         let end = tail.find('}').ok_or(TemplateError::Unbalanced(at + i))?;
         let name = &tail[1..end];
         let value = values.get(name).ok_or_else(|| TemplateError::Missing(name.to_string()))?;
-        out.push_str(value);
+        if !text.is_empty() {
+            pieces.push(Piece::Template(std::mem::take(&mut text)));
+        }
+        pieces.push(Piece::Value(value.clone()));
         rest = &tail[end + 1..];
         at += i + end + 1;
     }
-    out.push_str(rest);
-    Ok(out)
+    text.push_str(rest);
+    if !text.is_empty() {
+        pieces.push(Piece::Template(text));
+    }
+    Ok(pieces)
 }
 
 /// The variables a template uses, in order of first use.
@@ -184,5 +211,13 @@ mod tests {
         assert_eq!(render("a } b", &values), Err(TemplateError::Unbalanced(2)));
         assert_eq!(render("a { b", &values), Err(TemplateError::Unbalanced(2)));
         assert_eq!(variables_of("{{no}} {a} {b} {a}"), ["a", "b"]);
+        let pieces = render_pieces("Q: {x}{x} {{end}}", &values).unwrap();
+        let expected = [
+            Piece::Template("Q: ".into()),
+            Piece::Value("1".into()),
+            Piece::Value("1".into()),
+            Piece::Template(" {end}".into()),
+        ];
+        assert_eq!(pieces, expected);
     }
 }

@@ -12,7 +12,7 @@ pub mod catalog;
 pub mod components;
 pub mod pages;
 #[cfg(feature = "ssr")]
-pub mod run_stream;
+pub mod run;
 #[cfg(feature = "ssr")]
 pub mod session;
 #[cfg(feature = "ssr")]

@@ -1,11 +1,41 @@
 //! The anonymous visitor session: a random id in an HttpOnly, SameSite=Lax cookie (Secure behind TLS), backed by a
-//! row of `sessions`. Server-side only.
+//! row of `sessions`; and which runs a session has opened (the runs it may vote on). A session is created only by
+//! an action that succeeds (an accepted run, an opened run page), at most [`SESSIONS_PER_MINUTE`] a minute for one
+//! client address. Server-side only.
 
+use crate::state::{db_error, AppState, ClientAddr};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use leptos::prelude::ServerFnError;
 use sqlx::SqlitePool;
+use std::num::NonZeroU32;
+use std::sync::Arc;
 
 /// The cookie's name.
 pub const COOKIE: &str = "loraland_session";
+/// New sessions one client address may create per minute (a burst of as many, then one every few seconds).
+pub const SESSIONS_PER_MINUTE: u32 = 20;
+
+/// Rate of new sessions per client address.
+#[derive(Clone)]
+pub struct SessionLimiter(Arc<DefaultKeyedRateLimiter<std::net::IpAddr>>);
+
+impl SessionLimiter {
+    /// At most `per_minute` new sessions a minute per address.
+    pub fn per_minute(per_minute: NonZeroU32) -> Self {
+        Self(Arc::new(RateLimiter::keyed(Quota::per_minute(per_minute))))
+    }
+
+    /// Takes one new session for `addr`; false when it is over its rate.
+    pub fn allow(&self, addr: ClientAddr) -> bool {
+        self.0.check_key(&addr.0).is_ok()
+    }
+}
+
+impl Default for SessionLimiter {
+    fn default() -> Self {
+        Self::per_minute(NonZeroU32::new(SESSIONS_PER_MINUTE).expect("not zero"))
+    }
+}
 
 /// The session id in a `Cookie` header, if any.
 pub fn from_cookie_header(header: &str) -> Option<&str> {
@@ -18,25 +48,32 @@ pub fn set_cookie(id: &str, secure: bool) -> String {
     format!("{COOKIE}={id}; Path=/; HttpOnly; SameSite=Lax; Max-Age=31536000{secure}")
 }
 
-/// This request's session: the cookie's, when it names a stored session; otherwise, with `create`, a new one whose
-/// cookie is set on the response.
-pub async fn current(db: &SqlitePool, create: bool) -> Result<Option<String>, ServerFnError> {
-    let headers: axum::http::HeaderMap = leptos_axum::extract().await?;
+/// The stored session named by the cookie in `headers`, if any.
+pub async fn from_headers(db: &SqlitePool, headers: &axum::http::HeaderMap) -> sqlx::Result<Option<String>> {
     let cookie = headers.get(axum::http::header::COOKIE).and_then(|v| v.to_str().ok()).and_then(from_cookie_header);
-    if let Some(id) = cookie {
-        let known: Option<String> = sqlx::query_scalar("SELECT id FROM sessions WHERE id = ?")
-            .bind(id)
-            .fetch_optional(db)
-            .await
-            .map_err(db_err)?;
-        if known.is_some() {
-            return Ok(known);
-        }
+    match cookie {
+        Some(id) => sqlx::query_scalar("SELECT id FROM sessions WHERE id = ?").bind(id).fetch_optional(db).await,
+        None => Ok(None),
+    }
+}
+
+/// This request's session: the cookie's, when it names a stored session; otherwise, with `create`, a new one
+/// (unless this client has created too many lately) whose cookie is set on the response.
+pub async fn current(state: &AppState, create: bool) -> Result<Option<String>, ServerFnError> {
+    let headers: axum::http::HeaderMap = leptos_axum::extract().await?;
+    if let Some(id) = from_headers(&state.db, &headers).await.map_err(db_error)? {
+        return Ok(Some(id));
     }
     if !create {
         return Ok(None);
     }
-    let id = crate::api::session::ssr::create_session(db).await.map_err(db_err)?;
+    if !state.sessions.allow(ClientAddr::current().await) {
+        return Err(ServerFnError::new(format!(
+            "too many new visitor sessions from your address (the limit is {SESSIONS_PER_MINUTE} a minute); try again \
+             in a minute, with cookies enabled"
+        )));
+    }
+    let id = create_session(&state.db).await.map_err(db_error)?;
     let tls = headers.get("x-forwarded-proto").is_some_and(|p| p.as_bytes() == b"https");
     if let (Some(res), Ok(value)) = (
         leptos::prelude::use_context::<leptos_axum::ResponseOptions>(),
@@ -47,13 +84,57 @@ pub async fn current(db: &SqlitePool, create: bool) -> Result<Option<String>, Se
     Ok(Some(id))
 }
 
-fn db_err(e: sqlx::Error) -> ServerFnError {
-    ServerFnError::new(format!("database error: {e}"))
+/// Notes that this request's session (created if need be) opened `run`, which lets it vote on the run. A client
+/// over its rate of new sessions still sees the run; it just cannot vote.
+pub async fn record_view(state: &AppState, run: &str) -> Result<(), ServerFnError> {
+    let session = match current(state, true).await {
+        Ok(Some(session)) => session,
+        Ok(None) | Err(_) => return Ok(()),
+    };
+    note_view(&state.db, &session, run).await.map_err(db_error)
+}
+
+/// Stores that `session` opened `run`.
+pub async fn note_view(db: &SqlitePool, session: &str, run: &str) -> sqlx::Result<()> {
+    sqlx::query("INSERT OR IGNORE INTO run_views (session_id, run_id, opened_at) VALUES (?, ?, ?)")
+        .bind(session)
+        .bind(run)
+        .bind(crate::state::now_ms())
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// Whether `session` has opened `run`.
+pub async fn has_viewed(db: &SqlitePool, session: &str, run: &str) -> sqlx::Result<bool> {
+    let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM run_views WHERE session_id = ? AND run_id = ?")
+        .bind(session)
+        .bind(run)
+        .fetch_optional(db)
+        .await?;
+    Ok(found.is_some())
+}
+
+/// Inserts a new session and returns its id.
+pub async fn create_session(db: &SqlitePool) -> sqlx::Result<String> {
+    let id = uuid::Uuid::new_v4().to_string();
+    sqlx::query("INSERT INTO sessions (id, created_at) VALUES (?, ?)")
+        .bind(&id)
+        .bind(crate::state::now_ms())
+        .execute(db)
+        .await?;
+    Ok(id)
+}
+
+/// Number of stored sessions.
+pub async fn count_sessions(db: &SqlitePool) -> sqlx::Result<i64> {
+    sqlx::query_scalar("SELECT COUNT(*) FROM sessions").fetch_one(db).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::IpAddr;
 
     #[test]
     fn cookie_parsing_and_attributes() {
@@ -62,5 +143,23 @@ mod tests {
         let c = set_cookie("abc", false);
         assert!(c.contains("HttpOnly") && c.contains("SameSite=Lax") && !c.contains("Secure"));
         assert!(set_cookie("abc", true).ends_with("; Secure"));
+    }
+
+    #[test]
+    fn new_sessions_are_rate_limited_per_address() {
+        let limiter = SessionLimiter::per_minute(NonZeroU32::new(3).unwrap());
+        let (a, b) = (ClientAddr(IpAddr::from([10, 0, 0, 1])), ClientAddr(IpAddr::from([10, 0, 0, 2])));
+        assert_eq!((0..5).map(|_| limiter.allow(a)).collect::<Vec<_>>(), [true, true, true, false, false]);
+        assert!(limiter.allow(b), "another address has its own quota");
+    }
+
+    #[sqlx::test(migrations = "../migrations")]
+    async fn sessions_are_created_and_counted_and_views_recorded(db: SqlitePool) {
+        assert_eq!(count_sessions(&db).await.unwrap(), 0);
+        let a = create_session(&db).await.unwrap();
+        let b = create_session(&db).await.unwrap();
+        assert_ne!(a, b);
+        assert_eq!(count_sessions(&db).await.unwrap(), 2);
+        assert!(!has_viewed(&db, &a, "no-run").await.unwrap());
     }
 }

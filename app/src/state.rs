@@ -1,9 +1,12 @@
 //! Server-side state shared by the axum router and every server function (through Leptos' context).
 
+use crate::run::executor::Executor;
+use crate::session::SessionLimiter;
 use axum::extract::FromRef;
 use engine::EngineHandle;
-use leptos::prelude::LeptosOptions;
+use leptos::prelude::{LeptosOptions, ServerFnError};
 use sqlx::SqlitePool;
+use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
 
 /// What a request handler or server function can reach on the server.
@@ -17,6 +20,24 @@ pub struct AppState {
     pub model_name: Arc<str>,
     /// The inference engine, once its model has loaded.
     pub engine: EngineSlot,
+    /// The panes generating in this process.
+    pub runs: Executor,
+    /// How fast one client may create new visitor sessions.
+    pub sessions: SessionLimiter,
+}
+
+impl AppState {
+    /// State around `db` and `engine`, with default limits.
+    pub fn new(db: SqlitePool, leptos: LeptosOptions, model_name: &str, engine: EngineSlot) -> Self {
+        Self {
+            db,
+            leptos,
+            model_name: Arc::from(model_name),
+            engine,
+            runs: Executor::default(),
+            sessions: SessionLimiter::default(),
+        }
+    }
 }
 
 /// The engine handle, filled once when the model has loaded. The server listens before that, so that `/health`
@@ -43,8 +64,29 @@ impl EngineSlot {
     }
 }
 
+/// The address of the client a request came from: the peer's, or with `--trust-proxy` the first of
+/// `X-Forwarded-For`. The server's router puts it in every request's extensions; limits are kept per address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ClientAddr(pub IpAddr);
+
+impl ClientAddr {
+    /// This request's client (the unspecified address when the router did not say, as in unit tests).
+    pub async fn current() -> Self {
+        leptos_axum::extract::<axum::Extension<ClientAddr>>()
+            .await
+            .map_or(ClientAddr(IpAddr::from([0, 0, 0, 0])), |axum::Extension(addr)| addr)
+    }
+}
+
 /// Milliseconds since the Unix epoch, the time stamps stored in the database.
 pub fn now_ms() -> i64 {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     i64::try_from(now.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// A database failure as a server function answers it: logged here with its cause, answered without it (no SQL or
+/// file paths reach a visitor).
+pub fn db_error(e: sqlx::Error) -> ServerFnError {
+    tracing::error!("database error: {e}");
+    ServerFnError::new("the server could not read or write its database; try again")
 }

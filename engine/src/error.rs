@@ -152,6 +152,32 @@ pub enum Error {
     },
 
     // ---- requests ----
+    /// A request field out of its range.
+    #[error("`{field}` {reason}")]
+    Invalid {
+        /// The field.
+        field: crate::request::Field,
+        /// What is wrong with it, e.g. "must be > 0 and <= 1, got 2".
+        reason: String,
+    },
+    /// Prompt text so long that it cannot fit the token limit, refused before tokenizing.
+    #[error("prompt has {bytes} bytes, more than {max_tokens} tokens (the limit) can hold")]
+    PromptTooLarge {
+        /// Bytes of prompt text.
+        bytes: usize,
+        /// The prompt token limit.
+        max_tokens: usize,
+    },
+    /// The prompt plus `max_new_tokens` does not fit the model's context.
+    #[error("the prompt ({prompt} tokens) plus max_new_tokens ({max_new_tokens}) exceeds the model's context of {context} tokens")]
+    ContextExceeded {
+        /// Prompt tokens.
+        prompt: usize,
+        /// Tokens asked for.
+        max_new_tokens: usize,
+        /// The model's context.
+        context: usize,
+    },
     /// The engine's queue is full; retry later.
     #[error("the server is overloaded: {waiting} requests are already queued")]
     Overloaded {

@@ -3,8 +3,8 @@
 //! tokenized on the caller's side, admitted against a bounded queue, and answered through a stream of events;
 //! dropping the stream cancels the request.
 
-use crate::registry::{AdapterId, Catalog, Loader, ResidencyLimits};
-use crate::request::{Event, GenerateRequest, Prompt};
+use crate::registry::{AdapterId, AdapterSource, Catalog, Loader, ResidencyLimits};
+use crate::request::{Event, Field, GenerateRequest, Limits, Prompt, SourceChoice};
 use crate::scheduler::{self, Command, Submission};
 use crate::stats::EngineStats;
 use crate::{Error, LoadOptions, Result, Tokenizer};
@@ -84,6 +84,12 @@ pub struct Faults {
     pub panic_at_step: Option<u64>,
     /// Block the engine thread for this long at the start of this step.
     pub stall_at_step: Option<(u64, Duration)>,
+    /// Fail every forward pass that holds a row of this adapter, after the model ran (so caches were written).
+    pub forward_error_for: Option<AdapterId>,
+    /// Give this adapter's rows NaN logits.
+    pub nan_logits_for: Option<AdapterId>,
+    /// Sleep this long in every step: a slow model, so that tests can act in the middle of a generation.
+    pub step_delay: Option<Duration>,
 }
 
 /// An architecture and a seed for [`crate::Model::random`].
@@ -196,8 +202,18 @@ impl Engine {
             .spawn(move || scheduler::run(thread_cfg, cmd_rx, loop_tx, ready_tx, thread_stats))
             .map_err(|e| Error::Io { path: config.model.clone(), source: e })?;
         let (tokenizer, info, loader) = ready_rx.recv().map_err(|_| Error::EngineStopped)??;
+        let context = info.max_position_embeddings;
+        let max_input_tokens = config.max_input_tokens.min(context.saturating_sub(1));
+        let limits = Limits {
+            max_input_tokens,
+            max_new_tokens: config.max_new_tokens,
+            context,
+            max_prompt_bytes: max_input_tokens.saturating_mul(tokenizer.max_token_bytes()),
+            vocab_size: info.vocab_size,
+        };
         Ok(EngineHandle {
             inner: Arc::new(Inner {
+                limits,
                 tx: cmd_tx,
                 loader,
                 tokenizer,
@@ -211,6 +227,7 @@ impl Engine {
 }
 
 struct Inner {
+    limits: Limits,
     tx: mpsc::Sender<Command>,
     loader: Arc<Loader>,
     tokenizer: Tokenizer,
@@ -281,28 +298,50 @@ impl EngineHandle {
         }
     }
 
-    /// Validates `request` (prompt length, `max_new_tokens`, adapter id known to the catalog), admits it to the
-    /// queue or fails with [`Error::Overloaded`], and returns its event stream.
-    pub fn generate(&self, request: GenerateRequest) -> Result<GenerationStream> {
-        let cfg = &self.inner.config;
-        let prompt = match &request.prompt {
+    /// The limits every request is checked against (see [`Limits`]).
+    pub fn limits(&self) -> Limits {
+        self.inner.limits
+    }
+
+    /// Checks `request` against the request contract ([`Limits`]: sampling ranges, stop sequences, the prompt's size
+    /// before tokenizing, its tokens after, the room it leaves in the context, the adapter id against the catalog)
+    /// and tokenizes it. Nothing is queued: [`EngineHandle::submit`] does that. Tokenizing is CPU work; callers on an
+    /// async runtime run a large prompt's `prepare` on a blocking thread.
+    pub fn prepare(&self, mut request: GenerateRequest) -> Result<Prepared> {
+        let limits = &self.inner.limits;
+        limits.check_fields(&request)?;
+        let tokenizer = &self.inner.tokenizer;
+        let mut prompt = match &request.prompt {
             Prompt::Tokens(ids) => ids.clone(),
-            Prompt::Text(text) => self.inner.tokenizer.encode(text, true)?,
+            Prompt::Text(text) => tokenizer.encode(text, true)?,
+            Prompt::Parts { parts, add_bos } => tokenizer.encode_parts(parts, *add_bos)?,
         };
-        if prompt.is_empty() {
-            return Err(Error::EmptyPrompt);
+        if let Some(n) = request.truncate {
+            prompt.drain(..prompt.len().saturating_sub(n));
         }
-        if prompt.len() > cfg.max_input_tokens {
-            return Err(Error::PromptTooLong { len: prompt.len(), max: cfg.max_input_tokens });
-        }
-        let vocab_size = self.inner.info.vocab_size;
-        if let Some(&id) = prompt.iter().find(|&&t| t as usize >= vocab_size) {
-            return Err(Error::TokenOutOfRange { id, vocab_size });
-        }
-        if request.max_new_tokens == 0 || request.max_new_tokens > cfg.max_new_tokens {
-            return Err(Error::MaxNewTokens { requested: request.max_new_tokens, max: cfg.max_new_tokens });
-        }
-        let source = request.adapter.as_ref().map(|id| cfg.catalog.resolve(id)).transpose()?;
+        request.max_new_tokens = limits.check_tokens(&request, &prompt)?;
+        request.fit_context = false;
+        let catalog = &self.inner.config.catalog;
+        let source = match &request.adapter {
+            None => None,
+            Some(id) => Some(match request.adapter_source {
+                SourceChoice::Any => catalog.resolve(id)?,
+                SourceChoice::Local => Catalog { allow_hub: false, ..catalog.clone() }.resolve(id)?,
+                SourceChoice::Hub if !catalog.allow_hub => {
+                    let reason = "cannot come from the hub: this engine does not allow the hub (--allow-hub)";
+                    return Err(Error::Invalid { field: Field::Adapter, reason: reason.into() });
+                }
+                SourceChoice::Hub => AdapterSource::Hub { repo: id.as_str().to_string() },
+            }),
+        };
+        Ok(Prepared { request, prompt, source })
+    }
+
+    /// Admits a prepared request to the queue, or fails with [`Error::Overloaded`] when it is full (or
+    /// [`Error::EngineStopped`]), and returns its event stream.
+    pub fn submit(&self, prepared: Prepared) -> Result<GenerationStream> {
+        let Prepared { request, prompt, source } = prepared;
+        let cfg = &self.inner.config;
         let in_flight = &self.inner.in_flight;
         let waiting = in_flight.fetch_add(1, Ordering::SeqCst);
         let permit = Permit(in_flight.clone());
@@ -313,6 +352,7 @@ impl EngineHandle {
             return Err(Error::EngineStopped);
         }
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        EngineStats::add(&self.inner.stats.submitted, 1);
         let load = request.adapter.clone().zip(source.clone());
         let submission = Submission { request, prompt, source, events: tx, _permit: permit, submitted: Instant::now() };
         self.inner.tx.send(Command::Submit(Box::new(submission))).map_err(|_| Error::EngineStopped)?;
@@ -324,10 +364,35 @@ impl EngineHandle {
         Ok(GenerationStream { rx, ended: false })
     }
 
+    /// [`EngineHandle::prepare`], then [`EngineHandle::submit`].
+    pub fn generate(&self, request: GenerateRequest) -> Result<GenerationStream> {
+        self.submit(self.prepare(request)?)
+    }
+
     /// Loads `id` now (if not resident) so that its first request does not wait.
     pub fn preload(&self, id: AdapterId) -> Result<()> {
         let source = self.inner.config.catalog.resolve(&id)?;
         self.inner.loader.ensure(&id, &source)
+    }
+}
+
+/// A request that passed [`EngineHandle::prepare`]: its tokens, and where its adapter comes from.
+#[derive(Clone, Debug)]
+pub struct Prepared {
+    request: GenerateRequest,
+    prompt: Vec<u32>,
+    source: Option<AdapterSource>,
+}
+
+impl Prepared {
+    /// The prompt's token ids (after any truncation).
+    pub fn prompt(&self) -> &[u32] {
+        &self.prompt
+    }
+
+    /// The request, with `max_new_tokens` as it will run (lowered to the context's room with `fit_context`).
+    pub fn request(&self) -> &GenerateRequest {
+        &self.request
     }
 }
 

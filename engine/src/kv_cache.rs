@@ -148,6 +148,15 @@ impl KvCache {
         }
     }
 
+    /// Forgets every position from `len` on, in every layer (what a failed step appended): the buffers stay, and
+    /// the next append writes over them.
+    pub fn truncate(&mut self, len: usize) {
+        for c in self.layers.iter_mut().flatten() {
+            c.len = c.len.min(len);
+        }
+        self.len = self.len.min(len);
+    }
+
     /// Bytes held by the cache (its allocated capacity).
     pub fn bytes(&self) -> usize {
         self.layers
@@ -213,6 +222,10 @@ mod tests {
         }
         assert_eq!(host.len(), 71);
         assert_eq!(host.bytes(), tensor.bytes());
+        // A step that failed after appending is rolled back: the next append lands where the rolled-back one did.
+        let bytes = host.bytes();
+        host.truncate(70);
+        assert_eq!((host.len(), host.host_layer(0).unwrap().len, host.bytes()), (70, 70, bytes));
         assert!(host
             .append(
                 0,

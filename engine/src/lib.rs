@@ -23,13 +23,17 @@ pub use adapter::{AdapterBank, LoraAdapter};
 pub use config::ModelConfig;
 pub use error::{Error, Result};
 pub use generate::{generate_batch, FinishReason, GenOutput, GenRequest};
-pub use handle::{Engine, EngineConfig, EngineHandle, Faults, GenerationStream, Health, ModelInfo, RandomWeights};
+pub use handle::{
+    Engine, EngineConfig, EngineHandle, Faults, GenerationStream, Health, ModelInfo, Prepared, RandomWeights,
+};
 pub use kv_cache::KvCache;
 pub use model::{memory_bandwidth, LoadOptions, Logits, Model, QuantMode, SeqInput};
 pub use model_files::{ModelFiles, ModelFormat};
 pub use module::Module;
 pub use registry::{AdapterId, Catalog};
-pub use request::{Event, Finished, GenerateRequest, Prompt, Timings, TokenEvent};
+pub use request::{
+    Event, Field, Finished, GenerateRequest, Limits, Prompt, PromptPart, SourceChoice, Timings, TokenEvent,
+};
 pub use sampling::{Sampler, SamplingParams};
 pub use stats::EngineStats;
 pub use tokenizer::{ChatMessage, TokenStream, Tokenizer};

@@ -1,21 +1,72 @@
-//! What a caller sends to the engine and what comes back: requests, token events and the final summary.
+//! What a caller sends to the engine and what comes back: requests, token events and the final summary; and the
+//! request contract ([`Limits::check`]): every check that could otherwise fail later, in one place, each failure
+//! naming its field. The server's APIs and the web app parse their own wire formats into a [`GenerateRequest`] and
+//! map the one [`crate::Error`] it can fail with; none of them checks a range of its own.
 
 use crate::registry::AdapterId;
 use crate::sampling::SamplingParams;
-use crate::FinishReason;
+use crate::{Error, FinishReason, Result};
 use std::time::Duration;
 
-/// A prompt as text (tokenized with the model's tokenizer, BOS added if the model wants it) or as token ids.
+/// Most stop sequences per request (as TGI).
+pub const MAX_STOP_SEQUENCES: usize = 4;
+/// Longest stop sequence, in bytes.
+pub const MAX_STOP_BYTES: usize = 256;
+/// Highest sampling temperature accepted.
+pub const MAX_TEMPERATURE: f32 = 100.0;
+
+/// A prompt as text (tokenized with the model's tokenizer, BOS added if the model wants it), as token ids, or as
+/// parts whose text is either the prompt's own markup or content from someone else.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Prompt {
-    /// Text, already formatted (apply a chat template first for chat).
+    /// Text, already formatted (apply a chat template first for chat). Special-token text in it (`<|im_start|>`)
+    /// becomes control tokens: the caller owns the whole prompt.
     Text(String),
     /// Token ids, used as they are.
     Tokens(Vec<u32>),
+    /// A template filled with content: the parts are tokenized one after the other, and special-token text inside
+    /// [`PromptPart::Content`] stays plain text, so a visitor's input cannot forge the template's control tokens.
+    Parts {
+        /// The parts, in order.
+        parts: Vec<PromptPart>,
+        /// Put the model's BOS first if it wants one (a chat template writes its own: `false`).
+        add_bos: bool,
+    },
+}
+
+/// One part of a [`Prompt::Parts`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PromptPart {
+    /// The template's own text: special-token text in it becomes control tokens.
+    Template(String),
+    /// Content filled into the template: tokenized as plain text.
+    Content(String),
+}
+
+impl Default for Prompt {
+    fn default() -> Self {
+        Self::Tokens(Vec::new())
+    }
+}
+
+impl Prompt {
+    /// Bytes of text (0 for token ids): bounds the tokenizer's work before it runs.
+    pub fn text_bytes(&self) -> usize {
+        match self {
+            Self::Text(t) => t.len(),
+            Self::Tokens(_) => 0,
+            Self::Parts { parts, .. } => parts
+                .iter()
+                .map(|p| match p {
+                    PromptPart::Template(t) | PromptPart::Content(t) => t.len(),
+                })
+                .sum(),
+        }
+    }
 }
 
 /// One generation request.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct GenerateRequest {
     /// The prompt.
     pub prompt: Prompt,
@@ -25,8 +76,173 @@ pub struct GenerateRequest {
     pub sampling: SamplingParams,
     /// Most tokens to generate (1 ..= the engine's limit).
     pub max_new_tokens: usize,
+    /// Take `max_new_tokens` as an upper bound and lower it to the room the prompt leaves in the model's context
+    /// (a default the client did not ask for), instead of refusing a request that does not fit.
+    pub fit_context: bool,
+    /// Keep only the last this many prompt tokens (LoRAX `truncate`).
+    pub truncate: Option<usize>,
+    /// Where the adapter may come from.
+    pub adapter_source: SourceChoice,
     /// Stop sequences; generation ends before the first one and it is not returned.
     pub stop: Vec<String>,
+}
+
+/// Where a request's adapter may come from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SourceChoice {
+    /// Wherever the engine's catalog finds it: a local folder, else the hub when the engine allows the hub.
+    #[default]
+    Any,
+    /// Only a local folder.
+    Local,
+    /// Only the Hugging Face hub (refused when the engine does not allow it).
+    Hub,
+}
+
+/// The fields of a [`GenerateRequest`], as errors name them (the APIs map them to their own wire names).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Field {
+    /// [`GenerateRequest::prompt`].
+    Prompt,
+    /// [`GenerateRequest::adapter`].
+    Adapter,
+    /// [`GenerateRequest::max_new_tokens`].
+    MaxNewTokens,
+    /// [`GenerateRequest::truncate`].
+    Truncate,
+    /// [`GenerateRequest::stop`].
+    Stop,
+    /// [`SamplingParams::temperature`].
+    Temperature,
+    /// [`SamplingParams::top_p`].
+    TopP,
+    /// [`SamplingParams::top_k`].
+    TopK,
+    /// [`SamplingParams::repetition_penalty`].
+    RepetitionPenalty,
+}
+
+impl Field {
+    /// The field's name in the engine's request (`max_new_tokens`, `top_p`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Prompt => "prompt",
+            Self::Adapter => "adapter",
+            Self::MaxNewTokens => "max_new_tokens",
+            Self::Truncate => "truncate",
+            Self::Stop => "stop",
+            Self::Temperature => "temperature",
+            Self::TopP => "top_p",
+            Self::TopK => "top_k",
+            Self::RepetitionPenalty => "repetition_penalty",
+        }
+    }
+}
+
+impl std::fmt::Display for Field {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The limits a request is checked against: the engine's configuration and the model's context.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Longest prompt, in tokens: the configured limit, at most the context less one position (for the first
+    /// generated token).
+    pub max_input_tokens: usize,
+    /// Largest `max_new_tokens`.
+    pub max_new_tokens: usize,
+    /// The model's context: prompt plus generated tokens.
+    pub context: usize,
+    /// Longest prompt text, in bytes, that can tokenize to `max_input_tokens` or fewer (the limit times the longest
+    /// token's bytes): a longer text is refused before any tokenizing.
+    pub max_prompt_bytes: usize,
+    /// The vocabulary's size (token ids must be below it).
+    pub vocab_size: usize,
+}
+
+impl Limits {
+    /// Checks everything about `request` that does not need the prompt's tokens: sampling ranges, stop sequences,
+    /// `max_new_tokens` and `truncate` on their own, and the prompt's size in bytes.
+    pub fn check_fields(&self, request: &GenerateRequest) -> Result<()> {
+        let invalid = |field, reason: String| Err(Error::Invalid { field, reason });
+        let s = &request.sampling;
+        if let Some(t) = s.temperature {
+            if !(0.0..=MAX_TEMPERATURE).contains(&t) {
+                return invalid(Field::Temperature, format!("must be between 0 and {MAX_TEMPERATURE}, got {t}"));
+            }
+        }
+        if let Some(p) = s.top_p {
+            if !(p > 0.0 && p <= 1.0) {
+                return invalid(Field::TopP, format!("must be > 0 and <= 1, got {p}"));
+            }
+        }
+        if s.top_k == Some(0) {
+            return invalid(Field::TopK, "must be strictly positive, got 0".into());
+        }
+        if let Some(r) = s.repetition_penalty {
+            if !(r > 0.0 && r.is_finite()) {
+                return invalid(Field::RepetitionPenalty, format!("must be strictly positive, got {r}"));
+            }
+        }
+        let stop = &request.stop;
+        if stop.len() > MAX_STOP_SEQUENCES {
+            return invalid(
+                Field::Stop,
+                format!("has {} sequences, at most {MAX_STOP_SEQUENCES} are allowed", stop.len()),
+            );
+        }
+        if stop.iter().any(String::is_empty) {
+            return invalid(Field::Stop, "must not contain an empty string".into());
+        }
+        if let Some(s) = stop.iter().find(|s| s.len() > MAX_STOP_BYTES) {
+            return invalid(
+                Field::Stop,
+                format!("has a sequence of {} bytes, at most {MAX_STOP_BYTES} are allowed", s.len()),
+            );
+        }
+        if request.max_new_tokens == 0 || (!request.fit_context && request.max_new_tokens > self.max_new_tokens) {
+            return Err(Error::MaxNewTokens { requested: request.max_new_tokens, max: self.max_new_tokens });
+        }
+        if request.truncate == Some(0) {
+            return invalid(Field::Truncate, "must be strictly positive, got 0".into());
+        }
+        let bytes = request.prompt.text_bytes();
+        if bytes == 0 && !matches!(request.prompt, Prompt::Tokens(_)) {
+            // Not even the model's BOS makes an empty text a prompt.
+            return Err(Error::EmptyPrompt);
+        }
+        if request.truncate.is_none() && bytes > self.max_prompt_bytes {
+            return Err(Error::PromptTooLarge { bytes, max_tokens: self.max_input_tokens });
+        }
+        Ok(())
+    }
+
+    /// Checks the prompt's tokens (after any truncation) and returns the number of tokens to generate: the prompt
+    /// is not empty, within `max_input_tokens` and the vocabulary, and leaves room in the context for
+    /// `max_new_tokens` (lowered to that room with `fit_context`).
+    pub fn check_tokens(&self, request: &GenerateRequest, prompt: &[u32]) -> Result<usize> {
+        if prompt.is_empty() {
+            return Err(Error::EmptyPrompt);
+        }
+        if prompt.len() > self.max_input_tokens {
+            return Err(Error::PromptTooLong { len: prompt.len(), max: self.max_input_tokens });
+        }
+        if let Some(&id) = prompt.iter().find(|&&t| t as usize >= self.vocab_size) {
+            return Err(Error::TokenOutOfRange { id, vocab_size: self.vocab_size });
+        }
+        let room = self.context - prompt.len();
+        let wanted = if request.fit_context {
+            request.max_new_tokens.min(self.max_new_tokens).min(room)
+        } else {
+            request.max_new_tokens
+        };
+        if wanted > room {
+            return Err(Error::ContextExceeded { prompt: prompt.len(), max_new_tokens: wanted, context: self.context });
+        }
+        Ok(wanted)
+    }
 }
 
 /// One generated token.

@@ -185,12 +185,7 @@ impl Scheduler {
                 }
                 continue;
             }
-            if let Err(e) = self.step() {
-                tracing::error!("forward step failed: {e}");
-                for seq in self.running.drain(..) {
-                    let _ = seq.sub.events.send(Err(Error::Generation(e.to_string())));
-                }
-            }
+            self.step();
         }
     }
 
@@ -435,9 +430,16 @@ impl Scheduler {
         EngineStats::set(&self.stats.adapters_resident, self.residency.len() as u64);
     }
 
-    /// One forward pass over every running sequence.
-    fn step(&mut self) -> Result<()> {
-        let bank = self.residency.bank()?;
+    /// One forward pass over every running sequence. A failure belongs to the sequences that cause it: a
+    /// sequence without room in the model's context, with non-finite logits, or whose rows make the forward pass
+    /// fail (found by retrying each alone, after rolling every cache back) ends with its error, and the others go
+    /// on with exactly the tokens they would have had. The batch as a whole is never failed.
+    fn step(&mut self) {
+        let bank = match self.residency.bank() {
+            Ok(bank) => bank,
+            Err(e) => return self.drop_unusable_adapters(&e),
+        };
+        self.fail_overlong();
         // Sort by adapter slot so rows sharing an adapter are contiguous segments.
         let slot_of = |s: &Seq| s.sub.request.adapter.as_ref().and_then(|id| self.residency.slot(id));
         let mut order: Vec<(Option<usize>, usize)> =
@@ -454,13 +456,21 @@ impl Scheduler {
             .filter(|&(_, i)| chunks[i] > 0 || self.running[i].prefilled == self.running[i].sub.prompt.len())
             .collect();
         if picked.is_empty() {
-            return Ok(());
+            return;
         }
         self.inject_faults();
-        let logits = self.forward(&picked, &chunks, &bank)?;
+        let lens: Vec<usize> = self.running.iter().map(|s| s.cache.len()).collect();
+        let rows = match self.forward(&picked, &chunks, &bank).and_then(|l| Ok(l.to_vec2::<f32>()?)) {
+            Ok(rows) => rows,
+            Err(e) => {
+                self.rollback(&lens);
+                let culprits = self.isolate(&picked, &chunks, &bank, &lens, &e);
+                return self.remove_failed(culprits);
+            }
+        };
         EngineStats::add(&self.stats.steps, 1);
         EngineStats::set(&self.stats.batch_size, picked.len() as u64);
-        let rows: Vec<Vec<f32>> = logits.to_vec2()?;
+        let mut failed = Vec::new();
         let mut ready = Vec::with_capacity(rows.len());
         for (row, &(_, i)) in rows.iter().zip(&picked) {
             let s = &mut self.running[i];
@@ -469,6 +479,13 @@ impl Scheduler {
                 if s.prefilled < s.sub.prompt.len() {
                     continue; // more of the prompt to go; these logits are not needed
                 }
+            }
+            if row.iter().any(|x| !x.is_finite()) {
+                let e = Error::Generation(
+                    "the model's output for this request was not a number (NaN or infinite logits)".into(),
+                );
+                failed.push((i, e));
+                continue;
             }
             ready.push((i, &row[..]));
         }
@@ -479,11 +496,101 @@ impl Scheduler {
                 done.push(i);
             }
         }
+        for (i, e) in failed {
+            tracing::warn!(adapter = ?self.running[i].sub.request.adapter, "a request failed alone: {e}");
+            let _ = self.running[i].sub.events.send(Err(e));
+            done.push(i);
+        }
         done.sort_unstable();
         for i in done.into_iter().rev() {
             self.running.swap_remove(i);
         }
-        Ok(())
+    }
+
+    /// Fails, alone, every running sequence whose next token would not fit the model's context (the request
+    /// contract keeps prompt plus `max_new_tokens` within it, so this is a guard, not a limit).
+    fn fail_overlong(&mut self) {
+        let context = self.model.config().max_position_embeddings;
+        let over: Vec<(usize, Error)> = (self.running.iter().enumerate())
+            .filter_map(|(i, s)| {
+                let len = s.sub.prompt.len() + s.generated.len();
+                (len > context).then_some((i, Error::SequenceTooLong { len, max: context }))
+            })
+            .collect();
+        self.remove_failed(over);
+    }
+
+    /// Sends each `(index, error)` to its sequence and removes those sequences from the batch.
+    fn remove_failed(&mut self, mut failed: Vec<(usize, Error)>) {
+        failed.sort_by_key(|(i, _)| std::cmp::Reverse(*i));
+        for (i, e) in failed {
+            let seq = self.running.swap_remove(i);
+            tracing::warn!(adapter = ?seq.sub.request.adapter, "a request failed alone: {e}");
+            let _ = seq.sub.events.send(Err(e));
+        }
+    }
+
+    /// Rolls every running sequence's cache back to `lens` (what it held before a failed step appended to it).
+    fn rollback(&mut self, lens: &[usize]) {
+        for (s, &len) in self.running.iter_mut().zip(lens) {
+            s.cache.truncate(len);
+        }
+    }
+
+    /// After a failed step: runs each picked sequence alone (rolling it back again) to find the ones whose rows
+    /// fail. When none fails alone (memory ran out only together), the newest admission is the one given up: put
+    /// back in the queue if it has not streamed a token yet, failed otherwise.
+    fn isolate(
+        &mut self,
+        picked: &[(Option<usize>, usize)],
+        chunks: &[usize],
+        bank: &AdapterBank,
+        lens: &[usize],
+        error: &Error,
+    ) -> Vec<(usize, Error)> {
+        tracing::warn!(batch = picked.len(), "a step failed ({error}); retrying its sequences one at a time");
+        let mut culprits = Vec::new();
+        for &one in picked {
+            if let Err(e) = self.forward(&[one], chunks, bank) {
+                culprits.push((one.1, Error::Generation(e.to_string())));
+            }
+            self.rollback(lens);
+        }
+        if culprits.is_empty() {
+            if let Some(&(_, newest)) = picked.iter().max_by_key(|&&(_, i)| self.running[i].started) {
+                if self.running[newest].generated.is_empty() && picked.len() > 1 {
+                    let seq = self.running.swap_remove(newest);
+                    tracing::warn!(adapter = ?seq.sub.request.adapter, "preempted: back to the queue");
+                    self.waiting.entry(seq.sub.request.adapter.clone()).or_default().push_front(seq.sub);
+                } else {
+                    culprits.push((newest, Error::Generation(error.to_string())));
+                }
+            }
+        }
+        culprits
+    }
+
+    /// The bank of resident adapters could not be built: each resident adapter is tried alone, and those that fail
+    /// are evicted and their requests (running and waiting) fail with the cause.
+    fn drop_unusable_adapters(&mut self, error: &Error) {
+        tracing::error!("the adapter bank could not be built: {error}");
+        let layers = self.model.config().num_hidden_layers;
+        let bad: Vec<(AdapterId, String)> = self
+            .residency
+            .entries()
+            .filter_map(|(id, a)| AdapterBank::new(vec![a.clone()], layers).err().map(|e| (id.clone(), e.to_string())))
+            .collect();
+        for (id, reason) in &bad {
+            self.residency.remove(id);
+            self.loader.forget(id);
+            let err = || Error::AdapterLoad { id: id.clone(), reason: reason.clone() };
+            let failed: Vec<(usize, Error)> = (self.running.iter().enumerate())
+                .filter(|(_, s)| s.sub.request.adapter.as_ref() == Some(id))
+                .map(|(i, _)| (i, err()))
+                .collect();
+            self.remove_failed(failed);
+            self.fail_waiting(id, reason.clone());
+        }
     }
 
     /// The faults a test asked for (see [`crate::handle::Faults`]).
@@ -494,6 +601,9 @@ impl Scheduler {
             if at == step {
                 std::thread::sleep(pause);
             }
+        }
+        if let Some(delay) = faults.step_delay {
+            std::thread::sleep(delay);
         }
         if faults.panic_at_step == Some(step) {
             panic!("injected fault at step {step}");
@@ -514,7 +624,23 @@ impl Scheduler {
             let tokens: &[u32] = if chunks[i] > 0 { &sub.prompt[*prefilled..*prefilled + chunks[i]] } else { next };
             seqs.push(SeqInput { tokens, cache, adapter: slot });
         }
-        self.model.forward(&mut seqs, bank, Logits::Last)
+        let logits = self.model.forward(&mut seqs, bank, Logits::Last)?;
+        if let Some(id) = &self.cfg.faults.forward_error_for {
+            if picked.iter().any(|&(_, i)| self.running[i].sub.request.adapter.as_ref() == Some(id)) {
+                return Err(Error::Generation(format!("injected fault: a step with adapter {id}")));
+            }
+        }
+        if let Some(id) = &self.cfg.faults.nan_logits_for {
+            let (n, vocab) = logits.dims2()?;
+            let mut rows: Vec<f32> = logits.flatten_all()?.to_vec1()?;
+            for (r, &(_, i)) in picked.iter().enumerate() {
+                if self.running[i].sub.request.adapter.as_ref() == Some(id) {
+                    rows[r * vocab..(r + 1) * vocab].fill(f32::NAN);
+                }
+            }
+            return Ok(candle_core::Tensor::from_vec(rows, (n, vocab), logits.device())?);
+        }
+        Ok(logits)
     }
 
     /// Appends the sampled token `next` to running sequence `i` and sends it; returns whether the sequence is finished.

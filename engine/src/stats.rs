@@ -29,6 +29,8 @@ pub struct EngineStats {
     pub steps: AtomicU64,
     /// Tokens generated.
     pub generated_tokens: AtomicU64,
+    /// Requests admitted to the queue.
+    pub submitted: AtomicU64,
     /// Requests failed because their adapter did not become resident in time.
     pub adapter_load_timeouts: AtomicU64,
     /// The batching loop's heartbeat.

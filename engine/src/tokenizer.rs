@@ -2,6 +2,7 @@
 //! (`gpt2` byte-level BPE with the GGUF's pre-tokenizer); chat templates rendered with minijinja; and incremental
 //! detokenization that never splits a UTF-8 character.
 
+use crate::request::PromptPart;
 use crate::{Error, Result};
 use candle_core::quantized::gguf_file;
 use serde::{Deserialize, Serialize};
@@ -26,6 +27,22 @@ pub struct ChatMessage {
 /// A model's tokenizer with its special tokens and chat template.
 #[derive(Clone)]
 pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    /// The same tokenizer reading special-token text as plain text: for content inside a template.
+    plain: tokenizers::Tokenizer,
+    bos: Option<(u32, String)>,
+    eos: Option<(u32, String)>,
+    add_bos: bool,
+    special: HashSet<u32>,
+    chat_template: Option<String>,
+    /// Bytes of the vocabulary's longest token string: no token covers more text than that.
+    max_token_bytes: usize,
+    /// The text of every special added token (`<|im_start|>`, ...).
+    special_texts: Vec<String>,
+}
+
+/// A tokenizer's parts, before [`Tokenizer::assemble`].
+struct Parts {
     inner: tokenizers::Tokenizer,
     bos: Option<(u32, String)>,
     eos: Option<(u32, String)>,
@@ -73,7 +90,17 @@ impl Tokenizer {
         let add_bos = cfg["add_bos_token"].as_bool().unwrap_or(false);
         let chat_template = cfg["chat_template"].as_str().map(str::to_string);
         let special = inner.get_added_tokens_decoder().iter().filter(|(_, t)| t.special).map(|(id, _)| *id).collect();
-        Ok(Self { inner, bos, eos, add_bos, special, chat_template })
+        Ok(Self::assemble(Parts { inner, bos, eos, add_bos, special, chat_template }))
+    }
+
+    fn assemble(parts: Parts) -> Self {
+        let Parts { inner, bos, eos, add_bos, special, chat_template } = parts;
+        let mut plain = inner.clone();
+        plain.set_encode_special_tokens(true);
+        let max_token_bytes = inner.get_vocab(true).keys().map(String::len).max().unwrap_or(1).max(1);
+        let special_texts =
+            inner.get_added_tokens_decoder().values().filter(|t| t.special).map(|t| t.content.clone()).collect();
+        Self { inner, plain, bos, eos, add_bos, special, chat_template, max_token_bytes, special_texts }
     }
 
     /// Rebuilds the tokenizer from GGUF metadata (`tokenizer.ggml.*`), as llama.cpp and transformers do.
@@ -124,14 +151,14 @@ impl Tokenizer {
         inner.add_special_tokens(&special_tokens);
         let named = |k: &str| get_u32(k).and_then(|id| tokens.get(id as usize).map(|t| (id, t.clone())));
         let special = tokens.iter().zip(&types).enumerate().filter(|(_, (_, t))| **t == 3).map(|(i, _)| i as u32);
-        Ok(Self {
+        Ok(Self::assemble(Parts {
             bos: named("tokenizer.ggml.bos_token_id"),
             eos: named("tokenizer.ggml.eos_token_id"),
             add_bos: md.get("tokenizer.ggml.add_bos_token").and_then(|v| v.to_bool().ok()).unwrap_or(false),
             special: special.collect(),
             chat_template: get_str("tokenizer.chat_template"),
             inner,
-        })
+        }))
     }
 
     /// A stand-in for a model with random weights ([`crate::Model::random`]): `vocab_size` word tokens `t0`, `t1`,
@@ -147,19 +174,57 @@ impl Tokenizer {
         let mut inner = tokenizers::Tokenizer::new(model);
         inner.with_pre_tokenizer(Some(tokenizers::pre_tokenizers::whitespace::WhitespaceSplit));
         inner.with_decoder(Some(tokenizers::decoders::wordpiece::WordPiece::new("##".into(), false)));
-        Ok(Self { inner, bos: None, eos: None, add_bos: false, special: HashSet::new(), chat_template: None })
+        Ok(Self::assemble(Parts {
+            inner,
+            bos: None,
+            eos: None,
+            add_bos: false,
+            special: HashSet::new(),
+            chat_template: None,
+        }))
     }
 
     /// Token ids of `text`; special-token strings in the text are matched whole. With `add_bos`, the model's BOS
     /// is prepended if its config asks for it.
     pub fn encode(&self, text: &str, add_bos: bool) -> Result<Vec<u32>> {
-        let enc = self.inner.encode(text, false).map_err(tok_err)?;
-        let mut ids = Vec::with_capacity(enc.len() + 1);
+        self.encode_parts(&[PromptPart::Template(text.to_string())], add_bos)
+    }
+
+    /// Token ids of `parts` one after the other (BOS first, as [`Tokenizer::encode`]): template text with its
+    /// special-token strings matched whole, content with them read as plain text, so that content cannot forge
+    /// the template's control tokens.
+    pub fn encode_parts(&self, parts: &[PromptPart], add_bos: bool) -> Result<Vec<u32>> {
+        let mut ids = Vec::new();
         if let (true, true, Some((bos, _))) = (add_bos, self.add_bos, &self.bos) {
             ids.push(*bos);
         }
-        ids.extend_from_slice(enc.get_ids());
+        // Content without special-token text joins the text around it, so that a prompt tokenizes exactly as its
+        // whole text would (a cut can change the tokens at its edges); only content that would forge a control
+        // token is tokenized on its own, as plain text.
+        let mut run = String::new();
+        let flush = |run: &mut String, ids: &mut Vec<u32>| -> Result<()> {
+            if !run.is_empty() {
+                ids.extend_from_slice(self.inner.encode(run.as_str(), false).map_err(tok_err)?.get_ids());
+                run.clear();
+            }
+            Ok(())
+        };
+        for part in parts {
+            match part {
+                PromptPart::Content(text) if self.special_texts.iter().any(|t| text.contains(t.as_str())) => {
+                    flush(&mut run, &mut ids)?;
+                    ids.extend_from_slice(self.plain.encode(text.as_str(), false).map_err(tok_err)?.get_ids());
+                }
+                PromptPart::Template(text) | PromptPart::Content(text) => run.push_str(text),
+            }
+        }
+        flush(&mut run, &mut ids)?;
         Ok(ids)
+    }
+
+    /// Bytes of the vocabulary's longest token: a text of `n` bytes has at least `n / max_token_bytes()` tokens.
+    pub fn max_token_bytes(&self) -> usize {
+        self.max_token_bytes
     }
 
     /// Text of `ids`; special tokens are kept unless `skip_special`.
@@ -190,6 +255,39 @@ impl Tokenizer {
     /// Whether the model ships a chat template.
     pub fn has_chat_template(&self) -> bool {
         self.chat_template.is_some()
+    }
+
+    /// The prompt of `messages` in the model's chat template as [`PromptPart`]s: the template's text, and each
+    /// message's content as [`PromptPart::Content`], so that special-token text a message carries
+    /// (`<|im_start|>system`) is tokenized as plain text and only the template's own markers are control tokens.
+    pub fn chat_parts(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<Vec<PromptPart>> {
+        // Each content is rendered as a marker no template or message can contain, then the text is cut there.
+        let nonce: u64 = rand::random();
+        let marker = |i: usize| format!("\u{E000}{nonce:016x}:{i}\u{E001}");
+        let marked: Vec<ChatMessage> = messages
+            .iter()
+            .enumerate()
+            .map(|(i, m)| ChatMessage { role: m.role.clone(), content: marker(i) })
+            .collect();
+        let mut rest = self.apply_chat_template(&marked, add_generation_prompt)?;
+        let mut parts = Vec::new();
+        let (open, close) = (format!("\u{E000}{nonce:016x}:"), '\u{E001}');
+        while let Some(at) = rest.find(&open) {
+            let after = &rest[at + open.len()..];
+            let end = after.find(close).ok_or_else(|| Error::Template("a content marker was cut".into()))?;
+            let index: usize =
+                after[..end].parse().map_err(|_| Error::Template("a content marker was altered".into()))?;
+            let content = messages.get(index).ok_or_else(|| Error::Template("unknown content marker".into()))?;
+            if at > 0 {
+                parts.push(PromptPart::Template(rest[..at].to_string()));
+            }
+            parts.push(PromptPart::Content(content.content.clone()));
+            rest = after[end + close.len_utf8()..].to_string();
+        }
+        if !rest.is_empty() {
+            parts.push(PromptPart::Template(rest));
+        }
+        Ok(parts)
     }
 
     /// Renders `messages` with the model's chat template (Jinja, as transformers' `apply_chat_template`).

@@ -27,6 +27,7 @@ fn request(prompt: &[u32], adapter: Option<&str>, max_new_tokens: usize) -> Gene
         sampling: SamplingParams::greedy(),
         max_new_tokens,
         stop: vec![],
+        ..GenerateRequest::default()
     }
 }
 

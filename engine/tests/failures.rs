@@ -25,6 +25,7 @@ fn request(adapter: Option<&str>, max_new_tokens: usize) -> GenerateRequest {
         sampling: SamplingParams::greedy(),
         max_new_tokens,
         stop: vec![],
+        ..GenerateRequest::default()
     }
 }
 
@@ -138,4 +139,84 @@ fn a_cold_adapter_beside_the_base_model_always_answers() {
             assert_eq!((tokens, done.is_ok()), (6, true), "round {round}, request {pane}");
         }
     }
+}
+
+/// Four ordinary requests and what each gives alone.
+fn neighbours(engine: &engine::EngineHandle) -> (Vec<GenerateRequest>, Vec<Vec<u32>>) {
+    let requests: Vec<GenerateRequest> = [None, Some("qv_r8"), Some("all_r4"), None]
+        .into_iter()
+        .enumerate()
+        .map(|(i, a)| GenerateRequest { prompt: Prompt::Tokens(vec![1, 7 + i as u32, 9, 30]), ..request(a, 10) })
+        .collect();
+    let alone = requests.iter().map(|r| tokens(engine.generate(r.clone()).unwrap()).unwrap()).collect();
+    (requests, alone)
+}
+
+fn tokens(mut stream: GenerationStream) -> Result<Vec<u32>, Error> {
+    let mut ids = Vec::new();
+    loop {
+        match stream.blocking_next() {
+            Some(Ok(Event::Token(t))) => ids.push(t.id),
+            Some(Ok(Event::Finished(_))) => return Ok(ids),
+            Some(Err(e)) => return Err(e),
+            None => panic!("a stream must end with Finished or an error"),
+        }
+    }
+}
+
+/// The case a visitor hit: one request asks for more than the model's context (a 256-token fixture) while four
+/// others run. It is refused before it is queued, naming the context, and the four get exactly their own tokens.
+#[test]
+fn a_request_over_the_context_is_refused_alone_and_the_others_get_their_tokens() {
+    let mut cfg = config();
+    cfg.max_new_tokens = 300;
+    let engine = Engine::spawn(cfg).unwrap();
+    let (requests, alone) = neighbours(&engine);
+    let streams: Vec<_> = requests.iter().map(|r| engine.generate(r.clone()).unwrap()).collect();
+    let long = GenerateRequest { prompt: Prompt::Tokens(vec![5; 44]), ..request(Some("qv_r8"), 256) };
+    let err = engine.generate(long).unwrap_err();
+    assert!(matches!(err, Error::ContextExceeded { prompt: 44, max_new_tokens: 256, context: 256 }), "{err:?}");
+    assert!(err.to_string().contains("exceeds the model's context of 256 tokens"), "{err}");
+    // Asked to fit the context instead, the same request is lowered to the room left and runs.
+    let fitted = GenerateRequest { prompt: Prompt::Tokens(vec![5; 44]), fit_context: true, ..request(None, 256) };
+    assert_eq!(engine.prepare(fitted).unwrap().request().max_new_tokens, 256 - 44);
+    for (stream, want) in streams.into_iter().zip(&alone) {
+        assert_eq!(&tokens(stream).unwrap(), want);
+    }
+}
+
+/// A sequence whose logits are not numbers fails alone; the others in its steps get exactly their own tokens.
+#[test]
+fn a_sequence_with_nan_logits_fails_alone() {
+    let clean = Engine::spawn(config()).unwrap();
+    let (requests, alone) = neighbours(&clean);
+    let mut cfg = config();
+    cfg.faults.nan_logits_for = Some(AdapterId::new("mlp_r2").unwrap());
+    let engine = Engine::spawn(cfg).unwrap();
+    let bad = engine.generate(request(Some("mlp_r2"), 10)).unwrap();
+    let streams: Vec<_> = requests.iter().map(|r| engine.generate(r.clone()).unwrap()).collect();
+    let err = tokens(bad).unwrap_err();
+    assert!(err.to_string().contains("not a number"), "{err}");
+    for (stream, want) in streams.into_iter().zip(&alone) {
+        assert_eq!(&tokens(stream).unwrap(), want);
+    }
+}
+
+/// A step that fails because of one sequence (after the model wrote every row's keys and values) is rolled back
+/// and retried row by row: that sequence fails, and the others go on with exactly their own tokens.
+#[test]
+fn a_step_failed_by_one_sequence_is_rolled_back_and_fails_only_it() {
+    let clean = Engine::spawn(config()).unwrap();
+    let (requests, alone) = neighbours(&clean);
+    let mut cfg = config();
+    cfg.faults.forward_error_for = Some(AdapterId::new("attn_r16_rslora").unwrap());
+    let engine = Engine::spawn(cfg).unwrap();
+    let streams: Vec<_> = requests.iter().map(|r| engine.generate(r.clone()).unwrap()).collect();
+    let bad = engine.generate(request(Some("attn_r16_rslora"), 10)).unwrap();
+    let err = tokens(bad).unwrap_err();
+    assert!(err.to_string().contains("injected fault"), "{err}");
+    for (stream, want) in streams.into_iter().zip(&alone) {
+        assert_eq!(&tokens(stream).unwrap(), want);
+    }
+    assert_eq!(engine.health(), Health::Ok);
 }

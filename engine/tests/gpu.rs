@@ -134,6 +134,7 @@ fn evicted_adapters_come_back_from_host_memory_with_the_same_tokens() {
             sampling: SamplingParams::greedy(),
             max_new_tokens: 10,
             stop: vec![],
+            ..GenerateRequest::default()
         };
         let mut stream = engine.generate(req).unwrap();
         let mut ids = Vec::new();

@@ -68,6 +68,7 @@ fn engine_serves_a_random_model_with_adapters() {
             sampling: SamplingParams::greedy(),
             max_new_tokens: 12,
             stop: vec![],
+            ..GenerateRequest::default()
         };
         let mut stream = engine.generate(req).unwrap();
         let mut tokens = 0;

@@ -141,7 +141,7 @@ pub(crate) fn run_load(
                                 ..Default::default()
                             },
                             max_new_tokens: rng.random_range(90..=110),
-                            stop: vec![],
+                            ..GenerateRequest::default()
                         };
                         let sent = Instant::now();
                         let mut stream = engine.generate(req)?;

@@ -99,9 +99,18 @@ pub struct ServeConfig {
     #[arg(long, env = "LORALAND_ALLOW_HUB")]
     pub allow_hub: bool,
 
+    /// Take the client's address from the first entry of X-Forwarded-For (behind a reverse proxy that sets it);
+    /// otherwise the peer's address is the client's. Per-client limits are kept per address.
+    #[arg(long, env = "LORALAND_TRUST_PROXY")]
+    pub trust_proxy: bool,
+
     /// Panic the engine thread at this step, to test what the server does when its engine fails (tests only).
     #[arg(long, env = "LORALAND_INJECT_PANIC_AT_STEP", hide = true)]
     pub inject_panic_at_step: Option<u64>,
+
+    /// Sleep this many milliseconds in every engine step, a slow model for tests (tests only).
+    #[arg(long, env = "LORALAND_INJECT_STEP_DELAY_MS", hide = true)]
+    pub inject_step_delay_ms: Option<u64>,
 
     /// Folder of the built site (the WASM bundle and CSS under pkg/).
     #[arg(long, env = "LEPTOS_SITE_ROOT", default_value = "target/site")]
@@ -126,6 +135,7 @@ impl ServeConfig {
             max_body_bytes: self.max_body_bytes,
             request_timeout: Duration::from_secs(self.request_timeout),
             cors_allow_origins: self.cors_allow_origin.clone(),
+            trust_proxy: self.trust_proxy,
         }
     }
 
@@ -141,6 +151,7 @@ impl ServeConfig {
         cfg.adapter_load_timeout = Duration::from_secs(self.adapter_load_timeout);
         cfg.stall_after = Duration::from_secs(self.stall_after);
         cfg.faults.panic_at_step = self.inject_panic_at_step;
+        cfg.faults.step_delay = self.inject_step_delay_ms.map(Duration::from_millis);
         Ok(cfg)
     }
 
@@ -159,6 +170,8 @@ pub struct HttpOptions {
     pub request_timeout: Duration,
     /// CORS origins; empty turns CORS off.
     pub cors_allow_origins: Vec<String>,
+    /// Whether the client's address comes from X-Forwarded-For.
+    pub trust_proxy: bool,
 }
 
 impl Default for HttpOptions {
@@ -167,6 +180,7 @@ impl Default for HttpOptions {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             request_timeout: Duration::from_secs(DEFAULT_REQUEST_TIMEOUT_SECS),
             cors_allow_origins: Vec::new(),
+            trust_proxy: false,
         }
     }
 }

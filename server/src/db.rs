@@ -42,7 +42,7 @@ mod tests {
         .fetch_all(&pool)
         .await
         .unwrap();
-        assert_eq!(tables, ["outputs", "runs", "sessions", "votes"]);
+        assert_eq!(tables, ["outputs", "run_views", "runs", "sessions", "votes"]);
     }
 
     #[tokio::test]

@@ -70,6 +70,7 @@ pub fn render(engine: Option<&EngineHandle>) -> String {
         counter!("loraland_adapter_load_failures_total").absolute(EngineStats::get(&s.adapter_load_failures));
         counter!("loraland_adapter_evictions_total").absolute(EngineStats::get(&s.adapter_evictions));
         counter!("loraland_engine_steps_total").absolute(EngineStats::get(&s.steps));
+        counter!("loraland_engine_requests_total").absolute(EngineStats::get(&s.submitted));
         counter!("loraland_adapter_load_timeouts_total").absolute(EngineStats::get(&s.adapter_load_timeouts));
         gauge!("loraland_engine_heartbeat_age_seconds").set(s.liveness.age().as_secs_f64());
         gauge!("loraland_engine_up").set(if engine.health() == engine::Health::Ok { 1.0 } else { 0.0 });

@@ -3,10 +3,12 @@
 
 use crate::config::HttpOptions;
 use crate::{api, AppState};
+use app::state::ClientAddr;
 use app::{shell, App};
 use axum::Router;
 use leptos::prelude::provide_context;
 use leptos_axum::{generate_route_list, AxumRouteListing, LeptosRoutes};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::LazyLock;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
@@ -29,7 +31,7 @@ pub fn router_with(state: AppState, options: &HttpOptions) -> Router {
     let context_state = state.clone();
     Router::new()
         .merge(api::routes(options))
-        .route("/runs/{id}/stream", axum::routing::get(app::run_stream::run_events))
+        .route("/runs/{id}/stream", axum::routing::get(app::run::stream::run_events))
         .leptos_routes_with_context(
             &state,
             routes,
@@ -43,5 +45,24 @@ pub fn router_with(state: AppState, options: &HttpOptions) -> Router {
         }))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(axum::middleware::from_fn_with_state(options.trust_proxy, client_addr))
         .with_state(state)
+}
+
+/// Puts the request's [`ClientAddr`] in its extensions: the peer's address, or with `--trust-proxy` the first
+/// address of `X-Forwarded-For` (the client as the reverse proxy saw it). Without a peer (tests driving the router
+/// in-process), the unspecified address.
+async fn client_addr(
+    axum::extract::State(trust_proxy): axum::extract::State<bool>,
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let peer = req.extensions().get::<axum::extract::ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+    let forwarded = || {
+        let header = req.headers().get("x-forwarded-for")?.to_str().ok()?;
+        header.split(',').next()?.trim().parse::<IpAddr>().ok()
+    };
+    let addr = trust_proxy.then(forwarded).flatten().or(peer).unwrap_or(IpAddr::from([0, 0, 0, 0]));
+    req.extensions_mut().insert(ClientAddr(addr));
+    next.run(req).await
 }

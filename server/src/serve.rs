@@ -28,6 +28,10 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
             .with_context(|| format!("cannot create data folder {}", config.data_dir.display()))?;
     }
     let db = db::connect(&config.database_url()).await?;
+    let interrupted = app::run::store::interrupt_running(&db).await.context("cannot mark interrupted panes")?;
+    if interrupted > 0 {
+        tracing::warn!(panes = interrupted, "panes left running by the previous process are marked interrupted");
+    }
 
     let addr = config.listen_addr();
     let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
@@ -38,7 +42,7 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
         .site_pkg_dir("pkg")
         .site_addr(addr)
         .build();
-    let state = AppState { db, leptos, model_name: Arc::from(model.name.as_str()), engine: EngineSlot::default() };
+    let state = AppState::new(db, leptos, &model.name, EngineSlot::default());
 
     // Listen first, load the model meanwhile: /health answers 503 until it is ready. A load failure stops the
     // server with that error.
@@ -71,6 +75,7 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
             }
         }
     };
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("server error")?;
     if let Some(e) = load_error.lock().ok().and_then(|mut e| e.take()) {
         return Err(e);

@@ -5,13 +5,12 @@ use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use leptos::prelude::LeptosOptions;
 use server::{db, router, AppState};
-use std::sync::Arc;
 use tower::ServiceExt;
 
 async fn state() -> AppState {
     let db = db::connect("sqlite::memory:").await.unwrap();
     let leptos = LeptosOptions::builder().output_name("loraland").site_root("target/site").site_pkg_dir("pkg").build();
-    AppState { db, leptos, model_name: Arc::from("tiny-test-model"), engine: Default::default() }
+    AppState::new(db, leptos, "tiny-test-model", Default::default())
 }
 
 async fn body_text(res: axum::response::Response) -> String {
@@ -79,34 +78,46 @@ async fn a_run_gets_a_session_cookie_streams_both_panes_and_is_stored() {
     assert!(cookie.starts_with("loraland_session=") && cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"));
     let id: String = serde_json::from_str(&body).unwrap();
 
-    // The stream: pieces of both panes, a `done` for each, then `end`.
-    let (status, headers, sse) =
-        call(&app, Request::get(format!("/runs/{id}/stream")).body(Body::empty()).unwrap()).await;
+    // The stream, opened by the run's own session: pieces of both panes, a `done` status for each, then `end`.
+    let session = cookie.split(';').next().unwrap().to_string();
+    let open = || Request::get(format!("/runs/{id}/stream")).header("cookie", &session).body(Body::empty()).unwrap();
+    let (status, headers, sse) = call(&app, open()).await;
     assert_eq!(status, StatusCode::OK);
     assert!(headers["content-type"].to_str().unwrap().starts_with("text/event-stream"));
-    let data: Vec<serde_json::Value> = sse
-        .split("\n\n")
-        .filter_map(|b| b.lines().find_map(|l| l.strip_prefix("data: ")))
-        .map(|d| serde_json::from_str(d).unwrap())
-        .collect();
+    let events = |sse: &str| -> Vec<serde_json::Value> {
+        sse.split("\n\n")
+            .filter_map(|b| b.lines().find_map(|l| l.strip_prefix("data: ")))
+            .filter(|d| *d != "{}")
+            .map(|d| serde_json::from_str(d).unwrap())
+            .collect()
+    };
+    let data = events(&sse);
     for pane in [0, 1] {
-        let done: Vec<_> = data.iter().filter(|e| e["pane"] == pane && e.get("done").is_some()).collect();
+        let done: Vec<_> = data.iter().filter(|e| e["pane"] == pane && e["type"] == "status").collect();
         assert_eq!(done.len(), 1, "{sse}");
-        assert_eq!(done[0]["done"]["generated_tokens"], 5);
-        assert!(data.iter().any(|e| e["pane"] == pane && e.get("text").is_some()));
+        assert_eq!((done[0]["status"].as_str(), done[0]["finish_reason"].as_str()), (Some("done"), Some("length")));
+        assert_eq!(done[0]["timings"]["generated_tokens"], 5);
+        assert!(data.iter().any(|e| e["pane"] == pane && e["type"] == "text"));
     }
     assert!(sse.contains("event: end"), "{sse}");
+    // Opened again, by anyone: the stored answers are replayed, nothing is generated again.
+    let steps = st.engine.get().unwrap().stats().steps.load(std::sync::atomic::Ordering::Relaxed);
+    let (_, _, again) = call(&app, Request::get(format!("/runs/{id}/stream")).body(Body::empty()).unwrap()).await;
+    let text = |data: &[serde_json::Value], pane: i64| -> String {
+        data.iter().filter(|e| e["pane"] == pane && e["type"] == "text").map(|e| e["text"].as_str().unwrap()).collect()
+    };
+    assert_eq!((text(&events(&again), 0), text(&events(&again), 1)), (text(&data, 0), text(&data, 1)));
+    assert_eq!(st.engine.get().unwrap().stats().steps.load(std::sync::atomic::Ordering::Relaxed), steps);
 
     // Stored, and listed in this session's history only.
-    let stored: Vec<(String, i64)> =
-        sqlx::query_as("SELECT finish_reason, generated_tokens FROM outputs WHERE run_id = ? ORDER BY pane")
+    let stored: Vec<(String, String, i64)> =
+        sqlx::query_as("SELECT status, finish_reason, generated_tokens FROM outputs WHERE run_id = ? ORDER BY pane")
             .bind(&id)
             .fetch_all(&st.db)
             .await
             .unwrap();
     assert_eq!(stored.len(), 2);
-    assert!(stored.iter().all(|(reason, n)| reason == "length" && *n == 5));
-    let session = cookie.split(';').next().unwrap().to_string();
+    assert!(stored.iter().all(|(status, reason, n)| status == "done" && reason == "length" && *n == 5));
     let list = |cookie: Option<&str>| {
         let mut req = Request::post("/api/list_runs")
             .header("content-type", "application/x-www-form-urlencoded")
@@ -132,7 +143,8 @@ async fn a_run_gets_a_session_cookie_streams_both_panes_and_is_stored() {
 
 #[tokio::test]
 async fn bad_runs_are_refused_and_nothing_is_stored() {
-    let st = state().await;
+    let adapters = tempfile::tempdir().unwrap();
+    let st = state_with_engine(adapters.path()).await;
     let app = router(st.clone());
     let mut bad = run_request();
     bad["request"]["task"] = "no_such_task".into();
@@ -140,7 +152,15 @@ async fn bad_runs_are_refused_and_nothing_is_stored() {
     long["request"]["params"]["max_new_tokens"] = 100_000.into();
     let mut extra = run_request();
     extra["request"]["inputs"]["nope"] = "x".into();
-    for (body, needle) in [(bad, "unknown task"), (long, "max new tokens"), (extra, "`nope` is not a variable")] {
+    let mut hot = run_request();
+    hot["request"]["params"]["temperature"] = 500.0.into();
+    let cases = [
+        (bad, "unknown task"),
+        (long, "max new tokens must be between 1 and 512, got 100000"),
+        (extra, "`nope` is not a variable"),
+        (hot, "temperature must be between 0 and 100, got 500"),
+    ];
+    for (body, needle) in cases {
         let req = Request::post("/api/start_run")
             .header("content-type", "application/json")
             .header("accept", "application/json")
@@ -152,6 +172,8 @@ async fn bad_runs_are_refused_and_nothing_is_stored() {
     }
     let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM runs").fetch_one(&st.db).await.unwrap();
     assert_eq!(n, 0);
+    let sessions: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sessions").fetch_one(&st.db).await.unwrap();
+    assert_eq!(sessions, 0, "a refused run creates no session");
     let (status, _, _) = call(&app, Request::get("/runs/nope/stream").body(Body::empty()).unwrap()).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }

@@ -145,3 +145,90 @@ fn an_engine_that_stops_takes_the_server_down_with_an_error() {
     assert!(stderr.contains("the engine thread panicked: injected fault at step 0"), "{stderr}");
     assert!(stderr.contains("error: the inference engine stopped"), "{stderr}");
 }
+
+/// `kill -9` in the middle of a stream: the pane's text so far is in its row (stored while it streamed), and the
+/// restarted server marks the pane `interrupted`, keeps that text, and runs it again when its owner opens it.
+#[tokio::test]
+async fn a_pane_cut_off_by_kill_9_is_interrupted_with_its_text_and_runs_again() {
+    use futures_util::StreamExt;
+    let data = tempfile::tempdir().unwrap();
+    let adapters = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let base = format!("http://127.0.0.1:{port}");
+    /// Kills the server when the test ends, passed or not.
+    struct Server(std::process::Child);
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let serve = || {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_loraland"));
+        child
+            .args(["serve", "--model", fixture_model().to_str().unwrap(), "--data-dir", data.path().to_str().unwrap()])
+            .args(["--adapters-dir", adapters.path().to_str().unwrap(), "--addr", &format!("127.0.0.1:{port}")])
+            .args(["--inject-step-delay-ms", "30"])
+            .env("RUST_LOG", "error")
+            .env_remove("LEPTOS_SITE_ADDR")
+            .stdout(std::process::Stdio::null());
+        Server(child.spawn().unwrap())
+    };
+    let ready = || async {
+        for _ in 0..600 {
+            if reqwest::get(format!("{base}/health")).await.is_ok_and(|r| r.status() == 200) {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("the server never became ready");
+    };
+    let mut first = serve();
+    ready().await;
+    let body = serde_json::json!({"request": {"task": "glue_sst2", "inputs": {"sentence": "so slow ."},
+        "params": {"max_new_tokens": 100, "temperature": 0.0, "top_p": 1.0, "seed": 0}, "panes": [null]}});
+    let client = reqwest::Client::new();
+    let res = client.post(format!("{base}/api/start_run")).header("accept", "application/json").json(&body).send();
+    let res = res.await.unwrap();
+    assert_eq!(res.status(), 200, "{:?}", res.headers());
+    let cookie = res.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
+    let id: String = res.json().await.unwrap();
+    let res = client.get(format!("{base}/runs/{id}/stream")).header("cookie", &cookie).send().await.unwrap();
+    let mut events = eventsource_stream::Eventsource::eventsource(res.bytes_stream());
+    let db = server::db::connect(&format!("sqlite://{}", data.path().join("loraland.db").display())).await.unwrap();
+    let row = |db: sqlx::SqlitePool| {
+        let id = id.clone();
+        async move {
+            sqlx::query_as::<_, (String, String)>("SELECT status, text FROM outputs WHERE run_id = ?")
+                .bind(id)
+                .fetch_one(&db)
+                .await
+                .unwrap()
+        }
+    };
+    let mut streamed = 0;
+    while streamed < 5 {
+        let e = events.next().await.unwrap().unwrap();
+        streamed += usize::from(e.data.contains(r#""type":"text""#));
+    }
+    let mut before = row(db.clone()).await;
+    while before.1.is_empty() {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        before = row(db.clone()).await;
+    }
+    first.0.kill().unwrap(); // SIGKILL: no shutdown code runs
+    first.0.wait().unwrap();
+    assert_eq!(before.0, "running");
+    let second = serve();
+    ready().await;
+    let (status, text) = row(db.clone()).await;
+    assert_eq!(status, "interrupted");
+    assert!(!text.is_empty() && text.starts_with(&before.1), "{text:?} kept, was {:?}", before.1);
+    // A visitor sees it as stored; its owner runs it again.
+    let seen = client.get(format!("{base}/runs/{id}/stream")).send().await.unwrap().text().await.unwrap();
+    assert!(seen.contains(r#""status":"interrupted""#), "{seen}");
+    let again = client.get(format!("{base}/runs/{id}/stream")).header("cookie", &cookie).send().await.unwrap();
+    assert!(again.text().await.unwrap().contains(r#""status":"done""#));
+    assert_eq!(row(db).await.0, "done");
+    drop(second);
+}

@@ -1,13 +1,14 @@
-//! Server functions: public endpoints under `/api`, called from the pages. They run on the server with the
-//! [`crate::state::AppState`] of the request's context.
+//! Server functions: public endpoints under `/api`, called from the pages, and the types they exchange. They run on
+//! the server with the [`crate::state::AppState`] of the request's context.
 
+pub mod overview;
 pub mod run;
-pub(crate) mod session;
 pub mod vote;
 
+pub use overview::{get_overview, GetOverview, Overview};
 pub use run::{
-    count_tokens, get_run, list_runs, run_form, start_run, CountTokens, GetRun, ListRuns, PaneView, RunForm, RunPage,
-    RunParams, RunRequest, RunSummary, RunView, StartRun, MAX_PANES,
+    count_tokens, get_run, list_runs, run_form, start_run, stop_run, CountTokens, FinishReason, GetRun, ListRuns,
+    PaneEvent, PaneStatus, PaneTimings, PaneView, RunForm, RunPage, RunParams, RunRequest, RunSummary, RunView,
+    StartRun, StopRun, MAX_APP_NEW_TOKENS, MAX_PANES,
 };
-pub use session::{get_overview, GetOverview, Overview};
 pub use vote::{vote, win_rates, Vote, WinRate, WinRates};

@@ -1,5 +1,6 @@
 //! Votes: which pane of a run a visitor found better, one per run and session; and the per-adapter win rate the
-//! gallery shows (wins over votes cast on runs where the adapter had a pane).
+//! gallery shows (wins over votes cast on runs where the adapter had a pane). A vote comes only from a session that
+//! exists and has opened the run: a vote post never creates a session, so cookie-less posts count for nothing.
 
 use leptos::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -19,7 +20,13 @@ pub struct WinRate {
 #[server(endpoint = "vote")]
 pub async fn vote(run_id: String, pane: i64) -> Result<i64, ServerFnError> {
     let state = expect_context::<crate::state::AppState>();
-    let session = crate::session::current(&state.db, true).await?.expect("created when asked");
+    let no_session =
+        || ServerFnError::new("open the run's page first (with cookies enabled): votes come from visitors who saw it");
+    let session = crate::session::current(&state, false).await?.ok_or_else(no_session)?;
+    let viewed = crate::session::has_viewed(&state.db, &session, &run_id).await.map_err(crate::state::db_error)?;
+    if !viewed {
+        return Err(no_session());
+    }
     ssr::vote(&state.db, &run_id, &session, pane).await.map_err(ServerFnError::new)?;
     Ok(pane)
 }
@@ -28,7 +35,7 @@ pub async fn vote(run_id: String, pane: i64) -> Result<i64, ServerFnError> {
 #[server(endpoint = "win_rates")]
 pub async fn win_rates() -> Result<Vec<WinRate>, ServerFnError> {
     let state = expect_context::<crate::state::AppState>();
-    ssr::win_rates(&state.db).await.map_err(|e| ServerFnError::new(format!("database error: {e}")))
+    ssr::win_rates(&state.db).await.map_err(crate::state::db_error)
 }
 
 #[cfg(feature = "ssr")]
@@ -39,11 +46,13 @@ pub(crate) mod ssr {
 
     /// Stores a vote after checking that the run has that pane and more than one.
     pub async fn vote(db: &SqlitePool, run: &str, session: &str, pane: i64) -> Result<(), String> {
-        let panes: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outputs WHERE run_id = ?")
-            .bind(run)
-            .fetch_one(db)
-            .await
-            .map_err(|e| format!("database error: {e}"))?;
+        let panes: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM outputs WHERE run_id = ?").bind(run).fetch_one(db).await.map_err(
+                |e| {
+                    tracing::error!("counting panes: {e}");
+                    "the server could not read its database".to_string()
+                },
+            )?;
         if panes == 0 {
             return Err(format!("no run {run}"));
         }
@@ -63,7 +72,10 @@ pub(crate) mod ssr {
         .bind(crate::state::now_ms())
         .execute(db)
         .await
-        .map_err(|e| format!("database error: {e}"))?;
+        .map_err(|e| {
+            tracing::error!("storing a vote: {e}");
+            "the server could not store the vote".to_string()
+        })?;
         Ok(())
     }
 
@@ -85,8 +97,9 @@ pub(crate) mod ssr {
     #[cfg(test)]
     mod tests {
         use super::*;
-        use crate::api::run::{ssr::insert_run, RunParams, RunRequest};
-        use crate::api::session::ssr::create_session;
+        use crate::api::run::{RunParams, RunRequest};
+        use crate::run::store::insert_run;
+        use crate::session::create_session;
         use std::collections::BTreeMap;
 
         #[sqlx::test(migrations = "../migrations")]

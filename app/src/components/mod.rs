@@ -6,4 +6,4 @@ mod pane;
 
 pub use gallery::{matches, Gallery};
 pub use header::Header;
-pub use pane::{timings, Pane, PaneState};
+pub use pane::{timings, Pane, PaneLabel, PaneState};

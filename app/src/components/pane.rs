@@ -1,5 +1,7 @@
-//! One answer column of a comparison: which model, the text as it streams, and its timings.
+//! One answer column of a comparison: which model, the text as it streams, and its timings. The browser's side of
+//! the pane protocol: [`PaneState::apply`] reads the same [`PaneEvent`] type the server sends.
 
+use crate::api::{PaneEvent, PaneStatus, PaneTimings};
 use leptos::prelude::*;
 
 /// The live state of a pane; all signals, so it is cheap to clone into handlers.
@@ -7,22 +9,22 @@ use leptos::prelude::*;
 pub struct PaneState {
     /// The answer so far.
     pub text: RwSignal<String>,
-    /// `idle`, `running`, `done`, `stopped` or `error`.
-    pub status: RwSignal<&'static str>,
+    /// Where it stands.
+    pub status: RwSignal<PaneStatus>,
     /// The error message, if it failed.
     pub error: RwSignal<Option<String>>,
     /// Pieces received (about one per token).
     pub pieces: RwSignal<usize>,
-    /// Final token count, time to first token (ms) and decode speed, from the server.
-    pub done: RwSignal<Option<(i64, f64, Option<f64>)>>,
+    /// The server's figures once it is done.
+    pub done: RwSignal<Option<PaneTimings>>,
 }
 
 impl PaneState {
-    /// An idle pane.
+    /// A pane that has not run.
     pub fn new() -> Self {
         Self {
             text: RwSignal::new(String::new()),
-            status: RwSignal::new("idle"),
+            status: RwSignal::new(PaneStatus::Pending),
             error: RwSignal::new(None),
             pieces: RwSignal::new(0),
             done: RwSignal::new(None),
@@ -32,38 +34,39 @@ impl PaneState {
     /// Clears it for a new run.
     pub fn reset(&self) {
         self.text.set(String::new());
-        self.status.set("running");
+        self.status.set(PaneStatus::Running);
         self.error.set(None);
         self.pieces.set(0);
         self.done.set(None);
     }
 
     /// Applies one event of `/runs/{id}/stream` (already known to be for this pane).
-    pub fn apply(&self, event: &serde_json::Value) {
-        if let Some(t) = event.get("text").and_then(|t| t.as_str()) {
-            self.text.update(|s| s.push_str(t));
-            self.pieces.update(|n| *n += 1);
-        }
-        if let Some(e) = event.get("error").and_then(|e| e.as_str()) {
-            self.error.set(Some(e.to_string()));
-            self.status.set("error");
-        }
-        if let Some(d) = event.get("done") {
-            let tokens = d.get("generated_tokens").and_then(|v| v.as_i64()).unwrap_or(0);
-            let ttft = d.get("ttft_ms").and_then(|v| v.as_f64()).unwrap_or(0.0);
-            let tps = d.get("tokens_per_s").and_then(|v| v.as_f64());
-            self.done.set(Some((tokens, ttft, tps)));
-            self.status.set("done");
+    pub fn apply(&self, event: &PaneEvent) {
+        match event {
+            PaneEvent::Text { text, .. } => {
+                self.text.update(|s| s.push_str(text));
+                self.pieces.update(|n| *n += 1);
+            }
+            PaneEvent::Status { status, error, timings, .. } => {
+                self.error.set(error.clone());
+                self.done.set(*timings);
+                self.status.set(*status);
+            }
         }
     }
-}
 
-impl PaneState {
     /// The run's stream was lost: a pane that had not finished says so, instead of looking as if it still ran.
     pub fn lose_connection(&self) {
-        if self.status.get_untracked() == "running" {
+        if self.status.get_untracked() == PaneStatus::Running {
             self.error.set(Some("the connection to the server was lost before this answer ended".into()));
-            self.status.set("error");
+            self.status.set(PaneStatus::Error);
+        }
+    }
+
+    /// The visitor stopped the run.
+    pub fn stop(&self) {
+        if self.status.get_untracked() == PaneStatus::Running {
+            self.status.set(PaneStatus::Cancelled);
         }
     }
 }
@@ -75,15 +78,26 @@ impl Default for PaneState {
 }
 
 /// Formats the timings line of a pane.
-pub fn timings(done: Option<(i64, f64, Option<f64>)>, pieces: usize) -> String {
-    match done {
-        Some((tokens, ttft, tps)) => {
-            let speed = tps.map_or_else(|| "–".to_string(), |t| format!("{t:.1}"));
-            format!("{tokens} tokens · first token {ttft:.0} ms · {speed} tokens/s")
+pub fn timings(status: PaneStatus, done: Option<PaneTimings>, pieces: usize) -> String {
+    match (status, done) {
+        (_, Some(PaneTimings { generated_tokens, ttft_ms, tokens_per_s })) => {
+            let speed = tokens_per_s.map_or_else(|| "–".to_string(), |t| format!("{t:.1}"));
+            format!("{generated_tokens} tokens · first token {ttft_ms:.0} ms · {speed} tokens/s")
         }
-        None if pieces > 0 => format!("{pieces} tokens…"),
-        None => String::new(),
+        (PaneStatus::Cancelled, None) => "Stopped before it finished.".into(),
+        (PaneStatus::Interrupted, None) => "Cut off by a server restart before it finished.".into(),
+        (_, None) if pieces > 0 => format!("{pieces} tokens…"),
+        (_, None) => String::new(),
     }
+}
+
+/// A pane's heading and the model id shown under it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PaneLabel {
+    /// The adapter's task name, or "Base model".
+    pub title: String,
+    /// The adapter id, or `base`.
+    pub model: String,
 }
 
 /// A pane.
@@ -91,21 +105,19 @@ pub fn timings(done: Option<(i64, f64, Option<f64>)>, pieces: usize) -> String {
 pub fn Pane(
     /// Column index (for test selectors).
     index: usize,
-    /// Heading: the adapter's name or "Base model".
-    title: String,
-    /// The model id shown under the heading.
-    model: String,
+    /// Heading and model id.
+    label: PaneLabel,
     state: PaneState,
 ) -> AnyView {
     view! {
-        <section class="pane" data-pane=index data-status=move || state.status.get() aria-live="polite">
+        <section class="pane" data-pane=index data-status=move || state.status.get().as_str() aria-live="polite">
             <header class="pane-head">
-                <h3>{title}</h3>
-                <code class="muted">{model}</code>
+                <h3>{label.title}</h3>
+                <code class="muted">{label.model}</code>
             </header>
             <div class="pane-text">{move || state.text.get()}</div>
             {move || state.error.get().map(|e| view! { <p class="error" role="alert">{e}</p> })}
-            <p class="pane-timings muted">{move || timings(state.done.get(), state.pieces.get())}</p>
+            <p class="pane-timings muted">{move || timings(state.status.get(), state.done.get(), state.pieces.get())}</p>
         </section>
     }
     .into_any()
@@ -116,29 +128,43 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_lost_stream_marks_only_unfinished_panes() {
+    fn timings_line() {
+        let t = |n, ttft, tps| Some(PaneTimings { generated_tokens: n, ttft_ms: ttft, tokens_per_s: tps });
+        assert_eq!(timings(PaneStatus::Running, None, 0), "");
+        assert_eq!(timings(PaneStatus::Running, None, 3), "3 tokens…");
+        assert_eq!(
+            timings(PaneStatus::Done, t(12, 40.4, Some(25.25)), 12),
+            "12 tokens · first token 40 ms · 25.2 tokens/s"
+        );
+        assert_eq!(timings(PaneStatus::Done, t(1, 5.0, None), 1), "1 tokens · first token 5 ms · – tokens/s");
+        assert_eq!(timings(PaneStatus::Cancelled, None, 4), "Stopped before it finished.");
+    }
+
+    #[test]
+    fn events_drive_the_pane_and_a_lost_stream_marks_only_unfinished_panes() {
         let owner = Owner::new();
         owner.with(|| {
             let (running, done) = (PaneState::new(), PaneState::new());
             running.reset();
             done.reset();
-            done.apply(&serde_json::json!({"pane": 1, "text": "ok", "done": {"generated_tokens": 1, "ttft_ms": 3.0}}));
-            running.apply(&serde_json::json!({"pane": 0, "text": "par"}));
+            done.apply(&PaneEvent::Text { pane: 1, text: "ok".into() });
+            let figures = PaneTimings { generated_tokens: 1, ttft_ms: 3.0, tokens_per_s: None };
+            done.apply(&PaneEvent::Status {
+                pane: 1,
+                status: PaneStatus::Done,
+                finish_reason: Some(crate::api::FinishReason::Eos),
+                error: None,
+                timings: Some(figures),
+            });
+            running.apply(&PaneEvent::Text { pane: 0, text: "par".into() });
             for p in [&running, &done] {
                 p.lose_connection();
             }
-            assert_eq!(running.status.get_untracked(), "error");
+            assert_eq!(running.status.get_untracked(), PaneStatus::Error);
             assert_eq!(running.text.get_untracked(), "par", "the text so far is kept");
             assert!(running.error.get_untracked().unwrap().contains("connection to the server was lost"));
-            assert_eq!((done.status.get_untracked(), done.error.get_untracked()), ("done", None));
+            assert_eq!((done.status.get_untracked(), done.error.get_untracked()), (PaneStatus::Done, None));
+            assert_eq!((done.text.get_untracked(), done.done.get_untracked()), ("ok".to_string(), Some(figures)));
         });
-    }
-
-    #[test]
-    fn timings_line() {
-        assert_eq!(timings(None, 0), "");
-        assert_eq!(timings(None, 3), "3 tokens…");
-        assert_eq!(timings(Some((12, 40.4, Some(25.25))), 12), "12 tokens · first token 40 ms · 25.2 tokens/s");
-        assert_eq!(timings(Some((1, 5.0, None)), 1), "1 tokens · first token 5 ms · – tokens/s");
     }
 }

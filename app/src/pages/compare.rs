@@ -13,9 +13,8 @@ pub fn chosen_panes(values: &[Option<String>]) -> Vec<PaneSpec> {
         .iter()
         .flatten()
         .filter_map(|v| match v.as_str() {
-            "base" => Some(("Base model".to_string(), "base".to_string(), None)),
-            id => catalog::task(id)
-                .map(|t| (t.name.clone(), t.adapters.embedded.clone(), Some(t.adapters.embedded.clone()))),
+            "base" => Some(PaneSpec::base()),
+            id => catalog::task(id).map(PaneSpec::task),
         })
         .take(MAX_PANES)
         .collect()
@@ -77,7 +76,7 @@ mod tests {
     fn panes_come_from_the_query_in_order_and_at_most_four() {
         let some = |s: &str| Some(s.to_string());
         let panes = chosen_panes(&[some("glue_sst2"), None, some("base"), some("nope"), some("gsm8k")]);
-        let models: Vec<&str> = panes.iter().map(|p| p.1.as_str()).collect();
+        let models: Vec<&str> = panes.iter().map(|p| p.label.model.as_str()).collect();
         assert_eq!(models, ["glue_sst2", "base", "gsm8k"]);
         let many = chosen_panes(&vec![some("base"); 6]);
         assert_eq!(many.len(), MAX_PANES);

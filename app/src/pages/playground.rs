@@ -2,9 +2,9 @@
 //! preview of the rendered prompt with its token count, generation parameters, and Run, which stores the run and
 //! streams both answers side by side (server-sent events); Stop cancels both.
 
-use crate::api::{count_tokens, start_run, RunParams, RunRequest};
+use crate::api::{count_tokens, start_run, stop_run, PaneStatus, RunParams, RunRequest, MAX_APP_NEW_TOKENS};
 use crate::catalog::{self, Task};
-use crate::components::{Pane, PaneState};
+use crate::components::{Pane, PaneLabel, PaneState};
 use leptos::prelude::*;
 use leptos_router::hooks::use_params_map;
 use std::collections::BTreeMap;
@@ -20,15 +20,31 @@ pub fn Playground() -> AnyView {
     }
 }
 
-/// A pane to run: heading, model id shown, adapter (`None` = the base model).
-pub type PaneSpec = (String, String, Option<String>);
+/// A pane to run: what it shows and which adapter answers in it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PaneSpec {
+    /// Heading and model id shown.
+    pub label: PaneLabel,
+    /// The adapter, `None` for the base model.
+    pub adapter: Option<String>,
+}
+
+impl PaneSpec {
+    /// The pane of a catalog task's adapter.
+    pub fn task(task: &Task) -> Self {
+        let label = PaneLabel { title: task.name.clone(), model: task.adapters.embedded.clone() };
+        Self { label, adapter: Some(task.adapters.embedded.clone()) }
+    }
+
+    /// The base model's pane.
+    pub fn base() -> Self {
+        Self { label: PaneLabel { title: "Base model".into(), model: "base".into() }, adapter: None }
+    }
+}
 
 /// The panes of a task's playground: its adapter, then the base model.
 pub fn panes_of(task: &Task) -> Vec<PaneSpec> {
-    vec![
-        (task.name.clone(), task.adapters.embedded.clone(), Some(task.adapters.embedded.clone())),
-        ("Base model".to_string(), "base".to_string(), None),
-    ]
+    vec![PaneSpec::task(task), PaneSpec::base()]
 }
 
 /// The inputs, parameters and answer panes of one task's template, run through `panes`. Used by the playground
@@ -53,7 +69,7 @@ pub fn TaskPlayground(task: &'static Task, panes: Vec<PaneSpec>) -> AnyView {
         },
     );
     let panes: Vec<PaneState> = specs.iter().map(|_| PaneState::new()).collect();
-    let adapters: Vec<Option<String>> = specs.iter().map(|(_, _, a)| a.clone()).collect();
+    let adapters: Vec<Option<String>> = specs.iter().map(|s| s.adapter.clone()).collect();
     let running = RwSignal::new(false);
     let run_id = RwSignal::new(None::<String>);
     let error = RwSignal::new(None::<String>);
@@ -75,10 +91,6 @@ pub fn TaskPlayground(task: &'static Task, panes: Vec<PaneSpec>) -> AnyView {
                 },
                 panes: adapters.clone(),
             };
-            if let Err(e) = request.params.validate() {
-                error.set(Some(e));
-                return;
-            }
             error.set(None);
             running.set(true);
             panes.iter().for_each(PaneState::reset);
@@ -93,7 +105,7 @@ pub fn TaskPlayground(task: &'static Task, panes: Vec<PaneSpec>) -> AnyView {
                     Err(e) => {
                         error.set(Some(e.to_string()));
                         running.set(false);
-                        panes.iter().for_each(|p| p.status.set("idle"));
+                        panes.iter().for_each(|p| p.status.set(PaneStatus::Pending));
                     }
                 }
             });
@@ -105,10 +117,12 @@ pub fn TaskPlayground(task: &'static Task, panes: Vec<PaneSpec>) -> AnyView {
         move || {
             stream.close();
             running.set(false);
-            for p in &panes {
-                if p.status.get_untracked() == "running" {
-                    p.status.set("stopped");
-                }
+            panes.iter().for_each(PaneState::stop);
+            // The server ends the run's generations as cancelled, with their text so far.
+            if let Some(id) = run_id.get_untracked() {
+                leptos::task::spawn_local(async move {
+                    let _ = stop_run(id).await;
+                });
             }
         }
     };
@@ -187,7 +201,7 @@ pub fn TaskPlayground(task: &'static Task, panes: Vec<PaneSpec>) -> AnyView {
             <fieldset class="params">
                 <legend>"Generation"</legend>
                 <label for="max-new-tokens">"Max new tokens"
-                    <input id="max-new-tokens" name="max_new_tokens" type="number" min="1" max="256"
+                    <input id="max-new-tokens" name="max_new_tokens" type="number" min="1" max=MAX_APP_NEW_TOKENS
                         value=max_new_tokens.get_untracked().to_string()
                         prop:value=move || max_new_tokens.get().to_string()
                         on:input=move |ev| max_new_tokens.set(event_target_value(&ev).parse().unwrap_or(0))/>
@@ -227,8 +241,8 @@ pub fn TaskPlayground(task: &'static Task, panes: Vec<PaneSpec>) -> AnyView {
             {move || error.get().map(|e| view! { <p class="error" role="alert">{e}</p> })}
         </form>
         <section class="panes" aria-label="Answers">
-            {specs.into_iter().zip(panes.clone()).enumerate().map(|(i, ((title, model, _), state))| {
-                view! { <Pane index=i title model state/> }
+            {specs.into_iter().zip(panes.clone()).enumerate().map(|(i, (spec, state))| {
+                view! { <Pane index=i label=spec.label state/> }
             }).collect_view()}
         </section>
     }
@@ -269,9 +283,9 @@ mod live {
             let message_panes = panes.clone();
             let on_message = Closure::<dyn FnMut(web_sys::MessageEvent)>::new(move |ev: web_sys::MessageEvent| {
                 let Some(data) = ev.data().as_string() else { return };
-                let Ok(v) = serde_json::from_str::<serde_json::Value>(&data) else { return };
-                if let Some(p) = v.get("pane").and_then(|p| p.as_u64()).and_then(|i| message_panes.get(i as usize)) {
-                    p.apply(&v);
+                let Ok(event) = serde_json::from_str::<crate::api::PaneEvent>(&data) else { return };
+                if let Some(p) = usize::try_from(event.pane()).ok().and_then(|i| message_panes.get(i)) {
+                    p.apply(&event);
                 }
             });
             es.set_onmessage(Some(on_message.as_ref().unchecked_ref()));

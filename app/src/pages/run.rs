@@ -64,23 +64,16 @@ fn RunDetails(run: RunView) -> AnyView {
                 let title = pane_title(&p);
                 let vote_label = format!("Vote: {title} is better");
                 let run_id = id.clone();
-                let status = match (&p.error, &p.finish_reason) {
-                    (Some(_), _) => "error",
-                    (None, Some(_)) => "done",
-                    (None, None) => "stopped",
-                };
-                let done = p.generated_tokens.map(|n| (n, p.ttft_ms.unwrap_or(0.0), p.tokens_per_s));
+                let status = p.status;
                 view! {
-                    <section class="pane" data-pane=p.pane data-status=status>
+                    <section class="pane" data-pane=p.pane data-status=status.as_str()>
                         <header class="pane-head">
                             <h3>{title}</h3>
                             <code class="muted">{p.adapter.clone().unwrap_or_else(|| "base".into())}</code>
                         </header>
                         <div class="pane-text">{p.text.clone()}</div>
                         {p.error.clone().map(|e| view! { <p class="error" role="alert">{e}</p> })}
-                        <p class="pane-timings muted">
-                            {if status == "stopped" { "Stopped before it finished.".to_string() } else { timings(done, 0) }}
-                        </p>
+                        <p class="pane-timings muted">{timings(status, p.timings, 0)}</p>
                         {can_vote.then(move || view! {
                             <ActionForm action=vote attr:class="vote">
                                 <input type="hidden" name="run_id" value=run_id/>

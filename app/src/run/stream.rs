@@ -38,9 +38,8 @@ pub async fn run_events(State(state): State<AppState>, Path(id): Path<String>, h
             tracing::warn!("noting a view of run {id}: {e}");
         }
     }
-    let events = pane_events(state, run.view, owner).map(|event| {
-        Ok::<_, Infallible>(SseEvent::default().data(serde_json::to_string(&event).unwrap_or_default()))
-    });
+    let events = pane_events(state, run.view, owner)
+        .map(|event| Ok::<_, Infallible>(SseEvent::default().data(serde_json::to_string(&event).unwrap_or_default())));
     let end = stream::once(async { Ok(SseEvent::default().event("end").data("{}")) });
     Sse::new(events.chain(end)).keep_alive(KeepAlive::default()).into_response()
 }
@@ -71,7 +70,9 @@ fn pane(state: &AppState, run: &RunView, p: &PaneView, owner: bool) -> BoxStream
         PaneStatus::Running => follow(state.clone(), key, p.clone()),
         _ if owner => {
             let adapter = p.adapter.clone();
-            state.runs.watch_or_start(state, key, adapter.clone(), || super::stored_pane_request(run, adapter.as_deref()))
+            state
+                .runs
+                .watch_or_start(state, key, adapter.clone(), || super::stored_pane_request(run, adapter.as_deref()))
         }
         _ => replay(p),
     }

@@ -129,6 +129,19 @@ impl Residency {
         Ok(self.bank.clone())
     }
 
+    /// The resident adapters, in slot order.
+    pub fn entries(&self) -> impl Iterator<Item = (&AdapterId, &Arc<LoraAdapter>)> {
+        self.entries.iter().map(|e| (&e.id, &e.adapter))
+    }
+
+    /// Takes `id` out of the resident set (an adapter found unusable), pinned or not.
+    pub fn remove(&mut self, id: &AdapterId) {
+        if let Some(i) = self.slot(id) {
+            self.entries.remove(i);
+            self.dirty = true;
+        }
+    }
+
     /// Resident adapter ids, in slot order.
     pub fn ids(&self) -> Vec<AdapterId> {
         self.entries.iter().map(|e| e.id.clone()).collect()

@@ -4,7 +4,7 @@
 
 use super::error::ApiError;
 use crate::metrics;
-use engine::{EngineHandle, Event, Finished, GenerateRequest, GenerationStream, TokenEvent};
+use engine::{EngineHandle, Event, Finished, GenerateRequest, GenerationStream, Prepared, TokenEvent};
 
 /// The label of an adapter in metrics and logs; the base model is `base`.
 pub fn adapter_label(request: &GenerateRequest) -> String {
@@ -24,11 +24,10 @@ pub struct Running {
     pub adapter: String,
 }
 
-/// Submits `request`; fails with 429 when the queue is full, and with the engine's checks (prompt too long, unknown
-/// adapter) before anything is queued.
-pub fn submit(engine: &EngineHandle, request: GenerateRequest) -> Result<Running, ApiError> {
-    let adapter = adapter_label(&request);
-    let stream = engine.generate(request)?;
+/// Submits a prepared request (see [`super::params::prepare`]); fails with 429 when the queue is full.
+pub fn submit(engine: &EngineHandle, prepared: Prepared) -> Result<Running, ApiError> {
+    let adapter = adapter_label(prepared.request());
+    let stream = engine.submit(prepared)?;
     Ok(Running { stream, adapter })
 }
 

@@ -2,23 +2,21 @@
 //! lorax-client posts to (`stream` in the body decides; a non-streaming answer is a one-element list).
 //! Request and response shapes follow lorax-client's `types.py`.
 
-use super::error::{ApiError, Flavor, LoraxError};
+use super::error::{ApiError, ErrorKind, Flavor, LoraxError};
 use super::extract::LoraxJson;
 use super::generation::{self, AdapterLabel, Collected};
-use super::params::{self, Fields, SamplingInput};
+use super::params::{self, SamplingInput, Wire};
 use super::{engine, sse};
 use crate::AppState;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use engine::{Catalog, EngineHandle, Event, FinishReason, GenerateRequest, Prompt, TokenEvent};
+use engine::{AdapterId, EngineHandle, Event, FinishReason, GenerateRequest, Prompt, SourceChoice, TokenEvent};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
 /// Default `max_new_tokens` when a request does not say (TGI's default).
 pub const DEFAULT_MAX_NEW_TOKENS: usize = 100;
-
-const FIELDS: Fields = Fields { prefix: "parameters." };
 
 /// The body of every LoRAX generation route.
 #[derive(Debug, Deserialize)]
@@ -66,14 +64,20 @@ pub struct Parameters {
 /// A request that passed every check.
 #[derive(Debug)]
 struct Checked {
-    request: GenerateRequest,
+    prepared: engine::Prepared,
     inputs: String,
-    prompt_ids: Vec<u32>,
     seed: Option<u64>,
     details: bool,
     decoder_input_details: bool,
     return_full_text: bool,
 }
+
+const WIRE: Wire = Wire {
+    prefix: "parameters.",
+    prompt: "inputs",
+    adapter: "parameters.adapter_id",
+    max_new_tokens: "max_new_tokens",
+};
 
 fn refuse_unsupported(p: &Parameters) -> Result<(), ApiError> {
     let set = [
@@ -91,31 +95,30 @@ fn refuse_unsupported(p: &Parameters) -> Result<(), ApiError> {
     }
 }
 
-/// The adapter, honouring `adapter_source`: `local` (the default) or `hub` (when the server allows the hub).
-fn adapter(engine: &EngineHandle, p: &Parameters) -> Result<Option<engine::AdapterId>, ApiError> {
-    let Some(id) = p.adapter_id.as_deref().filter(|id| !id.is_empty()) else { return Ok(None) };
-    let catalog = &engine.config().catalog;
-    match p.adapter_source.as_deref() {
-        None | Some("local") => {
-            let local = Catalog { allow_hub: false, ..catalog.clone() };
-            params::adapter(&local, "parameters.adapter_id", id).map(Some)
-        }
-        Some("hub") if !catalog.allow_hub => Err(ApiError::invalid(
-            "parameters.adapter_source",
-            "`hub` is disabled on this server (start it with --allow-hub)",
-        )),
-        Some("hub") => params::adapter(catalog, "parameters.adapter_id", id).map(Some),
-        Some(s @ ("s3" | "pbase")) => Err(ApiError::unsupported("parameters.adapter_source", s)),
+/// The adapter and where it may come from (`adapter_source`: `local`, the default, or `hub`).
+fn adapter(p: &Parameters) -> Result<(Option<AdapterId>, SourceChoice), ApiError> {
+    let Some(id) = p.adapter_id.as_deref().filter(|id| !id.is_empty()) else { return Ok((None, SourceChoice::Any)) };
+    let field = "parameters.adapter_id";
+    let id = AdapterId::new(id)
+        .map_err(|e| ApiError::new(ErrorKind::BadRequest, format!("`{field}`: {e}")).with_param(field))?;
+    let source = match p.adapter_source.as_deref() {
+        None | Some("local") => SourceChoice::Local,
+        Some("hub") => SourceChoice::Hub,
+        Some(s @ ("s3" | "pbase")) => return Err(ApiError::unsupported("parameters.adapter_source", s)),
         Some(other) => {
-            Err(ApiError::invalid("parameters.adapter_source", format!("must be `local` or `hub`, got {other:?}")))
+            return Err(ApiError::invalid(
+                "parameters.adapter_source",
+                format!("must be `local` or `hub`, got {other:?}"),
+            ))
         }
-    }
+    };
+    Ok((Some(id), source))
 }
 
-fn check(engine: &EngineHandle, body: GenerateBody) -> Result<Checked, ApiError> {
+async fn check(engine: &EngineHandle, body: GenerateBody) -> Result<Checked, ApiError> {
     let p = body.parameters.unwrap_or_default();
     refuse_unsupported(&p)?;
-    let adapter = adapter(engine, &p)?;
+    let (adapter, adapter_source) = adapter(&p)?;
     let input = SamplingInput {
         do_sample: p.do_sample,
         temperature: p.temperature,
@@ -124,23 +127,20 @@ fn check(engine: &EngineHandle, body: GenerateBody) -> Result<Checked, ApiError>
         repetition_penalty: p.repetition_penalty,
         seed: p.seed,
     };
-    let (sampling, seed) = params::sampling(&input, &FIELDS)?;
-    let stop = params::stop("parameters.stop", p.stop.unwrap_or_default())?;
-    let truncate = match p.truncate {
-        None => None,
-        Some(n) if n > 0 => Some(usize::try_from(n).unwrap_or(usize::MAX)),
-        Some(n) => return Err(ApiError::invalid("parameters.truncate", format!("must be strictly positive, got {n}"))),
+    let (sampling, seed) = params::sampling(&input);
+    let request = GenerateRequest {
+        prompt: Prompt::Text(body.inputs.clone()),
+        adapter,
+        adapter_source,
+        sampling,
+        max_new_tokens: p.max_new_tokens.map_or(DEFAULT_MAX_NEW_TOKENS, params::count),
+        fit_context: p.max_new_tokens.is_none(),
+        truncate: p.truncate.map(params::count),
+        stop: p.stop.unwrap_or_default(),
     };
-    let prompt_ids = params::prompt_tokens(engine, "inputs", &body.inputs, true, truncate)?;
-    let field = "parameters.max_new_tokens";
-    let max_new_tokens =
-        params::max_new_tokens(engine, field, p.max_new_tokens, DEFAULT_MAX_NEW_TOKENS, prompt_ids.len())?;
-    let request =
-        GenerateRequest { prompt: Prompt::Tokens(prompt_ids.clone()), adapter, sampling, max_new_tokens, stop };
     Ok(Checked {
-        request,
+        prepared: params::prepare(engine, request, &WIRE).await?,
         inputs: body.inputs,
-        prompt_ids,
         seed,
         details: p.details,
         decoder_input_details: p.decoder_input_details,
@@ -230,7 +230,7 @@ fn answer(engine: &EngineHandle, checked: &Checked, done: Collected) -> Generate
         prompt_tokens: f.prompt_tokens,
         generated_tokens: f.generated_tokens,
         seed: checked.seed,
-        prefill: if checked.decoder_input_details { prefill(engine, &checked.prompt_ids) } else { Vec::new() },
+        prefill: if checked.decoder_input_details { prefill(engine, checked.prepared.prompt()) } else { Vec::new() },
         tokens: done.tokens.iter().map(Token::from).collect(),
     });
     GenerateResponse { generated_text, details }
@@ -243,8 +243,8 @@ fn labelled(mut res: Response, adapter: String) -> Response {
 
 async fn generate_inner(state: &AppState, body: GenerateBody, as_list: bool) -> Result<Response, ApiError> {
     let engine = engine(state)?;
-    let checked = check(engine, body)?;
-    let running = generation::submit(engine, checked.request.clone())?;
+    let checked = check(engine, body).await?;
+    let running = generation::submit(engine, checked.prepared.clone())?;
     let adapter = running.adapter.clone();
     let done = generation::collect(running).await?;
     let answer = answer(engine, &checked, done);
@@ -254,8 +254,8 @@ async fn generate_inner(state: &AppState, body: GenerateBody, as_list: bool) -> 
 
 async fn stream_inner(state: &AppState, body: GenerateBody) -> Result<Response, ApiError> {
     let engine = engine(state)?;
-    let checked = check(engine, body)?;
-    let mut running = generation::submit(engine, checked.request.clone())?;
+    let checked = check(engine, body).await?;
+    let mut running = generation::submit(engine, checked.prepared.clone())?;
     let first = generation::first_event(&mut running).await?;
     let adapter = running.adapter.clone();
     let events = stream_events(generation::events(first, running), StreamContext::from(&checked));

@@ -36,10 +36,10 @@ pub async fn info(State(state): State<AppState>) -> Response {
         "model_id": model.name,
         "model_dtype": model.dtype,
         "model_device_type": model.device,
-        "max_input_length": cfg.max_input_tokens,
+        "max_input_length": engine.limits().max_input_tokens,
         "max_new_tokens": cfg.max_new_tokens,
         "max_total_tokens": model.max_position_embeddings,
-        "max_stop_sequences": super::params::MAX_STOP_SEQUENCES,
+        "max_stop_sequences": engine::request::MAX_STOP_SEQUENCES,
         "max_concurrent_requests": cfg.max_queue,
         "max_batch_size": cfg.max_batch_size,
         // TGI's names: the tokens of one step (prefill chunks and decode rows), and of every running request.

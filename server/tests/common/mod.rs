@@ -10,7 +10,6 @@ use server::config::HttpOptions;
 use server::{db, router_with, AppState};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use tower::ServiceExt;
 
 /// The tiny Llama fixture.
@@ -36,7 +35,7 @@ pub async fn state(engine: Option<engine::EngineConfig>) -> AppState {
         let handle = tokio::task::spawn_blocking(move || engine::Engine::spawn(cfg)).await.unwrap().unwrap();
         slot.fill(handle);
     }
-    AppState { db, leptos, model_name: Arc::from("base"), engine: slot }
+    AppState::new(db, leptos, "base", slot)
 }
 
 /// A response's status, headers and body as JSON (or as a string value when it is not JSON).

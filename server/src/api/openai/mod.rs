@@ -8,7 +8,7 @@ pub use types::*;
 use super::error::{ApiError, ErrorKind, Flavor, OpenAiError};
 use super::extract::OpenAiJson;
 use super::generation::{self, AdapterLabel};
-use super::params::{self, Fields, SamplingInput};
+use super::params::{self, SamplingInput, Wire};
 use super::{engine, sse};
 use crate::AppState;
 use axum::extract::State;
@@ -24,8 +24,6 @@ pub const DEFAULT_COMPLETION_TOKENS: usize = 16;
 /// Highest temperature OpenAI accepts.
 pub const MAX_TEMPERATURE: f32 = 2.0;
 
-const FIELDS: Fields = Fields { prefix: "" };
-
 /// Which route a request came through.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Route {
@@ -37,7 +35,7 @@ enum Route {
 #[derive(Debug)]
 struct Checked {
     route: Route,
-    request: GenerateRequest,
+    prepared: engine::Prepared,
     model: String,
     echo: Option<String>,
     stream: bool,
@@ -87,7 +85,8 @@ fn refuse_unsupported(r: &Request, route: Route) -> Result<(), ApiError> {
     }
 }
 
-/// The adapter named by `model`: `None` for the base model's name.
+/// The adapter named by `model`: `None` for the base model's name. Whether the catalog has it is the engine's to
+/// check; its "unknown adapter" is answered here in OpenAI's words.
 fn model_adapter(engine: &EngineHandle, model: &str) -> Result<Option<AdapterId>, ApiError> {
     if model.is_empty() {
         return Err(ApiError::invalid("model", "must name the base model or an adapter (see GET /v1/models)"));
@@ -95,13 +94,20 @@ fn model_adapter(engine: &EngineHandle, model: &str) -> Result<Option<AdapterId>
     if model == engine.model_info().name {
         return Ok(None);
     }
-    params::adapter(&engine.config().catalog, "model", model).map(Some).map_err(|e| match e.kind {
+    let id = AdapterId::new(model)
+        .map_err(|e| ApiError::new(ErrorKind::BadRequest, format!("`model`: {e}")).with_param("model"))?;
+    Ok(Some(id))
+}
+
+/// OpenAI's words for the engine's "unknown adapter".
+fn unknown_model(e: ApiError, model: &str) -> ApiError {
+    match e.kind {
         ErrorKind::NotFound => {
             ApiError::new(ErrorKind::NotFound, format!("the model `{model}` does not exist (see GET /v1/models)"))
                 .with_param("model")
         }
         _ => e,
-    })
+    }
 }
 
 /// Chat messages as the template wants them; only text content.
@@ -146,9 +152,10 @@ fn chat_messages(messages: Vec<Message>) -> Result<Vec<ChatMessage>, ApiError> {
         .collect()
 }
 
-fn check(engine: &EngineHandle, r: Request, route: Route) -> Result<Checked, ApiError> {
+async fn check(engine: &EngineHandle, r: Request, route: Route) -> Result<Checked, ApiError> {
     refuse_unsupported(&r, route)?;
     let adapter = model_adapter(engine, &r.model)?;
+    // OpenAI's own range (the engine allows up to engine::request::MAX_TEMPERATURE).
     if let Some(t) = r.temperature.filter(|t| !(0.0..=MAX_TEMPERATURE).contains(t)) {
         return Err(ApiError::invalid("temperature", format!("must be between 0 and {MAX_TEMPERATURE}, got {t}")));
     }
@@ -161,22 +168,19 @@ fn check(engine: &EngineHandle, r: Request, route: Route) -> Result<Checked, Api
         repetition_penalty: r.repetition_penalty,
         seed: r.seed.map(|s| s as u64),
     };
-    let (sampling, _) = params::sampling(&input, &FIELDS)?;
-    let (field, asked) = match r.max_completion_tokens {
+    let (sampling, _) = params::sampling(&input);
+    let (max_field, asked) = match r.max_completion_tokens {
         Some(n) => ("max_completion_tokens", Some(n)),
         None => ("max_tokens", r.max_tokens),
     };
     let default = if route == Route::Text { DEFAULT_COMPLETION_TOKENS } else { usize::MAX };
-    let stop = params::stop("stop", r.stop.map(Stop::into_vec).unwrap_or_default())?;
-    let (prompt_ids, echo) = match route {
+    let (prompt, prompt_field, echo) = match route {
         Route::Chat => {
             let messages = chat_messages(r.messages.ok_or_else(|| ApiError::invalid("messages", "is required"))?)?;
-            let text = engine
-                .tokenizer()
-                .apply_chat_template(&messages, true)
-                .map_err(|e| ApiError::invalid("messages", e))?;
-            // The template writes any BOS itself, as transformers' apply_chat_template.
-            (params::prompt_tokens(engine, "messages", &text, false, None)?, None)
+            // The template writes any BOS itself, as transformers' apply_chat_template; messages' contents are
+            // content, so special-token text in them stays text.
+            let parts = engine.tokenizer().chat_parts(&messages, true).map_err(|e| ApiError::invalid("messages", e))?;
+            (Prompt::Parts { parts, add_bos: false }, "messages", None)
         }
         Route::Text => {
             let text = match r.prompt.ok_or_else(|| ApiError::invalid("prompt", "is required"))? {
@@ -189,15 +193,24 @@ fn check(engine: &EngineHandle, r: Request, route: Route) -> Result<Checked, Api
                     ))
                 }
             };
-            let ids = params::prompt_tokens(engine, "prompt", &text, true, None)?;
-            (ids, r.echo.unwrap_or(false).then_some(text))
+            let echo = r.echo.unwrap_or(false).then(|| text.clone());
+            (Prompt::Text(text), "prompt", echo)
         }
     };
-    let max_new_tokens = params::max_new_tokens(engine, field, asked, default, prompt_ids.len())?;
-    let request = GenerateRequest { prompt: Prompt::Tokens(prompt_ids), adapter, sampling, max_new_tokens, stop };
+    let request = GenerateRequest {
+        prompt,
+        adapter,
+        sampling,
+        max_new_tokens: asked.map_or(default, params::count),
+        fit_context: asked.is_none(),
+        stop: r.stop.map(Stop::into_vec).unwrap_or_default(),
+        ..GenerateRequest::default()
+    };
+    let wire = Wire { prefix: "", prompt: prompt_field, adapter: "model", max_new_tokens: max_field };
+    let prepared = params::prepare(engine, request, &wire).await.map_err(|e| unknown_model(e, &r.model))?;
     Ok(Checked {
         route,
-        request,
+        prepared,
         model: r.model,
         echo,
         stream: r.stream.unwrap_or(false),
@@ -294,9 +307,9 @@ impl Envelope {
 
 async fn complete(state: &AppState, body: Request, route: Route) -> Result<Response, ApiError> {
     let engine = engine(state)?;
-    let checked = check(engine, body, route)?;
+    let checked = check(engine, body, route).await?;
     let envelope = Envelope::new(&checked);
-    let mut running = generation::submit(engine, checked.request.clone())?;
+    let mut running = generation::submit(engine, checked.prepared.clone())?;
     let adapter = running.adapter.clone();
     let mut res = if checked.stream {
         let first = generation::first_event(&mut running).await?;

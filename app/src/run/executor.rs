@@ -1,0 +1,383 @@
+//! Each pane's generation, run once however many streams watch it. A pane generates in a task of its own, not in
+//! the stream that started it: its text goes to every watcher through a broadcast and into its database row every
+//! few hundred milliseconds, so a stream that opens later (or reconnects) replays the text so far and follows the
+//! rest. The generation ends as `cancelled` when its run's owner stops it, or when no one has watched it for
+//! [`ORPHAN_GRACE`]; a transient failure (the model still loading, the queue full) puts the pane back to `pending`
+//! rather than storing it as the pane's result. An ended pane stays known here for [`KEEP_ENDED`], so that a
+//! stream that read the pane's row before it ended joins it instead of starting it again.
+
+use crate::api::run::{FinishReason, PaneEvent, PaneStatus, PaneTimings, PaneView};
+use crate::run::store;
+use crate::state::AppState;
+use engine::{Event, GenerateRequest};
+use futures_util::stream::{self, BoxStream, StreamExt};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{broadcast, watch};
+
+/// How often a generating pane's text is written to its row.
+pub const FLUSH_EVERY: Duration = Duration::from_millis(300);
+/// How long a generation goes on with no one watching it (a reload reconnects within that) before it is cancelled.
+pub const ORPHAN_GRACE: Duration = Duration::from_secs(5);
+/// How long an ended pane stays joinable.
+pub const KEEP_ENDED: Duration = Duration::from_secs(30);
+
+/// A pane of a run.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PaneKey {
+    /// The run.
+    pub run: String,
+    /// The pane's column.
+    pub pane: i64,
+}
+
+/// What a generation broadcasts to its watchers.
+#[derive(Clone, Debug)]
+enum Update {
+    /// Text at byte `offset` of the pane's text.
+    Text { offset: usize, text: String },
+    /// The end, with the pane as stored.
+    End(Box<PaneView>),
+}
+
+struct LiveState {
+    text: String,
+    end: Option<PaneView>,
+    tx: broadcast::Sender<Update>,
+}
+
+/// A generation in flight (or just ended).
+struct Live {
+    state: Mutex<LiveState>,
+    cancel: watch::Sender<bool>,
+}
+
+impl Live {
+    fn new() -> Arc<Self> {
+        let (tx, _) = broadcast::channel(256);
+        let state = Mutex::new(LiveState { text: String::new(), end: None, tx });
+        Arc::new(Self { state, cancel: watch::channel(false).0 })
+    }
+
+    fn push(&self, piece: &str) {
+        let mut st = self.state.lock().expect("not poisoned");
+        let offset = st.text.len();
+        st.text.push_str(piece);
+        let _ = st.tx.send(Update::Text { offset, text: piece.to_string() });
+    }
+
+    fn end(&self, view: PaneView) {
+        let mut st = self.state.lock().expect("not poisoned");
+        st.end = Some(view.clone());
+        let _ = st.tx.send(Update::End(Box::new(view)));
+    }
+
+    fn watchers(&self) -> usize {
+        self.state.lock().expect("not poisoned").tx.receiver_count()
+    }
+
+    fn text(&self) -> String {
+        self.state.lock().expect("not poisoned").text.clone()
+    }
+
+    /// A watcher: the text so far and everything after it.
+    fn watch(self: &Arc<Self>, pane: i64) -> BoxStream<'static, PaneEvent> {
+        let (rx, text, end) = {
+            let st = self.state.lock().expect("not poisoned");
+            (st.tx.subscribe(), st.text.clone(), st.end.clone())
+        };
+        let sent = text.len();
+        let head = stream::iter((!text.is_empty()).then_some(PaneEvent::Text { pane, text }));
+        if let Some(end) = end {
+            return head.chain(stream::iter([PaneEvent::status_of(&end)])).boxed();
+        }
+        let follow = stream::unfold(Some((rx, sent, self.clone())), move |state| async move {
+            let (mut rx, mut sent, live) = state?;
+            loop {
+                let update = match rx.recv().await {
+                    Ok(update) => update,
+                    // Behind the broadcast, or it is gone: catch up from the text itself.
+                    Err(_) => {
+                        let st = live.state.lock().expect("not poisoned");
+                        match &st.end {
+                            Some(end) => Update::End(Box::new(end.clone())),
+                            None => Update::Text { offset: sent, text: st.text[sent..].to_string() },
+                        }
+                    }
+                };
+                match update {
+                    Update::Text { offset, text } if offset + text.len() > sent => {
+                        let new = if offset >= sent { text } else { text[sent - offset..].to_string() };
+                        sent = offset.max(sent) + new.len();
+                        return Some((vec![PaneEvent::Text { pane, text: new }], Some((rx, sent, live))));
+                    }
+                    Update::Text { .. } => continue,
+                    Update::End(view) => {
+                        let mut out = Vec::new();
+                        if view.text.len() > sent {
+                            out.push(PaneEvent::Text { pane, text: view.text[sent..].to_string() });
+                        }
+                        out.push(PaneEvent::status_of(&view));
+                        return Some((out, None));
+                    }
+                }
+            }
+        });
+        head.chain(follow.flat_map(stream::iter)).boxed()
+    }
+}
+
+/// The panes generating in this process.
+#[derive(Clone, Default)]
+pub struct Executor {
+    live: Arc<Mutex<HashMap<PaneKey, Arc<Live>>>>,
+}
+
+/// What a pane generates: its request as the engine takes it, or why it cannot run.
+pub type PaneRequest = Result<GenerateRequest, String>;
+
+impl Executor {
+    /// Joins the pane's generation if this process runs it (or just ended it).
+    pub fn watch(&self, key: &PaneKey) -> Option<BoxStream<'static, PaneEvent>> {
+        let live = self.live.lock().expect("not poisoned").get(key).cloned()?;
+        Some(live.watch(key.pane))
+    }
+
+    /// Joins the pane's generation, starting it with `request()` if this process does not run it: at most one
+    /// generation per pane, however many streams open it at once.
+    pub fn watch_or_start(
+        &self,
+        state: &AppState,
+        key: PaneKey,
+        adapter: Option<String>,
+        request: impl FnOnce() -> PaneRequest,
+    ) -> BoxStream<'static, PaneEvent> {
+        let mut map = self.live.lock().expect("not poisoned");
+        if let Some(live) = map.get(&key) {
+            return live.watch(key.pane);
+        }
+        let live = Live::new();
+        map.insert(key.clone(), live.clone());
+        drop(map);
+        let watcher = live.watch(key.pane);
+        let task = Generation { state: state.clone(), key, adapter, live };
+        tokio::spawn(task.run(request()));
+        watcher
+    }
+
+    /// Stops every generating pane of `run`; returns how many.
+    pub fn cancel_run(&self, run: &str) -> usize {
+        let map = self.live.lock().expect("not poisoned");
+        let mut stopped = 0;
+        for (_, live) in map.iter().filter(|(k, l)| k.run == run && l.state.lock().is_ok_and(|s| s.end.is_none())) {
+            live.cancel.send_replace(true);
+            stopped += 1;
+        }
+        stopped
+    }
+
+    /// Panes generating now.
+    pub fn generating(&self) -> usize {
+        let map = self.live.lock().expect("not poisoned");
+        map.values().filter(|l| l.state.lock().is_ok_and(|s| s.end.is_none())).count()
+    }
+}
+
+/// One pane's generation task.
+struct Generation {
+    state: AppState,
+    key: PaneKey,
+    adapter: Option<String>,
+    live: Arc<Live>,
+}
+
+/// How a generation ended.
+enum Outcome {
+    /// For good: stored as the pane's result.
+    Final(PaneView),
+    /// It could not run now (model loading, queue full): shown, not stored; the pane is pending again.
+    Transient(String),
+}
+
+impl Generation {
+    async fn run(self, request: PaneRequest) {
+        let Self { state, key, .. } = &self;
+        if let Err(e) = store::begin_pane(&state.db, &key.run, key.pane).await {
+            tracing::error!(run = %key.run, pane = key.pane, "cannot mark the pane running: {e}");
+        }
+        let outcome = self.drive(request).await;
+        let (shown, stored, keep) = match outcome {
+            Outcome::Final(view) => (view.clone(), view, KEEP_ENDED),
+            // Forgotten at once: the pane is pending again, and the next stream to open it runs it.
+            Outcome::Transient(message) => {
+                let pending = self.view(PaneStatus::Pending, String::new(), None, None);
+                (self.view(PaneStatus::Error, self.live.text(), None, Some(message)), pending, Duration::ZERO)
+            }
+        };
+        if let Err(e) = store::finish_pane(&state.db, &key.run, &stored).await {
+            tracing::error!(run = %key.run, pane = key.pane, "storing the pane's end: {e}");
+        }
+        self.live.end(shown);
+        // Kept a while, for streams that read the pane's row before it ended (see the module docs).
+        let (executor, key) = (state.runs.clone(), key.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(keep).await;
+            executor.live.lock().expect("not poisoned").remove(&key);
+        });
+    }
+
+    fn view(
+        &self,
+        status: PaneStatus,
+        text: String,
+        done: Option<&engine::Finished>,
+        error: Option<String>,
+    ) -> PaneView {
+        let timings = done.map(|f| {
+            let decode = f.timings.total.saturating_sub(f.timings.time_to_first_token).as_secs_f64();
+            PaneTimings {
+                generated_tokens: f.generated_tokens as i64,
+                ttft_ms: f.timings.time_to_first_token.as_secs_f64() * 1e3,
+                tokens_per_s: (decode > 0.0).then(|| f.generated_tokens.saturating_sub(1) as f64 / decode),
+            }
+        });
+        PaneView {
+            pane: self.key.pane,
+            adapter: self.adapter.clone(),
+            text,
+            status,
+            finish_reason: done.map(|f| finish_reason(f.reason)),
+            error,
+            timings,
+        }
+    }
+
+    async fn drive(&self, request: PaneRequest) -> Outcome {
+        let request = match request {
+            Ok(r) => r,
+            Err(message) => return Outcome::Final(self.view(PaneStatus::Error, String::new(), None, Some(message))),
+        };
+        let Some(engine) = self.state.engine.get().cloned() else {
+            return Outcome::Transient("the model is still loading; try again shortly".into());
+        };
+        let prepared = tokio::task::spawn_blocking({
+            let engine = engine.clone();
+            move || engine.prepare(request)
+        })
+        .await;
+        let submitted = match prepared {
+            Ok(Ok(prepared)) => engine.submit(prepared),
+            Ok(Err(e)) => Err(e),
+            Err(e) => return Outcome::Transient(format!("the request could not be prepared: {e}")),
+        };
+        let mut generation = match submitted {
+            Ok(g) => g,
+            Err(e) => return self.failed(&e),
+        };
+        let mut cancel = self.live.cancel.subscribe();
+        let mut flush = tokio::time::interval(FLUSH_EVERY);
+        let (mut saved, mut orphaned) = (0usize, None::<Instant>);
+        loop {
+            tokio::select! {
+                event = generation.next_event() => match event {
+                    Some(Ok(Event::Token(t))) => self.live.push(&t.text),
+                    Some(Ok(Event::Finished(f))) => {
+                        return Outcome::Final(self.view(PaneStatus::Done, f.text.clone(), Some(&f), None));
+                    }
+                    Some(Err(e)) => return self.failed(&e),
+                    None => return Outcome::Transient("the inference engine stopped".into()),
+                },
+                _ = cancel.changed() => {
+                    return Outcome::Final(self.view(PaneStatus::Cancelled, self.live.text(), None, None));
+                }
+                _ = flush.tick() => {
+                    let text = self.live.text();
+                    if text.len() != saved {
+                        if let Err(e) = store::save_text(&self.state.db, &self.key.run, self.key.pane, &text).await {
+                            tracing::warn!(run = %self.key.run, "storing a pane's text: {e}");
+                        }
+                        saved = text.len();
+                    }
+                    orphaned = if self.live.watchers() > 0 { None } else { Some(orphaned.unwrap_or_else(Instant::now)) };
+                    if orphaned.is_some_and(|t| t.elapsed() > ORPHAN_GRACE) {
+                        tracing::info!(run = %self.key.run, pane = self.key.pane, "no one watches the pane; cancelled");
+                        return Outcome::Final(self.view(PaneStatus::Cancelled, self.live.text(), None, None));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The engine's refusal or failure: transient ones (busy, loading, stopped) are not the pane's result.
+    fn failed(&self, e: &engine::Error) -> Outcome {
+        use engine::Error as E;
+        let message = crate::run::describe(e);
+        match e {
+            E::Overloaded { .. } | E::EngineStopped | E::AdapterLoadTimeout { .. } => Outcome::Transient(message),
+            _ => Outcome::Final(self.view(PaneStatus::Error, self.live.text(), None, Some(message))),
+        }
+    }
+}
+
+/// The engine's finish reason in the app's (identical) vocabulary.
+pub fn finish_reason(r: engine::FinishReason) -> FinishReason {
+    match r {
+        engine::FinishReason::Length => FinishReason::Length,
+        engine::FinishReason::Eos => FinishReason::Eos,
+        engine::FinishReason::StopSequence => FinishReason::StopSequence,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ended(text: &str) -> PaneView {
+        PaneView {
+            pane: 0,
+            adapter: None,
+            text: text.into(),
+            status: PaneStatus::Done,
+            finish_reason: Some(FinishReason::Eos),
+            error: None,
+            timings: None,
+        }
+    }
+
+    fn texts(events: &[PaneEvent]) -> String {
+        events.iter().map(|e| if let PaneEvent::Text { text, .. } = e { text.as_str() } else { "" }).collect()
+    }
+
+    #[tokio::test]
+    async fn a_late_watcher_replays_the_text_so_far_and_follows_the_rest() {
+        let live = Live::new();
+        live.push("Hel");
+        let early = live.watch(0);
+        live.push("lo");
+        let late = live.watch(0);
+        live.push(" world");
+        live.end(ended("Hello world"));
+        let after = live.watch(0);
+        for watcher in [early, late, after] {
+            let events: Vec<PaneEvent> = watcher.collect().await;
+            assert_eq!(texts(&events), "Hello world");
+            assert!(matches!(events.last(), Some(PaneEvent::Status { status: PaneStatus::Done, .. })), "{events:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_watcher_that_falls_behind_the_broadcast_catches_up_from_the_text() {
+        let live = Live::new();
+        let slow = live.watch(0);
+        let mut whole = String::new();
+        for i in 0..1000 {
+            let piece = format!("{i} ");
+            live.push(&piece);
+            whole.push_str(&piece);
+        }
+        live.end(ended(&whole));
+        let events: Vec<PaneEvent> = slow.collect().await;
+        assert_eq!(texts(&events), whole, "lagging past the channel's 256 updates loses nothing");
+    }
+}
