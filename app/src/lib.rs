@@ -10,6 +10,8 @@
 pub mod api;
 pub mod catalog;
 pub mod components;
+#[cfg(feature = "ssr")]
+pub mod limits;
 pub mod pages;
 #[cfg(feature = "ssr")]
 pub mod run;

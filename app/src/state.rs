@@ -1,5 +1,6 @@
 //! Server-side state shared by the axum router and every server function (through Leptos' context).
 
+use crate::limits::ClientLimits;
 use crate::run::executor::Executor;
 use crate::session::SessionLimiter;
 use axum::extract::FromRef;
@@ -24,6 +25,8 @@ pub struct AppState {
     pub runs: Executor,
     /// How fast one client may create new visitor sessions.
     pub sessions: SessionLimiter,
+    /// Per-client limits on generations.
+    pub clients: ClientLimits,
 }
 
 impl AppState {
@@ -36,6 +39,7 @@ impl AppState {
             engine,
             runs: Executor::default(),
             sessions: SessionLimiter::default(),
+            clients: ClientLimits::default(),
         }
     }
 }

@@ -99,6 +99,18 @@ pub struct ServeConfig {
     #[arg(long, env = "LORALAND_ALLOW_HUB")]
     pub allow_hub: bool,
 
+    /// Generation requests a minute one client address may make (API requests and web runs); 0 turns it off.
+    #[arg(long, env = "LORALAND_CLIENT_REQUESTS_PER_MINUTE", default_value_t = app::limits::DEFAULT_REQUESTS_PER_MINUTE)]
+    pub client_requests_per_minute: u32,
+
+    /// Generations one client address may have running at once; 0 turns it off.
+    #[arg(long, env = "LORALAND_CLIENT_CONCURRENCY", default_value_t = app::limits::DEFAULT_CONCURRENT_PER_CLIENT)]
+    pub client_concurrency: usize,
+
+    /// Panes one visitor session may have generating at once; 0 turns it off.
+    #[arg(long, env = "LORALAND_SESSION_CONCURRENCY", default_value_t = app::limits::DEFAULT_CONCURRENT_PER_SESSION)]
+    pub session_concurrency: usize,
+
     /// Take the client's address from the first entry of X-Forwarded-For (behind a reverse proxy that sets it);
     /// otherwise the peer's address is the client's. Per-client limits are kept per address.
     #[arg(long, env = "LORALAND_TRUST_PROXY")]
@@ -153,6 +165,15 @@ impl ServeConfig {
         cfg.faults.panic_at_step = self.inject_panic_at_step;
         cfg.faults.step_delay = self.inject_step_delay_ms.map(Duration::from_millis);
         Ok(cfg)
+    }
+
+    /// The per-client limits.
+    pub fn limits(&self) -> app::limits::LimitSettings {
+        app::limits::LimitSettings {
+            requests_per_minute: self.client_requests_per_minute,
+            concurrent_per_client: self.client_concurrency,
+            concurrent_per_session: self.session_concurrency,
+        }
     }
 
     /// The database URL: `--database-url`, else a file in the data folder.

@@ -30,7 +30,7 @@ pub fn router_with(state: AppState, options: &HttpOptions) -> Router {
     let leptos = state.leptos.clone();
     let context_state = state.clone();
     Router::new()
-        .merge(api::routes(options))
+        .merge(api::routes(&state, options))
         .route("/runs/{id}/stream", axum::routing::get(app::run::stream::run_events))
         .leptos_routes_with_context(
             &state,
@@ -45,6 +45,10 @@ pub fn router_with(state: AppState, options: &HttpOptions) -> Router {
         }))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        // Every route's body, the server functions' included: a declared length over the limit is answered 413 at
+        // once, in the route's shape; a chunked body is cut off at the limit as it is read.
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(options.max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(options.max_body_bytes, api::refuse_large_bodies))
         .layer(axum::middleware::from_fn_with_state(options.trust_proxy, client_addr))
         .with_state(state)
 }

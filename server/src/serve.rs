@@ -42,7 +42,8 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
         .site_pkg_dir("pkg")
         .site_addr(addr)
         .build();
-    let state = AppState::new(db, leptos, &model.name, EngineSlot::default());
+    let mut state = AppState::new(db, leptos, &model.name, EngineSlot::default());
+    state.clients = app::limits::ClientLimits::new(config.limits());
 
     // Listen first, load the model meanwhile: /health answers 503 until it is ready. A load failure stops the
     // server with that error.

@@ -328,3 +328,54 @@ async fn disconnect_cancels_generation_and_a_full_queue_is_429() {
     let (status, _) = post_json(addr, "/generate", &small).await;
     assert_eq!(status, 200);
 }
+
+/// One client over its limits gets 429 with `Retry-After` and the limit named, while another client (another
+/// address, here through a trusted proxy's X-Forwarded-For) is served; a server function's body over the limit is
+/// 413 too.
+#[tokio::test]
+async fn a_client_over_its_limits_gets_429_and_others_are_served() {
+    let mut st = state(Some(engine_config())).await;
+    st.clients = app::limits::ClientLimits::new(app::limits::LimitSettings {
+        requests_per_minute: 3,
+        concurrent_per_client: 1,
+        concurrent_per_session: 0,
+    });
+    let options = HttpOptions { trust_proxy: true, max_body_bytes: 4096, ..HttpOptions::default() };
+    let addr = listen(st, options).await;
+    let client = reqwest::Client::new();
+    let send = |from: &'static str, tokens: u32| {
+        client
+            .post(format!("http://{addr}/generate_stream"))
+            .header("x-forwarded-for", from)
+            .json(&json!({"inputs": PROMPT, "parameters": {"max_new_tokens": tokens}}))
+            .send()
+    };
+    // A long stream holds the client's one place; its second request is refused meanwhile.
+    let long = send("10.0.0.1", 150).await.unwrap();
+    assert_eq!(long.status(), 200);
+    let second = send("10.0.0.1", 2).await.unwrap();
+    assert_eq!(second.status(), 429);
+    assert_eq!(second.headers()["retry-after"], "1");
+    let body: Value = second.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().contains("at most 1 generations at once per client address"), "{body}");
+    assert_eq!(send("10.0.0.2", 2).await.unwrap().status(), 200, "another client is served");
+    drop(long);
+    // Its rate: three requests a minute, the fourth waits.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let third = send("10.0.0.1", 2).await.unwrap();
+    assert_eq!(third.status(), 200, "the place is given back when the stream is dropped");
+    third.bytes().await.unwrap();
+    let fourth = send("10.0.0.1", 2).await.unwrap();
+    assert_eq!(fourth.status(), 429);
+    let wait: u64 = fourth.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((2..=60).contains(&wait), "{wait}");
+    let body: Value = fourth.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().starts_with("rate limit: at most 3 generation requests a minute"),
+        "{body}"
+    );
+    // Bodies over the limit are refused on every route, the pages' server functions included.
+    let big = "x".repeat(8192);
+    let fn_res = client.post(format!("http://{addr}/api/count_tokens")).json(&json!({"text": big})).send().await;
+    assert_eq!(fn_res.unwrap().status(), 413);
+}

@@ -7,6 +7,7 @@
 //! stream that read the pane's row before it ended joins it instead of starting it again.
 
 use crate::api::run::{FinishReason, PaneEvent, PaneStatus, PaneTimings, PaneView};
+use crate::limits::{ClientPermit, LimitError};
 use crate::run::store;
 use crate::state::AppState;
 use engine::{Event, GenerateRequest};
@@ -145,23 +146,40 @@ impl Executor {
     }
 
     /// Joins the pane's generation, starting it with `request()` if this process does not run it: at most one
-    /// generation per pane, however many streams open it at once.
+    /// generation per pane, however many streams open it at once. Starting takes a place in the client's limits
+    /// (`permit`); without one the pane says so and stays pending.
     pub fn watch_or_start(
         &self,
         state: &AppState,
         key: PaneKey,
         adapter: Option<String>,
         request: impl FnOnce() -> PaneRequest,
+        permit: impl FnOnce() -> Result<ClientPermit, LimitError>,
     ) -> BoxStream<'static, PaneEvent> {
         let mut map = self.live.lock().expect("not poisoned");
         if let Some(live) = map.get(&key) {
             return live.watch(key.pane);
         }
+        let permit = match permit() {
+            Ok(permit) => permit,
+            Err(e) => {
+                let view = PaneView {
+                    pane: key.pane,
+                    adapter,
+                    text: String::new(),
+                    status: PaneStatus::Error,
+                    finish_reason: None,
+                    error: Some(e.to_string()),
+                    timings: None,
+                };
+                return stream::iter([PaneEvent::status_of(&view)]).boxed();
+            }
+        };
         let live = Live::new();
         map.insert(key.clone(), live.clone());
         drop(map);
         let watcher = live.watch(key.pane);
-        let task = Generation { state: state.clone(), key, adapter, live };
+        let task = Generation { state: state.clone(), key, adapter, live, _permit: permit };
         tokio::spawn(task.run(request()));
         watcher
     }
@@ -190,6 +208,8 @@ struct Generation {
     key: PaneKey,
     adapter: Option<String>,
     live: Arc<Live>,
+    /// The pane's place in its client's limits, held until the generation ends.
+    _permit: ClientPermit,
 }
 
 /// How a generation ended.

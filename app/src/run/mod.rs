@@ -30,6 +30,7 @@ pub async fn store_checked(state: &AppState, request: &RunRequest) -> Result<Str
     }
     let prompt = catalog::render(&task.template, &request.inputs).map_err(|e| e.to_string())?;
     let engine = state.engine.get().cloned().ok_or("the model is still loading; try again shortly")?;
+    state.clients.request(crate::state::ClientAddr::current().await.0).map_err(|e| e.to_string())?;
     let checks: Vec<Result<GenerateRequest, String>> = request
         .panes
         .iter()

@@ -7,7 +7,7 @@
 use super::executor::PaneKey;
 use super::store;
 use crate::api::run::{PaneEvent, PaneStatus, PaneView, RunView};
-use crate::state::AppState;
+use crate::state::{AppState, ClientAddr};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
@@ -22,7 +22,13 @@ pub const FOLLOW_EVERY: Duration = Duration::from_millis(400);
 pub const STALE_AFTER: Duration = Duration::from_secs(20);
 
 /// The handler.
-pub async fn run_events(State(state): State<AppState>, Path(id): Path<String>, headers: HeaderMap) -> Response {
+pub async fn run_events(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    addr: Option<axum::Extension<ClientAddr>>,
+) -> Response {
+    let addr = addr.map_or(ClientAddr(std::net::IpAddr::from([0, 0, 0, 0])), |axum::Extension(a)| a);
     let run = match store::load_stored(&state.db, &id).await {
         Ok(Some(run)) => run,
         Ok(None) => return (StatusCode::NOT_FOUND, "no such run").into_response(),
@@ -32,7 +38,8 @@ pub async fn run_events(State(state): State<AppState>, Path(id): Path<String>, h
         }
     };
     let session = crate::session::from_headers(&state.db, &headers).await.ok().flatten();
-    let owner = session.as_deref() == Some(run.session.as_str());
+    let owner =
+        (session.as_deref() == Some(run.session.as_str())).then(|| Starter { addr, session: run.session.clone() });
     if let Some(session) = &session {
         if let Err(e) = crate::session::note_view(&state.db, session, &id).await {
             tracing::warn!("noting a view of run {id}: {e}");
@@ -44,21 +51,35 @@ pub async fn run_events(State(state): State<AppState>, Path(id): Path<String>, h
     Sse::new(events.chain(end)).keep_alive(KeepAlive::default()).into_response()
 }
 
-/// Runs every pane of a stored run to its end (the no-JavaScript path, for the run's owner); the results are
-/// stored.
+/// Runs every pane of a stored run to its end (the no-JavaScript path, for the run's owner, from a server
+/// function); the results are stored.
 pub async fn run_to_end(state: &AppState, id: &str) -> Result<(), String> {
-    let run = store::load_run(&state.db, id).await.map_err(|e| e.to_string())?.ok_or_else(|| format!("no run {id}"))?;
-    pane_events(state.clone(), run, true).for_each(|_| async {}).await;
+    let run =
+        store::load_stored(&state.db, id).await.map_err(|e| e.to_string())?.ok_or_else(|| format!("no run {id}"))?;
+    let owner = Starter { addr: ClientAddr::current().await, session: run.session };
+    pane_events(state.clone(), run.view, Some(owner)).for_each(|_| async {}).await;
     Ok(())
 }
 
+/// Who may start a run's panes: its owner, from this address.
+#[derive(Clone, Debug)]
+struct Starter {
+    addr: ClientAddr,
+    session: String,
+}
+
 /// Every pane's events, merged.
-fn pane_events(state: AppState, run: RunView, owner: bool) -> impl futures_util::Stream<Item = PaneEvent> + Send {
-    let panes: Vec<BoxStream<'static, PaneEvent>> = run.panes.iter().map(|p| pane(&state, &run, p, owner)).collect();
+fn pane_events(
+    state: AppState,
+    run: RunView,
+    owner: Option<Starter>,
+) -> impl futures_util::Stream<Item = PaneEvent> + Send {
+    let panes: Vec<BoxStream<'static, PaneEvent>> =
+        run.panes.iter().map(|p| pane(&state, &run, p, owner.as_ref())).collect();
     stream::select_all(panes)
 }
 
-fn pane(state: &AppState, run: &RunView, p: &PaneView, owner: bool) -> BoxStream<'static, PaneEvent> {
+fn pane(state: &AppState, run: &RunView, p: &PaneView, owner: Option<&Starter>) -> BoxStream<'static, PaneEvent> {
     let key = PaneKey { run: run.id.clone(), pane: p.pane };
     if p.status.is_final() {
         return replay(p);
@@ -68,13 +89,15 @@ fn pane(state: &AppState, run: &RunView, p: &PaneView, owner: bool) -> BoxStream
     }
     match p.status {
         PaneStatus::Running => follow(state.clone(), key, p.clone()),
-        _ if owner => {
-            let adapter = p.adapter.clone();
-            state
-                .runs
-                .watch_or_start(state, key, adapter.clone(), || super::stored_pane_request(run, adapter.as_deref()))
-        }
-        _ => replay(p),
+        _ => match owner {
+            Some(owner) => {
+                let adapter = p.adapter.clone();
+                let request = || super::stored_pane_request(run, adapter.as_deref());
+                let permit = || state.clients.start(owner.addr.0, Some(&owner.session));
+                state.runs.watch_or_start(state, key, p.adapter.clone(), request, permit)
+            }
+            None => replay(p),
+        },
     }
 }
 

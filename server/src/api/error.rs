@@ -35,6 +35,8 @@ pub enum ErrorKind {
     UnsupportedMediaType,
     /// The queue is full: 429 with Retry-After.
     Overloaded,
+    /// The client went over one of its limits (rate, concurrent generations): 429 with Retry-After.
+    RateLimited,
     /// The model is still loading or the engine stopped: 503 with Retry-After.
     NotReady,
     /// The adapter could not be loaded or fetched: 424 (the request was fine, its adapter is not).
@@ -55,7 +57,7 @@ impl ErrorKind {
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::Overloaded => StatusCode::TOO_MANY_REQUESTS,
+            Self::Overloaded | Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Self::NotReady => StatusCode::SERVICE_UNAVAILABLE,
             Self::AdapterLoad => StatusCode::FAILED_DEPENDENCY,
             Self::Timeout => StatusCode::REQUEST_TIMEOUT,
@@ -71,6 +73,7 @@ impl ErrorKind {
             Self::PayloadTooLarge => "payload_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::Overloaded => "overloaded",
+            Self::RateLimited => "rate_limited",
             Self::NotReady => "not_ready",
             Self::AdapterLoad => "adapter_load",
             Self::Timeout => "timeout",
@@ -88,6 +91,7 @@ impl ErrorKind {
             Self::PayloadTooLarge => ("invalid_request_error", "payload_too_large"),
             Self::UnsupportedMediaType => ("invalid_request_error", "unsupported_media_type"),
             Self::Overloaded => ("rate_limit_error", "overloaded"),
+            Self::RateLimited => ("rate_limit_error", "rate_limit_exceeded"),
             Self::NotReady => ("server_error", "model_not_ready"),
             Self::AdapterLoad => ("server_error", "adapter_load_failed"),
             Self::Timeout => ("server_error", "timeout"),
@@ -105,17 +109,20 @@ pub struct ApiError {
     pub message: String,
     /// The request field at fault, if one is.
     pub param: Option<String>,
+    /// Seconds to wait before retrying, when it is not the default.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
     /// A failure of `kind`.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self { kind, message: message.into(), param: None }
+        Self { kind, message: message.into(), param: None, retry_after: None }
     }
 
     /// A field that is out of range or not allowed; the message starts with the field's name.
     pub fn invalid(param: &str, reason: impl std::fmt::Display) -> Self {
-        Self { kind: ErrorKind::Validation, message: format!("`{param}` {reason}"), param: Some(param.to_string()) }
+        let message = format!("`{param}` {reason}");
+        Self { kind: ErrorKind::Validation, message, param: Some(param.to_string()), retry_after: None }
     }
 
     /// A field asking for something this server does not implement.
@@ -154,10 +161,18 @@ impl ApiError {
     /// The response on `flavor`'s routes.
     pub fn into_response_as(self, flavor: Flavor) -> Response {
         let mut res = (self.status(flavor), axum::Json(self.body(flavor))).into_response();
-        if matches!(self.kind, ErrorKind::Overloaded | ErrorKind::NotReady) {
-            res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+        if matches!(self.kind, ErrorKind::Overloaded | ErrorKind::NotReady | ErrorKind::RateLimited) {
+            let secs = self.retry_after.unwrap_or(RETRY_AFTER_SECS);
+            res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         res
+    }
+}
+
+impl From<app::limits::LimitError> for ApiError {
+    fn from(e: app::limits::LimitError) -> Self {
+        let retry_after = Some(e.retry_after_secs());
+        Self { retry_after, ..Self::new(ErrorKind::RateLimited, e.to_string()) }
     }
 }
 

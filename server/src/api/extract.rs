@@ -7,6 +7,9 @@ use axum::extract::{FromRequest, Request};
 use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
 
+/// What a body over `--max-body-bytes` is answered.
+pub const BODY_TOO_LARGE: &str = "request body is larger than the server's limit (--max-body-bytes)";
+
 /// A JSON body on a LoRAX route.
 #[derive(Debug)]
 pub struct LoraxJson<T>(pub T);
@@ -60,10 +63,9 @@ pub fn rejection_error(rejection: &JsonRejection) -> ApiError {
             ErrorKind::UnsupportedMediaType,
             "the body must be JSON, sent with `content-type: application/json`",
         ),
-        other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
-            ErrorKind::PayloadTooLarge,
-            "request body is larger than the server's limit (--max-body-bytes)",
-        ),
+        other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::new(ErrorKind::PayloadTooLarge, BODY_TOO_LARGE)
+        }
         other => ApiError::new(ErrorKind::BadRequest, format!("cannot read the request body: {}", other.body_text())),
     }
 }

@@ -14,14 +14,16 @@ pub mod sse;
 
 use crate::config::HttpOptions;
 use crate::{metrics, AppState};
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use app::state::ClientAddr;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use engine::EngineHandle;
 use error::{ApiError, ErrorKind, Flavor};
+use futures_util::StreamExt;
 use std::time::Instant;
 use tower_http::compression::CompressionLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -37,7 +39,7 @@ fn not_ready() -> ApiError {
 }
 
 /// The API routes with their layers. `POST /` (lorax-client's route) is merged with the app's `GET /`.
-pub fn routes(options: &HttpOptions) -> Router<AppState> {
+pub fn routes(state: &AppState, options: &HttpOptions) -> Router<AppState> {
     metrics::install();
     let generation = Router::new()
         .route("/", post(lorax::compat))
@@ -46,6 +48,7 @@ pub fn routes(options: &HttpOptions) -> Router<AppState> {
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/completions", post(openai::completions))
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, options.request_timeout))
+        .route_layer(middleware::from_fn_with_state(state.clone(), limit_clients))
         .layer(DefaultBodyLimit::max(options.max_body_bytes));
     let router = Router::new()
         .merge(generation)
@@ -60,6 +63,42 @@ pub fn routes(options: &HttpOptions) -> Router<AppState> {
         Some(layer) => router.layer(layer),
         None => router,
     }
+}
+
+/// Per-client limits on the generation routes: the client's rate of requests, and a place among its running
+/// generations, held until the response's body (a stream, for streaming routes) is dropped. Over a limit: 429 with
+/// `Retry-After`, naming the limit, in the route's API shape.
+async fn limit_clients(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let flavor = if req.uri().path().starts_with("/v1/") { Flavor::OpenAi } else { Flavor::Lorax };
+    let addr = req.extensions().get::<ClientAddr>().map_or(std::net::IpAddr::from([0, 0, 0, 0]), |a| a.0);
+    let permit = match state.clients.request(addr).and_then(|()| state.clients.start(addr, None)) {
+        Ok(permit) => permit,
+        Err(e) => return ApiError::from(e).into_response_as(flavor),
+    };
+    let res = next.run(req).await;
+    res.map(|body| {
+        let held = body.into_data_stream().map(move |chunk| {
+            let _held = &permit;
+            chunk
+        });
+        axum::body::Body::from_stream(held)
+    })
+}
+
+/// Answers 413 to a request whose `Content-Length` is over `max` bytes, before anything reads its body: in the
+/// API's JSON shape on the API's routes, as text elsewhere (the pages' server functions).
+pub async fn refuse_large_bodies(State(max): State<usize>, req: Request, next: Next) -> Response {
+    let declared = req.headers().get(axum::http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
+    if declared.is_some_and(|n: usize| n > max) {
+        let error = ApiError::new(ErrorKind::PayloadTooLarge, extract::BODY_TOO_LARGE);
+        let path = req.uri().path();
+        return match path {
+            p if p.starts_with("/v1/") => error.into_response_as(Flavor::OpenAi),
+            "/" | "/generate" | "/generate_stream" => error.into_response_as(Flavor::Lorax),
+            _ => (StatusCode::PAYLOAD_TOO_LARGE, extract::BODY_TOO_LARGE).into_response(),
+        };
+    }
+    next.run(req).await
 }
 
 /// CORS for the listed origins (`*` for any); none when the list is empty (the default).
