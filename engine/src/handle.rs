@@ -3,7 +3,7 @@
 //! tokenized on the caller's side, admitted against a bounded queue, and answered through a stream of events;
 //! dropping the stream cancels the request.
 
-use crate::registry::{AdapterId, AdapterSource, Catalog, Loader, ResidencyLimits};
+use crate::registry::{AdapterId, AdapterSource, Catalog, HubLimits, Loader, ResidencyLimits};
 use crate::request::{Event, Field, GenerateRequest, Limits, Prompt, SourceChoice};
 use crate::scheduler::{self, Command, Submission};
 use crate::stats::EngineStats;
@@ -46,6 +46,8 @@ pub struct EngineConfig {
     pub catalog: Catalog,
     /// Resident adapter limits.
     pub limits: ResidencyLimits,
+    /// Limits on adapter downloads from the hub.
+    pub hub: HubLimits,
     /// Adapters loaded at start.
     pub preload: Vec<AdapterId>,
     /// Adapters loaded at start and never evicted.
@@ -109,6 +111,7 @@ impl EngineConfig {
             load: LoadOptions::default(),
             catalog: Catalog::default(),
             limits: ResidencyLimits::default(),
+            hub: HubLimits::default(),
             preload: Vec::new(),
             pinned: Vec::new(),
             max_batch_size: DEFAULT_MAX_BATCH_SIZE,

@@ -106,8 +106,8 @@ pub(crate) fn run(
         decode_weight_bytes: model.decode_weight_bytes(),
         device: if model.device().is_cpu() { "cpu".into() } else { format!("{:?}", model.device().location()) },
     };
-    let done: LoadDone = Box::new(move |id, result, took| tx.send(Command::Loaded { id, result, took }).is_ok());
-    let loader = match Loader::spawn(model.adapter_target(), cfg.limits.host_cache_bytes, done) {
+    let done: LoadDone = Arc::new(move |id, result, took| tx.send(Command::Loaded { id, result, took }).is_ok());
+    let loader = match Loader::spawn(model.adapter_target(), cfg.limits.host_cache_bytes, cfg.hub, done) {
         Ok(loader) => loader,
         Err(e) => {
             let _ = ready.send(Err(e));
@@ -230,7 +230,11 @@ impl Scheduler {
                 EngineStats::add(&self.stats.adapter_load_failures, 1);
                 tracing::warn!(adapter = %id, "adapter failed to load: {e}");
                 self.loader.forget(&id);
-                self.fail_waiting(&id, e.to_string());
+                let reason = match e {
+                    Error::AdapterLoad { reason, .. } => reason,
+                    other => other.to_string(),
+                };
+                self.fail_waiting(&id, reason);
             }
         }
     }

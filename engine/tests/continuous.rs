@@ -171,6 +171,8 @@ fn a_corrupt_adapter_fails_only_its_own_requests() {
         let err = collect(s).unwrap_err();
         assert!(matches!(err, Error::AdapterLoad { ref id, .. } if id.as_str() == "broken"), "{err:?}");
         assert!(err.to_string().contains("adapter_model.safetensors"), "{err}");
+        let folder = dir.path().display().to_string();
+        assert!(!err.to_string().contains(&folder), "no server path reaches a client: {err}");
     }
     for s in good {
         assert_eq!(collect(s).unwrap().0.len(), 6);

@@ -55,8 +55,12 @@ fn silent_hub() -> String {
     format!("http://{addr}")
 }
 
+/// The tests that point the process-wide `HF_ENDPOINT` at a hub of their own take turns.
+static HUB: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn a_request_whose_adapter_never_arrives_times_out_and_says_why() {
+    let _hub = HUB.lock().unwrap_or_else(|e| e.into_inner());
     std::env::set_var("HF_ENDPOINT", silent_hub());
     let home = tempfile::tempdir().unwrap();
     std::env::set_var("HF_HOME", home.path());
@@ -219,4 +223,65 @@ fn a_step_failed_by_one_sequence_is_rolled_back_and_fails_only_it() {
         assert_eq!(&tokens(stream).unwrap(), want);
     }
     assert_eq!(engine.health(), Health::Ok);
+}
+
+/// A hub that answers every file list with `list` (and nothing else exists on it).
+fn fake_hub(list: &'static str) -> String {
+    use std::io::{Read, Write};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut buf = [0u8; 4096];
+            let n = conn.read(&mut buf).unwrap_or(0);
+            let head = String::from_utf8_lossy(&buf[..n]);
+            let (status, body) =
+                if head.starts_with("GET /api/models/") { ("200 OK", list) } else { ("404 Not Found", "") };
+            let reply = format!(
+                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = conn.write_all(reply.as_bytes());
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// Hub downloads: an adapter over the size limit is refused from the hub's file list, before any download, with
+/// the cause; a download that never answers gives up at its timeout; and local loads are never held up behind a
+/// download. (One test: the hub's address is process-wide.)
+#[test]
+fn hub_downloads_are_bounded_and_never_hold_up_local_loads() {
+    let _hub = HUB.lock().unwrap_or_else(|e| e.into_inner());
+    let home = tempfile::tempdir().unwrap();
+    std::env::set_var("HF_HOME", home.path());
+    let list = r#"{"sha": "abc", "siblings": [{"rfilename": "adapter_config.json", "size": 300},
+        {"rfilename": "adapter_model.safetensors", "size": 99999999999, "lfs": {"size": 99999999999}}]}"#;
+    std::env::set_var("HF_ENDPOINT", fake_hub(list));
+    let mut cfg = config();
+    cfg.catalog.allow_hub = true;
+    cfg.hub.max_bytes = 1 << 20;
+    let engine = Engine::spawn(cfg).unwrap();
+    let (_, err) = finish(engine.generate(request(Some("someone/huge"), 2)).unwrap());
+    let message = err.unwrap_err().to_string();
+    assert!(
+        message.contains("adapter_model.safetensors is 99999999999 bytes, more than the limit of 1048576"),
+        "{message}"
+    );
+
+    std::env::set_var("HF_ENDPOINT", silent_hub());
+    let mut cfg = config();
+    cfg.catalog.allow_hub = true;
+    cfg.hub.timeout = Duration::from_secs(2);
+    let engine = Engine::spawn(cfg).unwrap();
+    let start = Instant::now();
+    let stuck = engine.generate(request(Some("someone/slow"), 2)).unwrap();
+    let (tokens, local) = finish(engine.generate(request(Some("qv_r8"), 4)).unwrap());
+    assert_eq!((tokens, local.is_ok()), (4, true));
+    assert!(start.elapsed() < Duration::from_secs(2), "the local adapter waited for the download");
+    let (_, err) = finish(stuck);
+    let message = err.unwrap_err().to_string();
+    assert!(message.contains("cannot fetch adapter someone/slow from the hub"), "{message}");
+    assert!(start.elapsed() < Duration::from_secs(10));
 }

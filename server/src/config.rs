@@ -99,6 +99,15 @@ pub struct ServeConfig {
     #[arg(long, env = "LORALAND_ALLOW_HUB")]
     pub allow_hub: bool,
 
+    /// Largest adapter file downloaded from the hub, in bytes (checked from the hub's metadata first).
+    #[arg(long, env = "LORALAND_HUB_MAX_ADAPTER_BYTES", default_value_t = engine::registry::HubLimits::default().max_bytes)]
+    pub hub_max_adapter_bytes: u64,
+
+    /// Seconds a hub download may take.
+    #[arg(long, env = "LORALAND_HUB_TIMEOUT", default_value_t = engine::registry::HubLimits::default().timeout.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub hub_timeout: u64,
+
     /// Generation requests a minute one client address may make (API requests and web runs); 0 turns it off.
     #[arg(long, env = "LORALAND_CLIENT_REQUESTS_PER_MINUTE", default_value_t = app::limits::DEFAULT_REQUESTS_PER_MINUTE)]
     pub client_requests_per_minute: u32,
@@ -156,6 +165,10 @@ impl ServeConfig {
         let mut cfg = engine::EngineConfig::new(model);
         cfg.load = self.device.load_options(self.quant.into())?;
         cfg.catalog = engine::Catalog { adapters_dir: Some(self.adapters_dir.clone()), allow_hub: self.allow_hub };
+        cfg.hub = engine::registry::HubLimits {
+            max_bytes: self.hub_max_adapter_bytes,
+            timeout: Duration::from_secs(self.hub_timeout),
+        };
         cfg.max_queue = self.max_queue;
         cfg.max_batch_tokens = self.max_batch_tokens.map(std::num::NonZeroUsize::get);
         cfg.max_input_tokens = self.max_input_tokens;

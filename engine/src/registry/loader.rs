@@ -1,5 +1,7 @@
-//! Loading adapters off the batching thread. One loader thread reads adapters from their sources (and, on a GPU,
-//! keeps host copies in a [`HostCache`]); the engine thread hears of each load through a callback.
+//! Loading adapters off the batching thread. Two loader threads read adapters from their sources, one for local
+//! folders and one for Hugging Face hub downloads, so that a slow download never holds up a local load behind it
+//! (on a GPU they also keep host copies in a shared [`HostCache`]); the engine thread hears of each load through a
+//! callback.
 //!
 //! Loads are started by whoever first needs an adapter: the request's caller, as soon as the request is queued, so a
 //! load runs while the engine computes the current step and the adapter is ready when the engine next looks (the
@@ -7,7 +9,7 @@
 //! request's first token); the engine thread itself for preloads and for waiting requests whose adapter was evicted
 //! or failed. [`Loader::ensure`] starts at most one load per adapter until the engine forgets it.
 
-use super::{AdapterId, AdapterSource, HostCache};
+use super::{AdapterId, AdapterSource, HostCache, HubLimits};
 use crate::adapter::{AdapterTarget, LoraAdapter};
 use crate::{Error, Result};
 use std::collections::HashMap;
@@ -15,52 +17,79 @@ use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// What the loader reports for each load: the adapter, the result and how long it took.
-pub(crate) type LoadDone = Box<dyn FnMut(AdapterId, Result<Arc<LoraAdapter>>, Duration) -> bool + Send>;
+/// What the loader reports for each load: the adapter, the result and how long it took; false stops the loader.
+pub(crate) type LoadDone = Arc<dyn Fn(AdapterId, Result<Arc<LoraAdapter>>, Duration) -> bool + Send + Sync>;
 
-/// The shared side of the loader thread.
+/// The shared side of the loader threads.
 #[derive(Debug)]
 pub(crate) struct Loader {
-    tx: Sender<(AdapterId, AdapterSource)>,
+    local: Sender<(AdapterId, AdapterSource)>,
+    hub: Sender<(AdapterId, AdapterSource)>,
     /// Adapters resident, loaded and waiting for room, or being loaded (the ones no one needs to load), with the
     /// time their load was started.
     tracked: Mutex<HashMap<AdapterId, Instant>>,
 }
 
-impl Loader {
-    /// Starts the loader thread for `target`; `done` hears of every load and returns false to stop the thread.
-    pub(crate) fn spawn(target: AdapterTarget, host_cache_bytes: usize, mut done: LoadDone) -> Result<Arc<Self>> {
+/// What a loader thread needs.
+#[derive(Clone)]
+struct Worker {
+    target: AdapterTarget,
+    /// On a GPU: adapters are read into host memory, kept there (bounded), and copied to the device.
+    host: Option<Arc<Mutex<HostCache>>>,
+    hub: HubLimits,
+    done: LoadDone,
+}
+
+impl Worker {
+    fn spawn(self, name: &str) -> Result<Sender<(AdapterId, AdapterSource)>> {
         let (tx, rx) = std::sync::mpsc::channel::<(AdapterId, AdapterSource)>();
         std::thread::Builder::new()
-            .name("loraland-adapter-loader".into())
+            .name(name.into())
             .spawn(move || {
-                // On a GPU: adapters are read into host memory, kept there (bounded), and copied to the device.
-                let mut host = (!target.device.is_cpu()).then(|| HostCache::new(host_cache_bytes));
-                let host_target = AdapterTarget { device: candle_core::Device::Cpu, ..target.clone() };
                 for (id, source) in rx {
                     let start = Instant::now();
-                    let result = match host.as_mut() {
-                        None => super::load(&source, &target),
-                        Some(cache) => {
-                            let on_host = match cache.get(&id) {
-                                Some(a) => {
-                                    tracing::debug!(adapter = %id, "adapter copied back from host memory");
-                                    Ok(a)
-                                }
-                                None => {
-                                    super::load(&source, &host_target).inspect(|a| cache.insert(id.clone(), a.clone()))
-                                }
-                            };
-                            on_host.and_then(|a| a.to_target(&target).map(Arc::new))
-                        }
-                    };
-                    if !done(id, result, start.elapsed()) {
+                    let result = self.load(&id, &source);
+                    if !(self.done)(id, result, start.elapsed()) {
                         break;
                     }
                 }
             })
             .map_err(|e| Error::Config(format!("cannot start the adapter loader thread: {e}")))?;
-        Ok(Arc::new(Self { tx, tracked: Mutex::new(HashMap::new()) }))
+        Ok(tx)
+    }
+
+    fn load(&self, id: &AdapterId, source: &AdapterSource) -> Result<Arc<LoraAdapter>> {
+        let Some(host) = &self.host else { return super::load(id, source, &self.target, &self.hub) };
+        let cached = host.lock().expect("not poisoned").get(id);
+        let on_host = match cached {
+            Some(a) => {
+                tracing::debug!(adapter = %id, "adapter copied back from host memory");
+                a
+            }
+            None => {
+                let host_target = AdapterTarget { device: candle_core::Device::Cpu, ..self.target.clone() };
+                let a = super::load(id, source, &host_target, &self.hub)?;
+                host.lock().expect("not poisoned").insert(id.clone(), a.clone());
+                a
+            }
+        };
+        on_host.to_target(&self.target).map(Arc::new)
+    }
+}
+
+impl Loader {
+    /// Starts the loader threads for `target`; `done` hears of every load and returns false to stop them.
+    pub(crate) fn spawn(
+        target: AdapterTarget,
+        host_cache_bytes: usize,
+        hub: HubLimits,
+        done: LoadDone,
+    ) -> Result<Arc<Self>> {
+        let host = (!target.device.is_cpu()).then(|| Arc::new(Mutex::new(HostCache::new(host_cache_bytes))));
+        let worker = Worker { target, host, hub, done };
+        let local = worker.clone().spawn("loraland-adapter-loader")?;
+        let hub = worker.spawn("loraland-hub-loader")?;
+        Ok(Arc::new(Self { local, hub, tracked: Mutex::new(HashMap::new()) }))
     }
 
     /// Starts loading `id` from `source` unless it is resident, waiting for room or being loaded. Fails only if the
@@ -71,8 +100,11 @@ impl Loader {
             return Ok(());
         }
         tracing::info!(adapter = %id, ?source, "loading adapter");
-        let sent = self.tx.send((id.clone(), source.clone()));
-        if sent.is_err() {
+        let queue = match source {
+            AdapterSource::Local(_) => &self.local,
+            AdapterSource::Hub { .. } => &self.hub,
+        };
+        if queue.send((id.clone(), source.clone())).is_err() {
             return Err(Error::AdapterLoad { id: id.clone(), reason: "the adapter loader has stopped".into() });
         }
         tracked.insert(id.clone(), Instant::now());
@@ -110,8 +142,10 @@ mod tests {
         )
         .unwrap();
         let (tx, rx) = mpsc::channel();
-        let done: LoadDone = Box::new(move |id, result, _| tx.send((id, result.map(|a| a.max_rank()))).is_ok());
-        let loader = Loader::spawn(t, 0, done).unwrap();
+        let tx = Mutex::new(tx);
+        let done: LoadDone =
+            Arc::new(move |id, result, _| tx.lock().unwrap().send((id, result.map(|a| a.max_rank()))).is_ok());
+        let loader = Loader::spawn(t, 0, HubLimits::default(), done).unwrap();
         let a = AdapterId::new("a").unwrap();
         let src = AdapterSource::Local(dir.path().join("a"));
         for _ in 0..3 {

@@ -13,8 +13,9 @@ pub use resident::{Residency, ResidencyLimits};
 
 use crate::adapter::{AdapterTarget, LoraAdapter};
 use crate::{Error, Result};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Where an adapter's files are.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -77,28 +78,90 @@ impl Catalog {
     }
 }
 
-/// Loads an adapter from its source (blocking: disk or network).
-pub fn load(source: &AdapterSource, target: &AdapterTarget) -> Result<Arc<LoraAdapter>> {
+/// Limits on adapter downloads from the Hugging Face hub.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HubLimits {
+    /// Largest `adapter_model.safetensors` downloaded, in bytes: checked against the hub's file metadata before the
+    /// download, and against the file once it is written.
+    pub max_bytes: u64,
+    /// Longest a download (metadata and files) may take.
+    pub timeout: Duration,
+}
+
+impl Default for HubLimits {
+    fn default() -> Self {
+        Self { max_bytes: 1 << 30, timeout: Duration::from_secs(120) }
+    }
+}
+
+/// Loads adapter `id` from its source (blocking: disk or network). A failure is logged in full and answered as
+/// [`Error::AdapterLoad`] naming the adapter by its id, not by the server's folders.
+pub fn load(
+    id: &AdapterId,
+    source: &AdapterSource,
+    target: &AdapterTarget,
+    hub: &HubLimits,
+) -> Result<Arc<LoraAdapter>> {
+    let fail = |e: Error, dir: Option<&Path>| {
+        tracing::warn!(adapter = %id, "adapter load failed: {e}");
+        let mut reason = e.to_string();
+        if let Some(dir) = dir {
+            reason = reason.replace(&dir.display().to_string(), &format!("adapter {id}"));
+        }
+        // An error that names its adapter already ("adapter qv_r8: ...") needs no second name.
+        let reason = reason.strip_prefix(&format!("adapter {id}: ")).map(str::to_string).unwrap_or(reason);
+        Error::AdapterLoad { id: id.clone(), reason }
+    };
     let dir = match source {
         AdapterSource::Local(dir) => dir.clone(),
-        AdapterSource::Hub { repo } => fetch_from_hub(repo)?,
+        AdapterSource::Hub { repo } => fetch_from_hub(repo, hub).map_err(|e| fail(e, None))?,
     };
-    LoraAdapter::load(&dir, target).map(Arc::new)
+    LoraAdapter::load(&dir, target).map(Arc::new).map_err(|e| fail(e, Some(&dir)))
 }
 
 /// Downloads `adapter_config.json` and `adapter_model.safetensors` of `repo` with hf-hub (honours `HF_HOME`,
-/// `HF_ENDPOINT` and `HF_TOKEN`) and returns the local folder.
-fn fetch_from_hub(repo: &str) -> Result<PathBuf> {
-    let api = hf_hub::api::sync::ApiBuilder::from_env()
-        .with_progress(false)
-        .build()
-        .map_err(|e| Error::AdapterFetch { repo: repo.to_string(), reason: e.to_string() })?;
+/// `HF_ENDPOINT` and `HF_TOKEN`) within `limits`, and returns the local folder.
+fn fetch_from_hub(repo: &str, limits: &HubLimits) -> Result<PathBuf> {
+    let fetch_err = |reason: String| Error::AdapterFetch { repo: repo.to_string(), reason };
+    let api =
+        hf_hub::api::sync::ApiBuilder::from_env().with_progress(false).build().map_err(|e| fetch_err(e.to_string()))?;
     let r = api.model(repo.to_string());
-    let config = r
-        .get("adapter_config.json")
-        .map_err(|e| Error::AdapterFetch { repo: repo.to_string(), reason: e.to_string() })?;
-    r.get("adapter_model.safetensors")
-        .map_err(|e| Error::AdapterFetch { repo: repo.to_string(), reason: e.to_string() })?;
+    // The weights' size, from the hub's file list, before anything is downloaded.
+    let info: serde_json::Value = r
+        .info_request()
+        .query("blobs", "true")
+        .timeout(limits.timeout)
+        .call()
+        .map_err(|e| fetch_err(e.to_string()))?
+        .into_json()
+        .map_err(|e| fetch_err(format!("unreadable file list: {e}")))?;
+    let weights = "adapter_model.safetensors";
+    let size = info["siblings"]
+        .as_array()
+        .and_then(|files| files.iter().find(|f| f["rfilename"] == weights))
+        .map(|f| f["lfs"]["size"].as_u64().or_else(|| f["size"].as_u64()))
+        .ok_or_else(|| fetch_err(format!("the repository has no {weights}")))?;
+    let too_big = |bytes: u64| {
+        fetch_err(format!("{weights} is {bytes} bytes, more than the limit of {} bytes", limits.max_bytes))
+    };
+    if let Some(bytes) = size.filter(|&b| b > limits.max_bytes) {
+        return Err(too_big(bytes));
+    }
+    // The files, within the time left: the download runs on a thread of its own and is given up at the deadline.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let got = r.get("adapter_config.json").and_then(|config| r.get(weights).map(|w| (config, w)));
+        let _ = tx.send(got);
+    });
+    let (config, weights_path) = match rx.recv_timeout(limits.timeout) {
+        Ok(got) => got.map_err(|e| fetch_err(e.to_string()))?,
+        Err(_) => return Err(fetch_err(format!("the download did not finish within {} s", limits.timeout.as_secs()))),
+    };
+    let written = std::fs::metadata(&weights_path).map(|m| m.len()).unwrap_or(0);
+    if written > limits.max_bytes {
+        let _ = std::fs::remove_file(&weights_path);
+        return Err(too_big(written));
+    }
     Ok(config.parent().map(PathBuf::from).unwrap_or_default())
 }
 
@@ -128,7 +191,7 @@ mod tests {
         std::env::set_var("HF_ENDPOINT", "http://127.0.0.1:9");
         let home = tempfile::tempdir().unwrap();
         std::env::set_var("HF_HOME", home.path());
-        let err = fetch_from_hub("predibase/magicoder").unwrap_err();
+        let err = fetch_from_hub("predibase/magicoder", &HubLimits::default()).unwrap_err();
         assert!(matches!(err, Error::AdapterFetch { ref repo, .. } if repo == "predibase/magicoder"), "{err:?}");
         assert!(err.to_string().starts_with("cannot fetch adapter predibase/magicoder from the hub"), "{err}");
     }
