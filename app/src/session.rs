@@ -3,9 +3,8 @@
 //! an action that succeeds (an accepted run, an opened run page), at most [`SESSIONS_PER_MINUTE`] a minute for one
 //! client address. Server-side only.
 
-use crate::state::{db_error, AppState, ClientAddr};
+use crate::state::{AppState, ClientAddr, Refusal};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use leptos::prelude::ServerFnError;
 use sqlx::SqlitePool;
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -57,23 +56,29 @@ pub async fn from_headers(db: &SqlitePool, headers: &axum::http::HeaderMap) -> s
     }
 }
 
-/// This request's session: the cookie's, when it names a stored session; otherwise, with `create`, a new one
-/// (unless this client has created too many lately) whose cookie is set on the response.
-pub async fn current(state: &AppState, create: bool) -> Result<Option<String>, ServerFnError> {
-    let headers: axum::http::HeaderMap = leptos_axum::extract().await?;
-    if let Some(id) = from_headers(&state.db, &headers).await.map_err(db_error)? {
-        return Ok(Some(id));
-    }
-    if !create {
-        return Ok(None);
+/// This request's session: the cookie's, when it names a stored session.
+pub async fn current(state: &AppState) -> Result<Option<String>, Refusal> {
+    let headers: axum::http::HeaderMap = leptos_axum::extract().await.map_err(|e| Refusal::invalid(e.to_string()))?;
+    from_headers(&state.db, &headers).await.map_err(Refusal::database)
+}
+
+/// This request's session, or a new one (unless this client has created too many lately) whose cookie is set on
+/// the response. Call it only for an action that succeeds.
+pub async fn current_or_new(state: &AppState) -> Result<String, Refusal> {
+    let headers: axum::http::HeaderMap = leptos_axum::extract().await.map_err(|e| Refusal::invalid(e.to_string()))?;
+    if let Some(id) = from_headers(&state.db, &headers).await.map_err(Refusal::database)? {
+        return Ok(id);
     }
     if !state.sessions.allow(ClientAddr::current().await) {
-        return Err(ServerFnError::new(format!(
-            "too many new visitor sessions from your address (the limit is {SESSIONS_PER_MINUTE} a minute); try again \
-             in a minute, with cookies enabled"
-        )));
+        return Err(Refusal::new(
+            axum::http::StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "too many new visitor sessions from your address (the limit is {SESSIONS_PER_MINUTE} a minute); try \
+                 again in a minute, with cookies enabled"
+            ),
+        ));
     }
-    let id = create_session(&state.db).await.map_err(db_error)?;
+    let id = create_session(&state.db).await.map_err(Refusal::database)?;
     let tls = headers.get("x-forwarded-proto").is_some_and(|p| p.as_bytes() == b"https");
     if let (Some(res), Ok(value)) = (
         leptos::prelude::use_context::<leptos_axum::ResponseOptions>(),
@@ -81,17 +86,14 @@ pub async fn current(state: &AppState, create: bool) -> Result<Option<String>, S
     ) {
         res.append_header(axum::http::header::SET_COOKIE, value);
     }
-    Ok(Some(id))
+    Ok(id)
 }
 
 /// Notes that this request's session (created if need be) opened `run`, which lets it vote on the run. A client
 /// over its rate of new sessions still sees the run; it just cannot vote.
-pub async fn record_view(state: &AppState, run: &str) -> Result<(), ServerFnError> {
-    let session = match current(state, true).await {
-        Ok(Some(session)) => session,
-        Ok(None) | Err(_) => return Ok(()),
-    };
-    note_view(&state.db, &session, run).await.map_err(db_error)
+pub async fn record_view(state: &AppState, run: &str) -> Result<(), Refusal> {
+    let Ok(session) = current_or_new(state).await else { return Ok(()) };
+    note_view(&state.db, &session, run).await.map_err(Refusal::database)
 }
 
 /// Stores that `session` opened `run`.

@@ -88,9 +88,54 @@ pub fn now_ms() -> i64 {
     i64::try_from(now.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// A database failure as a server function answers it: logged here with its cause, answered without it (no SQL or
-/// file paths reach a visitor).
+/// Why a server function refused a request, with the HTTP status it is answered with (a server function's error is
+/// otherwise a 500): 403 for what the visitor may not do, 422 for what is wrong with the request, 429 over a limit,
+/// 503 while the model loads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    /// The status.
+    pub status: axum::http::StatusCode,
+    /// What was wrong, for the visitor.
+    pub message: String,
+}
+
+impl Refusal {
+    /// A refusal with `status`.
+    pub fn new(status: axum::http::StatusCode, message: impl Into<String>) -> Self {
+        Self { status, message: message.into() }
+    }
+
+    /// 422: something about the request is wrong.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(axum::http::StatusCode::UNPROCESSABLE_ENTITY, message)
+    }
+
+    /// 403: the visitor may not do this.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(axum::http::StatusCode::FORBIDDEN, message)
+    }
+
+    /// 500 for a database failure: logged here with its cause, answered without it (no SQL or file paths reach a
+    /// visitor).
+    pub fn database(e: sqlx::Error) -> Self {
+        tracing::error!("database error: {e}");
+        Self::new(
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            "the server could not read or write its database; try again",
+        )
+    }
+}
+
+impl From<Refusal> for ServerFnError {
+    fn from(r: Refusal) -> Self {
+        if let Some(res) = leptos::prelude::use_context::<leptos_axum::ResponseOptions>() {
+            res.set_status(r.status);
+        }
+        ServerFnError::new(r.message)
+    }
+}
+
+/// A database failure as a server function answers it (see [`Refusal::database`]).
 pub fn db_error(e: sqlx::Error) -> ServerFnError {
-    tracing::error!("database error: {e}");
-    ServerFnError::new("the server could not read or write its database; try again")
+    Refusal::database(e).into()
 }

@@ -45,4 +45,9 @@ pub enum BenchCommand {
     Decode(crate::bench::DecodeBenchArgs),
     /// Closed-loop load over K adapters vs the base model alone: tokens/s, TTFT and inter-token latency.
     Load(crate::bench_load::LoadBenchArgs),
+    /// A running server under closed-loop HTTP users (the LoRA Land report's k6 shape): errors, latency, memory.
+    Http(crate::bench_http::HttpBenchArgs),
+    /// A running server under abuse (bad, oversized and flooding requests): each case's answers, then whether it
+    /// still serves.
+    Abuse(crate::bench_http::AbuseArgs),
 }

@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod bench;
+pub mod bench_http;
 pub mod bench_load;
 pub mod bench_random;
 #[cfg(feature = "bench-reference")]

@@ -33,6 +33,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Eval(args)) => server::eval::run(args),
         Some(Command::Bench(server::cli::BenchCommand::Decode(args))) => server::bench::run_decode(args),
         Some(Command::Bench(server::cli::BenchCommand::Load(args))) => server::bench_load::run(args),
+        Some(Command::Bench(server::cli::BenchCommand::Http(args))) => server::bench_http::run_http(args),
+        Some(Command::Bench(server::cli::BenchCommand::Abuse(args))) => server::bench_http::run_abuse(args),
         Some(Command::FetchModel { data_dir }) => {
             let path = server::default_model::ensure(&data_dir)?;
             tracing::info!("default model at {}", path.display());

@@ -57,6 +57,9 @@ pub fn observe_generation(adapter: &str, f: &Finished) {
 pub fn render(engine: Option<&EngineHandle>) -> String {
     let Some(handle) = install() else { return String::from("# metrics recorder unavailable\n") };
     gauge!("loraland_model_ready").set(if engine.is_some() { 1.0 } else { 0.0 });
+    if let Some(bytes) = resident_memory_bytes() {
+        gauge!("loraland_process_resident_memory_bytes").set(bytes as f64);
+    }
     if let Some(engine) = engine {
         let s = engine.stats();
         let g = |v: &std::sync::atomic::AtomicU64| EngineStats::get(v) as f64;
@@ -77,4 +80,12 @@ pub fn render(engine: Option<&EngineHandle>) -> String {
     }
     handle.run_upkeep();
     handle.render()
+}
+
+/// This process's resident memory (Linux: `VmRSS` of /proc/self/status).
+fn resident_memory_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: u64 =
+        status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().strip_suffix("kB")?.trim().parse().ok()?;
+    Some(kb * 1024)
 }

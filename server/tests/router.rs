@@ -167,7 +167,7 @@ async fn bad_runs_are_refused_and_nothing_is_stored() {
             .body(Body::from(body.to_string()))
             .unwrap();
         let (status, _, text) = call(&app, req).await;
-        assert!(status.is_server_error() || status.is_client_error(), "{status}");
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{text}");
         assert!(text.contains(needle), "{text}");
     }
     let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM runs").fetch_one(&st.db).await.unwrap();

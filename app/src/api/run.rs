@@ -219,7 +219,7 @@ pub struct RunView {
 #[server(endpoint = "start_run", input = server_fn::codec::Json)]
 pub async fn start_run(request: RunRequest) -> Result<String, ServerFnError> {
     let state = expect_context::<crate::state::AppState>();
-    crate::run::store_checked(&state, &request).await.map_err(ServerFnError::new)
+    Ok(crate::run::store_checked(&state, &request).await?)
 }
 
 /// The playground's form as a browser posts it without JavaScript (`inputs[name]`, `panes[i]` with `base` for
@@ -237,7 +237,7 @@ pub async fn run_form(
     let state = expect_context::<crate::state::AppState>();
     let panes = panes.into_iter().map(|p| (p != "base").then_some(p)).collect();
     let request = RunRequest { task, inputs, params: RunParams { max_new_tokens, temperature, top_p, seed }, panes };
-    let id = crate::run::store_checked(&state, &request).await.map_err(ServerFnError::new)?;
+    let id = crate::run::store_checked(&state, &request).await?;
     crate::run::stream::run_to_end(&state, &id).await.map_err(ServerFnError::new)?;
     leptos_axum::redirect(&format!("/r/{id}"));
     Ok(id)
@@ -258,10 +258,11 @@ pub async fn get_run(id: String) -> Result<Option<RunView>, ServerFnError> {
 #[server(endpoint = "stop_run")]
 pub async fn stop_run(id: String) -> Result<usize, ServerFnError> {
     let state = expect_context::<crate::state::AppState>();
-    let Some(session) = crate::session::current(&state, false).await? else { return Ok(0) };
+    let refused = || crate::state::Refusal::forbidden("only the session that made a run can stop it");
+    let Some(session) = crate::session::current(&state).await? else { return Err(refused().into()) };
     let owner = crate::run::store::owner(&state.db, &id).await.map_err(crate::state::db_error)?;
     if owner.as_deref() != Some(session.as_str()) {
-        return Err(ServerFnError::new("only the session that made a run can stop it"));
+        return Err(refused().into());
     }
     Ok(state.runs.cancel_run(&id))
 }
@@ -299,7 +300,7 @@ pub const HISTORY_PAGE: i64 = 20;
 #[server(endpoint = "list_runs")]
 pub async fn list_runs(page: i64) -> Result<RunPage, ServerFnError> {
     let state = expect_context::<crate::state::AppState>();
-    let Some(session) = crate::session::current(&state, false).await? else {
+    let Some(session) = crate::session::current(&state).await? else {
         return Ok(RunPage { runs: Vec::new(), more: false });
     };
     crate::run::store::list_runs(&state.db, &session, page.max(0)).await.map_err(crate::state::db_error)
@@ -309,10 +310,13 @@ pub async fn list_runs(page: i64) -> Result<RunPage, ServerFnError> {
 #[server(endpoint = "count_tokens", input = server_fn::codec::Json)]
 pub async fn count_tokens(text: String) -> Result<usize, ServerFnError> {
     let state = expect_context::<crate::state::AppState>();
-    let engine = state.engine.get().ok_or_else(|| ServerFnError::new("the model is still loading"))?;
+    let loading =
+        || crate::state::Refusal::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, "the model is still loading");
+    let engine = state.engine.get().ok_or_else(loading)?;
     let limits = engine.limits();
     if text.len() > limits.max_prompt_bytes {
-        return Err(ServerFnError::new(format!("more than the limit of {} tokens", limits.max_input_tokens)));
+        let message = format!("more than the limit of {} tokens", limits.max_input_tokens);
+        return Err(crate::state::Refusal::invalid(message).into());
     }
     let engine = engine.clone();
     let ids = tokio::task::spawn_blocking(move || engine.tokenizer().encode(&text, true))

@@ -20,14 +20,17 @@ pub struct WinRate {
 #[server(endpoint = "vote")]
 pub async fn vote(run_id: String, pane: i64) -> Result<i64, ServerFnError> {
     let state = expect_context::<crate::state::AppState>();
-    let no_session =
-        || ServerFnError::new("open the run's page first (with cookies enabled): votes come from visitors who saw it");
-    let session = crate::session::current(&state, false).await?.ok_or_else(no_session)?;
+    let no_session = || {
+        crate::state::Refusal::forbidden(
+            "open the run's page first (with cookies enabled): votes come from visitors who saw it",
+        )
+    };
+    let session = crate::session::current(&state).await?.ok_or_else(no_session)?;
     let viewed = crate::session::has_viewed(&state.db, &session, &run_id).await.map_err(crate::state::db_error)?;
     if !viewed {
-        return Err(no_session());
+        return Err(no_session().into());
     }
-    ssr::vote(&state.db, &run_id, &session, pane).await.map_err(ServerFnError::new)?;
+    ssr::vote(&state.db, &run_id, &session, pane).await.map_err(crate::state::Refusal::invalid)?;
     Ok(pane)
 }
 

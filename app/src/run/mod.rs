@@ -8,29 +8,33 @@ pub mod stream;
 
 use crate::api::run::{RunRequest, RunView, MAX_PANES};
 use crate::catalog::{self, Piece};
-use crate::state::AppState;
+use crate::state::{AppState, Refusal};
+use axum::http::StatusCode;
 use engine::{AdapterId, Field, GenerateRequest, Prompt, PromptPart, SamplingParams};
 
 /// Checks `request` against the catalog and, for every pane, the engine's request contract, then stores it for
 /// this visitor's session (created now if need be: only an accepted run creates one). Returns the run's id, or
 /// what is wrong, in the app's words. A pane whose adapter is not installed does not stop the run: that pane will
 /// say so and the others answer.
-pub async fn store_checked(state: &AppState, request: &RunRequest) -> Result<String, String> {
-    let task = catalog::task(&request.task).ok_or_else(|| format!("unknown task `{}`", request.task))?;
+pub async fn store_checked(state: &AppState, request: &RunRequest) -> Result<String, Refusal> {
+    let task =
+        catalog::task(&request.task).ok_or_else(|| Refusal::invalid(format!("unknown task `{}`", request.task)))?;
     if request.panes.is_empty() || request.panes.len() > MAX_PANES {
-        return Err(format!("a run has 1 to {MAX_PANES} panes"));
+        return Err(Refusal::invalid(format!("a run has 1 to {MAX_PANES} panes")));
     }
     for (name, value) in &request.inputs {
         if !task.variables.contains(name) {
-            return Err(format!("`{name}` is not a variable of this task's template"));
+            return Err(Refusal::invalid(format!("`{name}` is not a variable of this task's template")));
         }
         if value.trim().is_empty() {
-            return Err(format!("`{name}` is empty"));
+            return Err(Refusal::invalid(format!("`{name}` is empty")));
         }
     }
-    let prompt = catalog::render(&task.template, &request.inputs).map_err(|e| e.to_string())?;
-    let engine = state.engine.get().cloned().ok_or("the model is still loading; try again shortly")?;
-    state.clients.request(crate::state::ClientAddr::current().await.0).map_err(|e| e.to_string())?;
+    let prompt = catalog::render(&task.template, &request.inputs).map_err(|e| Refusal::invalid(e.to_string()))?;
+    let loading = || Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "the model is still loading; try again shortly");
+    let engine = state.engine.get().cloned().ok_or_else(loading)?;
+    let addr = crate::state::ClientAddr::current().await.0;
+    state.clients.request(addr).map_err(|e| Refusal::new(StatusCode::TOO_MANY_REQUESTS, e.to_string()))?;
     let checks: Vec<Result<GenerateRequest, String>> = request
         .panes
         .iter()
@@ -44,14 +48,14 @@ pub async fn store_checked(state: &AppState, request: &RunRequest) -> Result<Str
         })
     })
     .await
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     if let Some(message) = refusal {
-        return Err(message);
+        return Err(Refusal::invalid(message));
     }
-    let session = crate::session::current(state, true).await.map_err(|e| e.to_string())?.ok_or("no session")?;
+    let session = crate::session::current_or_new(state).await?;
     store::insert_run(&state.db, &session, request, &prompt).await.map_err(|e| {
         tracing::error!("storing a run: {e}");
-        "the server could not store the run; try again".to_string()
+        Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, "the server could not store the run; try again")
     })
 }
 
