@@ -8,7 +8,6 @@
 //! component's own markup, however the pages grow.
 
 pub mod api;
-pub mod catalog;
 pub mod components;
 #[cfg(feature = "ssr")]
 pub mod limits;

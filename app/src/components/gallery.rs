@@ -2,7 +2,7 @@
 //! `q` query parameter of a plain form submit without JavaScript).
 
 use crate::api::{win_rates, WinRate};
-use crate::catalog::{self, Task};
+use catalog::Task;
 use leptos::prelude::*;
 use leptos_router::hooks::use_query_map;
 

@@ -2,7 +2,6 @@
 //! streamed in parallel. The choice is a plain GET form (`task`, `p1`..`p4`), so a comparison has a link.
 
 use crate::api::MAX_PANES;
-use crate::catalog;
 use crate::pages::playground::{PaneSpec, TaskPlayground};
 use leptos::prelude::*;
 use leptos_router::hooks::use_query_map;

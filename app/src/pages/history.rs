@@ -2,7 +2,6 @@
 //! JavaScript).
 
 use crate::api::list_runs;
-use crate::catalog;
 use crate::pages::run::format_time;
 use leptos::prelude::*;
 use leptos_router::hooks::use_query_map;

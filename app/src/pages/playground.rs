@@ -3,8 +3,8 @@
 //! streams both answers side by side (server-sent events); Stop cancels both.
 
 use crate::api::{count_tokens, start_run, stop_run, PaneStatus, RunParams, RunRequest, MAX_APP_NEW_TOKENS};
-use crate::catalog::{self, Task};
 use crate::components::{Pane, PaneLabel, PaneState};
+use catalog::Task;
 use leptos::prelude::*;
 use leptos_router::hooks::use_params_map;
 use std::collections::BTreeMap;

@@ -2,7 +2,6 @@
 //! its timings.
 
 use crate::api::{get_run, RunView, Vote};
-use crate::catalog;
 use crate::components::timings;
 use leptos::prelude::*;
 use leptos_router::hooks::use_params_map;

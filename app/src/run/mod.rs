@@ -7,9 +7,9 @@ pub mod store;
 pub mod stream;
 
 use crate::api::run::{RunRequest, RunView, MAX_PANES};
-use crate::catalog::{self, Piece};
 use crate::state::{AppState, Refusal};
 use axum::http::StatusCode;
+use catalog::Piece;
 use engine::{AdapterId, Field, GenerateRequest, Prompt, PromptPart, SamplingParams};
 
 /// Checks `request` against the catalog and, for every pane, the engine's request contract, then stores it for

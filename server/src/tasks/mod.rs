@@ -11,7 +11,7 @@ mod pick;
 mod text;
 
 use anyhow::{bail, Context};
-use app::catalog::{self, Task};
+use catalog::Task;
 use engine::train::Example;
 use rand::SeedableRng;
 use std::collections::{BTreeMap, HashSet};

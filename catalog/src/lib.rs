@@ -1,13 +1,13 @@
 //! The adapter catalog: the 25 LoRA Land tasks of `catalog/adapters.json` (made by `scripts/make-catalog.py` from
 //! the study's task files), with their exact prompt templates, variables, example inputs, metric and the adapter of
-//! each deployment profile. Compiled into both the server and the WASM bundle.
+//! each deployment profile. Compiled into the server, the lab tools and the WASM bundle.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 /// The catalog file, embedded at build time.
-const CATALOG_JSON: &str = include_str!("../../catalog/adapters.json");
+const CATALOG_JSON: &str = include_str!("../adapters.json");
 
 /// Where a task's adapter comes from in each deployment profile.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
