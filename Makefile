@@ -75,7 +75,7 @@ CUDA_ENV = eval "$$(scripts/cuda-toolchain.sh --env)" && RUSTFLAGS="$(LEPTOS_RUS
 ## so that no real build ever reuses those stand-ins.
 cuda-check: cuda-toolchain
 	$(CUDA_ENV) NVCC=$(CURDIR)/scripts/nvcc-check.sh CARGO_TARGET_DIR=$(CURDIR)/target/cuda-check \
-	  cargo clippy -p engine -p server --features server/cuda --all-targets -- -D warnings
+	  cargo clippy -p engine -p server -p lab -p loraland --features loraland/cuda --all-targets -- -D warnings
 
 # The real CUDA build has its own target folder outside the checkout: candle's kernels take ~30 min of nvcc on
 # 2 cores, once per machine.
@@ -85,7 +85,7 @@ CUDA_TARGET_DIR ?= $(HOME)/.cache/loraland/cuda-target
 ## for real), the engine's GPU tests, the tiny PEFT fixtures. Then: the device tool runs `bash scripts/gpu-check.sh`
 ## carrying target/gpu-check.
 gpu-bundle: cuda-toolchain
-	$(CUDA_ENV) CARGO_TARGET_DIR=$(CUDA_TARGET_DIR) cargo build --release -p server --bin loraland --features cuda
+	$(CUDA_ENV) CARGO_TARGET_DIR=$(CUDA_TARGET_DIR) cargo build --release -p loraland --features cuda
 	RUSTFLAGS="$(LEPTOS_RUSTFLAGS)" scripts/gpu-bundle.sh $(CUDA_TARGET_DIR)
 
 clean:

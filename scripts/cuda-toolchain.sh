@@ -56,7 +56,7 @@ build_driver_stub() {
 cudarc_driver_sys() {
   cargo fetch --locked >&2 || fail "cargo fetch failed (the cudarc sources are needed for the libcuda stub)"
   local manifest
-  manifest=$(cargo metadata --format-version 1 --locked --features server/cuda 2>/dev/null | python3 -c '
+  manifest=$(cargo metadata --format-version 1 --locked --features loraland/cuda 2>/dev/null | python3 -c '
 import json, sys
 pkgs = [p for p in json.load(sys.stdin)["packages"] if p["name"] == "cudarc"]
 print(pkgs[0]["manifest_path"] if pkgs else "")') || fail "cargo metadata failed"

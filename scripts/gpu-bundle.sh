@@ -11,7 +11,7 @@ eval "$(scripts/cuda-toolchain.sh --env)"
 
 echo "==> building the engine's GPU tests (--features cuda)"
 test_bin=$(RUSTFLAGS="${RUSTFLAGS:-}" CARGO_TARGET_DIR=$TARGET_DIR \
-  cargo test --release -p server -p engine --features server/cuda --test gpu --no-run --message-format=json \
+  cargo test --release -p engine --features engine/cuda --test gpu --no-run --message-format=json \
   | python3 -c 'import json,sys
 for line in sys.stdin:
     m = json.loads(line)

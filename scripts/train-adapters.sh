@@ -18,7 +18,7 @@ SEED=${SEED:-0}
 BIN=target/release/loraland
 
 # `make adapters` passes the Makefile's RUSTFLAGS, so that this build shares the other builds' artifacts.
-cargo build --release -p server --bin loraland
+cargo build --release -p loraland
 [ -f "$MODEL" ] || "$BIN" fetch-model
 
 if [ $# -gt 0 ]; then

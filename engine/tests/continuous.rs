@@ -178,10 +178,13 @@ fn a_corrupt_adapter_fails_only_its_own_requests() {
         assert_eq!(collect(s).unwrap().0.len(), 6);
     }
     assert_eq!(collect(base).unwrap().0.len(), 6);
-    // The server goes on; a later request for the broken adapter is retried (and fails again, with the cause).
+    // The server goes on; a later request for the broken adapter is retried (and fails again, with the cause). (The
+    // three first requests cost one load, or two when one reached the engine after the first load had failed.)
+    let failures = EngineStats::get(&engine.stats().adapter_load_failures);
+    assert!((1..=2).contains(&failures), "{failures}");
     let retry = collect(engine.generate(request(&prompt, Some("broken"), 6)).unwrap()).unwrap_err();
     assert!(matches!(retry, Error::AdapterLoad { .. }));
-    assert_eq!(EngineStats::get(&engine.stats().adapter_load_failures), 2);
+    assert_eq!(EngineStats::get(&engine.stats().adapter_load_failures), failures + 1);
 }
 
 #[test]

@@ -45,11 +45,11 @@ pub struct ServeConfig {
 
     /// GGUF quantization handling: keep the file's, requantize Q4 to Q8_0 (faster on CPU), or dequantize.
     #[arg(long, env = "LORALAND_QUANT", value_enum, default_value = "q8")]
-    pub quant: crate::generate::QuantArg,
+    pub quant: crate::args::QuantArg,
 
     /// Device and dtype.
     #[command(flatten)]
-    pub device: crate::device::DeviceArgs,
+    pub device: crate::args::DeviceArgs,
 
     /// Folder of local LoRA adapters (one PEFT folder per adapter id).
     #[arg(long, env = "LORALAND_ADAPTERS_DIR", default_value = "adapters")]

@@ -2,13 +2,13 @@
 //! chunk in one mixed batch) and scores the answers with the task's metric; `--all` prints the study-style table of
 //! every task, base vs fine-tuned, with the averages, as Markdown (and JSON with `--json`).
 
-use crate::generate::QuantArg;
 use crate::tasks::{self, Generator, Split};
 use anyhow::{bail, Context};
 use clap::Args;
 use engine::adapter::LoraAdapter;
 use engine::{generate_batch, AdapterBank, GenRequest, LoadOptions, Model, SamplingParams, Tokenizer};
 use serde::Serialize;
+use server::args::QuantArg;
 use std::path::PathBuf;
 use std::sync::Arc;
 

@@ -51,7 +51,7 @@ pub struct AbuseArgs {
     #[arg(long, default_value = "http://127.0.0.1:3000")]
     pub url: String,
     /// The server's `--max-body-bytes`.
-    #[arg(long, default_value_t = crate::config::DEFAULT_MAX_BODY_BYTES)]
+    #[arg(long, default_value_t = server::config::DEFAULT_MAX_BODY_BYTES)]
     pub max_body_bytes: usize,
 }
 
@@ -156,7 +156,7 @@ async fn http(args: HttpBenchArgs) -> anyhow::Result<()> {
 }
 
 fn report(args: &HttpBenchArgs, all: &[Done], wall: f64, memory: &[(f64, f64)]) {
-    let p = |s: &str| crate::generate::print_line(s);
+    let p = |s: &str| crate::print_line(s);
     let mut by_status: BTreeMap<u16, usize> = BTreeMap::new();
     for d in all {
         *by_status.entry(d.status).or_default() += 1;
@@ -338,7 +338,7 @@ async fn abuse(args: AbuseArgs) -> anyhow::Result<()> {
             .await
             .map(|r| r.status().as_u16())
             .unwrap_or(0);
-    let p = |s: &str| crate::generate::print_line(s);
+    let p = |s: &str| crate::print_line(s);
     p("## bench abuse");
     p("");
     p("| case | sent | answers | as expected | note |");

@@ -1,7 +1,29 @@
-//! `--device` and `--dtype`: where the model runs and in which activation dtype.
+//! The command-line argument types that serving and the lab tools share: `--device` and `--dtype` (where the model
+//! runs and in which activation dtype) and `--quant` (what happens to a GGUF's quantized weights).
 
 use clap::{Args, ValueEnum};
 use engine::{LoadOptions, QuantMode};
+
+/// Handling of GGUF quantized weights.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum QuantArg {
+    /// Keep the file's quantization.
+    Keep,
+    /// Requantize Q4_0/Q4_1 to Q8_0 (faster on CPU).
+    Q8,
+    /// Dequantize to the activation dtype.
+    Dequantize,
+}
+
+impl From<QuantArg> for QuantMode {
+    fn from(q: QuantArg) -> Self {
+        match q {
+            QuantArg::Keep => QuantMode::Keep,
+            QuantArg::Q8 => QuantMode::Q8,
+            QuantArg::Dequantize => QuantMode::Dequantize,
+        }
+    }
+}
 
 /// Activation dtype.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -1,32 +1,12 @@
 //! `loraland generate`: one mixed batch (base and/or several adapters) through the engine, from the command line.
 
 use anyhow::{bail, Context};
-use clap::{Args, ValueEnum};
+use clap::Args;
 use engine::adapter::LoraAdapter;
-use engine::{generate_batch, AdapterBank, ChatMessage, GenRequest, Model, QuantMode, SamplingParams, Tokenizer};
+use engine::{generate_batch, AdapterBank, ChatMessage, GenRequest, Model, SamplingParams, Tokenizer};
+use server::args::{DeviceArgs, QuantArg};
 use std::path::PathBuf;
 use std::sync::Arc;
-
-/// Handling of GGUF quantized weights.
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum QuantArg {
-    /// Keep the file's quantization.
-    Keep,
-    /// Requantize Q4_0/Q4_1 to Q8_0 (faster on CPU).
-    Q8,
-    /// Dequantize to the activation dtype.
-    Dequantize,
-}
-
-impl From<QuantArg> for QuantMode {
-    fn from(q: QuantArg) -> Self {
-        match q {
-            QuantArg::Keep => QuantMode::Keep,
-            QuantArg::Q8 => QuantMode::Q8,
-            QuantArg::Dequantize => QuantMode::Dequantize,
-        }
-    }
-}
 
 /// `loraland generate` options.
 #[derive(Args, Debug)]
@@ -75,7 +55,7 @@ pub struct GenerateArgs {
     pub stop: Vec<String>,
     /// Device and dtype.
     #[command(flatten)]
-    pub device: crate::device::DeviceArgs,
+    pub device: DeviceArgs,
     /// GGUF quantization handling.
     #[arg(long, value_enum, default_value = "keep")]
     pub quant: QuantArg,
@@ -138,16 +118,10 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
                 "text": out.text,
                 "finish_reason": out.finish_reason,
             });
-            print_line(&line.to_string());
+            crate::print_line(&line.to_string());
         } else {
-            print_line(&format!("=== {} ===\n{}", adapter.as_deref().unwrap_or("base"), out.text));
+            crate::print_line(&format!("=== {} ===\n{}", adapter.as_deref().unwrap_or("base"), out.text));
         }
     }
     Ok(())
-}
-
-/// The command's output goes to stdout; logs go to stderr.
-#[allow(clippy::print_stdout)]
-pub(crate) fn print_line(line: &str) {
-    println!("{line}");
 }

@@ -4,8 +4,9 @@
 //! prints the decode step (the inter-token latency p50: one step of the running batch) and its floor, the bytes of
 //! weights a step reads over the device's measured memory bandwidth.
 
-use crate::bench_load::{engine_config, pct, run_load, write_adapters, LoadBenchArgs, PromptKind};
-use crate::generate::print_line;
+use super::workload::{engine_config, pct, run_load, write_adapters, PromptKind};
+use super::LoadBenchArgs;
+use crate::print_line;
 use anyhow::Context;
 use engine::{AdapterId, Engine, ModelConfig, RandomWeights};
 

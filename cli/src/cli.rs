@@ -1,7 +1,7 @@
 //! The `loraland` command line: `serve` (the default) and the tools.
 
-use crate::config::ServeConfig;
 use clap::{Parser, Subcommand};
+use server::config::ServeConfig;
 use std::path::PathBuf;
 
 /// LoRA Land: many LoRA adapters on one base model, served and compared.
@@ -22,18 +22,18 @@ pub enum Command {
     /// Serve the web app and the API.
     Serve(ServeConfig),
     /// Generate text for a prompt with the base model and/or adapters, as one mixed batch.
-    Generate(crate::generate::GenerateArgs),
+    Generate(lab::generate::GenerateArgs),
     /// Fine-tune a LoRA adapter on a catalog task's synthetic data or on a JSONL file.
-    Train(crate::train::TrainArgs),
+    Train(lab::train::TrainArgs),
     /// Score the base model and task adapters on a task's held-out split (or every task with --all).
-    Eval(crate::eval::EvalArgs),
+    Eval(lab::eval::EvalArgs),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
     /// Fetch the embedded default model (SmolLM2-135M-Instruct) into the data folder and verify it.
     FetchModel {
         /// Folder that receives models/<file>.
-        #[arg(long, env = "LORALAND_DATA_DIR", default_value = crate::config::DEFAULT_DATA_DIR)]
+        #[arg(long, env = "LORALAND_DATA_DIR", default_value = server::config::DEFAULT_DATA_DIR)]
         data_dir: PathBuf,
     },
 }
@@ -42,12 +42,12 @@ pub enum Command {
 #[derive(Subcommand, Debug)]
 pub enum BenchCommand {
     /// Decode tokens/s of the multi-adapter batch: base vs one adapter vs every row a different adapter.
-    Decode(crate::bench::DecodeBenchArgs),
+    Decode(lab::bench::decode::DecodeBenchArgs),
     /// Closed-loop load over K adapters vs the base model alone: tokens/s, TTFT and inter-token latency.
-    Load(crate::bench_load::LoadBenchArgs),
+    Load(lab::bench::LoadBenchArgs),
     /// A running server under closed-loop HTTP users (the LoRA Land report's k6 shape): errors, latency, memory.
-    Http(crate::bench_http::HttpBenchArgs),
+    Http(lab::bench::http::HttpBenchArgs),
     /// A running server under abuse (bad, oversized and flooding requests): each case's answers, then whether it
     /// still serves.
-    Abuse(crate::bench_http::AbuseArgs),
+    Abuse(lab::bench::http::AbuseArgs),
 }

@@ -28,10 +28,10 @@ pub struct DecodeBenchArgs {
     pub prompt_len: usize,
     /// GGUF quantization handling.
     #[arg(long, value_enum, default_value = "q8")]
-    pub quant: crate::generate::QuantArg,
+    pub quant: server::args::QuantArg,
     /// Device and dtype.
     #[command(flatten)]
-    pub device: crate::device::DeviceArgs,
+    pub device: server::args::DeviceArgs,
     /// Also time batch-1 decode of candle-transformers' own quantized_llama on the same GGUF, next to ours with
     /// the file's quantization kept (needs a build with `--features bench-reference`).
     #[arg(long)]
@@ -82,29 +82,29 @@ fn decode_rate(
 }
 
 /// Runs the decode benchmark and prints a Markdown table.
-pub fn run_decode(args: DecodeBenchArgs) -> anyhow::Result<()> {
+pub fn run(args: DecodeBenchArgs) -> anyhow::Result<()> {
     let quant = args.quant.into();
     let model = Model::load(&args.model, &args.device.load_options(quant)?)
         .with_context(|| format!("loading {}", args.model.display()))?;
     let max_batch = args.batch_sizes.iter().copied().max().unwrap_or(1);
     let bank = AdapterBank::new(random_adapters(&model, max_batch, 8, 42)?, model.config().num_hidden_layers)?;
     let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "all cores".into());
-    crate::generate::print_line(&format!(
+    crate::print_line(&format!(
         "decode throughput, {} ({quant:?}), prompt {} tokens, {} steps, threads: {threads}\n",
         args.model.display(),
         args.prompt_len,
         args.steps
     ));
-    crate::generate::print_line(
+    crate::print_line(
         "| batch | (a) base tok/s | (b) one adapter tok/s | (c) all different tok/s | (b)/(a) | (c)/(a) |",
     );
-    crate::generate::print_line("|---:|---:|---:|---:|---:|---:|");
+    crate::print_line("|---:|---:|---:|---:|---:|---:|");
     for &b in &args.batch_sizes {
         let base = decode_rate(&model, &bank, &vec![None; b], args.prompt_len, args.steps)?;
         let one = decode_rate(&model, &bank, &vec![Some(0); b], args.prompt_len, args.steps)?;
         let all: Vec<Option<usize>> = (0..b).map(Some).collect();
         let different = decode_rate(&model, &bank, &all, args.prompt_len, args.steps)?;
-        crate::generate::print_line(&format!(
+        crate::print_line(&format!(
             "| {b} | {base:.1} | {one:.1} | {different:.1} | {:.3} | {:.3} |",
             one / base,
             different / base
@@ -118,11 +118,11 @@ pub fn run_decode(args: DecodeBenchArgs) -> anyhow::Result<()> {
 
 #[cfg(feature = "bench-reference")]
 fn reference_comparison(args: &DecodeBenchArgs) -> anyhow::Result<()> {
-    let theirs = crate::bench_reference::decode_rate(&args.model, args.prompt_len, args.steps)?;
+    let theirs = super::reference::decode_rate(&args.model, args.prompt_len, args.steps)?;
     let model = Model::load(&args.model, &engine::LoadOptions::default())?;
     let empty = AdapterBank::default();
     let ours = decode_rate(&model, &empty, &[None], args.prompt_len, args.steps)?;
-    crate::generate::print_line(&format!(
+    crate::print_line(&format!(
         "\nbatch 1, file quantization kept: ours {ours:.1} tok/s, candle-transformers quantized_llama {theirs:.1} tok/s, ratio {:.2}",
         ours / theirs
     ));

@@ -1,9 +1,9 @@
 //! `loraland train` then `loraland eval` end to end on the tiny fixture model: a task's synthetic data, a saved
 //! PEFT folder with its training record, and the eval table's JSON for base and adapter.
 
-use server::eval::{self, EvalArgs};
-use server::generate::QuantArg;
-use server::train::{self, SaveDType, TrainArgs};
+use lab::eval::{self, EvalArgs};
+use server::args::QuantArg;
+use lab::train::{self, SaveDType, TrainArgs};
 use std::path::PathBuf;
 
 fn tiny() -> PathBuf {

@@ -1,7 +1,10 @@
-//! The `loraland` binary. Errors end the process with one line on stderr and a non-zero exit code.
+//! The `loraland` binary: `serve` (the product, from the server crate; the default without a subcommand) and the lab
+//! tools. Errors end the process with one line on stderr and a non-zero exit code.
+
+mod cli;
 
 use clap::Parser;
-use server::cli::{Cli, Command};
+use cli::{BenchCommand, Cli, Command};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -28,13 +31,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         None => serve(cli.serve),
         Some(Command::Serve(config)) => serve(config),
-        Some(Command::Generate(args)) => server::generate::run(args),
-        Some(Command::Train(args)) => server::train::run(args),
-        Some(Command::Eval(args)) => server::eval::run(args),
-        Some(Command::Bench(server::cli::BenchCommand::Decode(args))) => server::bench::run_decode(args),
-        Some(Command::Bench(server::cli::BenchCommand::Load(args))) => server::bench_load::run(args),
-        Some(Command::Bench(server::cli::BenchCommand::Http(args))) => server::bench_http::run_http(args),
-        Some(Command::Bench(server::cli::BenchCommand::Abuse(args))) => server::bench_http::run_abuse(args),
+        Some(Command::Generate(args)) => lab::generate::run(args),
+        Some(Command::Train(args)) => lab::train::run(args),
+        Some(Command::Eval(args)) => lab::eval::run(args),
+        Some(Command::Bench(BenchCommand::Decode(args))) => lab::bench::decode::run(args),
+        Some(Command::Bench(BenchCommand::Load(args))) => lab::bench::load::run(args),
+        Some(Command::Bench(BenchCommand::Http(args))) => lab::bench::http::run_http(args),
+        Some(Command::Bench(BenchCommand::Abuse(args))) => lab::bench::http::run_abuse(args),
         Some(Command::FetchModel { data_dir }) => {
             let path = server::default_model::ensure(&data_dir)?;
             tracing::info!("default model at {}", path.display());

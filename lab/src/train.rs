@@ -1,7 +1,6 @@
 //! `loraland train`: LoRA fine-tuning of the base model on a catalog task's generated data or on a JSONL file,
 //! written as a PEFT adapter folder with a `training.json` that records how it was made.
 
-use crate::generate::QuantArg;
 use crate::tasks;
 use anyhow::{bail, Context};
 use candle_core::DType;
@@ -9,6 +8,7 @@ use clap::Args;
 use engine::train::{self, Encoded, Example, FrozenModel, LoraShape, TrainConfig, Trainer};
 use engine::{LoadOptions, Model, Module, Tokenizer};
 use indicatif::{ProgressBar, ProgressStyle};
+use server::args::QuantArg;
 use std::path::PathBuf;
 use std::time::Instant;
 
