@@ -6,6 +6,7 @@ pub mod config;
 pub mod error;
 pub mod generate;
 pub mod handle;
+mod kernel;
 pub mod kv_cache;
 pub mod model;
 pub mod model_files;
@@ -17,7 +18,6 @@ mod scheduler;
 pub mod stats;
 pub mod tokenizer;
 pub mod train;
-mod vector;
 
 pub use adapter::{AdapterBank, LoraAdapter};
 pub use config::ModelConfig;

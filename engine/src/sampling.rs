@@ -1,7 +1,7 @@
 //! Choosing the next token: greedy, or sampling with temperature, top-k, top-p and a repetition penalty, from a
 //! seeded generator so that a request with a seed is reproducible.
 
-use crate::vector::{exp_shifted, sum_exp_shifted};
+use crate::kernel::{exp_shifted, sum_exp_shifted};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 

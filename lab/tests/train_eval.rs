@@ -2,8 +2,8 @@
 //! PEFT folder with its training record, and the eval table's JSON for base and adapter.
 
 use lab::eval::{self, EvalArgs};
-use server::args::QuantArg;
 use lab::train::{self, SaveDType, TrainArgs};
+use server::args::QuantArg;
 use std::path::PathBuf;
 
 fn tiny() -> PathBuf {

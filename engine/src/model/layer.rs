@@ -58,6 +58,6 @@ fn silu_mul(gate: &Tensor, up: &Tensor) -> candle_core::Result<Tensor> {
         candle_core::bail!("silu_mul: gate {:?} and up {:?} differ", gate.shape(), up.shape());
     }
     let mut out = vec![0f32; g.len()];
-    crate::vector::silu_mul(&g, &u, &mut out);
+    crate::kernel::silu_mul(&g, &u, &mut out);
     Tensor::from_vec(out, gate.shape(), gate.device())
 }

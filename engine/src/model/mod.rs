@@ -8,7 +8,6 @@ mod layer;
 mod linear;
 mod load;
 mod q8;
-mod q8_vnni;
 mod random;
 mod rope;
 

@@ -1,5 +1,5 @@
-//! Q8_0 weights for batched CPU matmuls, and the AVX2 kernel that multiplies them (on CPUs with AVX-512 VNNI the
-//! kernel of `q8_vnni.rs` runs instead).
+//! Q8_0 weights for batched CPU matmuls: [`Q8Matrix`] takes a Q8_0 tensor and multiplies it with one of the kernels
+//! of `kernel::q8` (AVX-512 VNNI on a repacked copy where the CPU has it, else AVX2 on candle's storage).
 //!
 //! candle's Q8_0 matmul computes one dot product per (activation row, weight row) with a kernel that reloads both
 //! blocks and converts both f16 scales for every pair, so a decode step of 16 rows costs about 14 times a step of
@@ -9,18 +9,11 @@
 //! per-block multiply-add into eight f32 lanes, the same horizontal sum), so the results are bit-identical to
 //! `QMatMul` on the same weights; only the loop order and the loads differ.
 
-use super::q8_vnni::{self, VnniWeights};
+use crate::kernel::q8::vnni::VnniWeights;
+use crate::kernel::q8::{self, quantize_rows, BLOCK, BLOCK_BYTES};
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module as _, Result, Tensor};
-use half::f16;
 use std::sync::Arc;
-
-/// Values per Q8_0 block.
-const BLOCK: usize = 32;
-/// Bytes of one GGUF Q8_0 block: an f16 scale and 32 signed bytes.
-const BLOCK_BYTES: usize = 2 + BLOCK;
-/// Weight rows per work item handed to a worker (a range of items at a time).
-const COLS_PER_ITEM: usize = 16;
 
 /// A Q8_0 weight matrix `[n, k]` (one row per output feature) in candle's storage: GGUF blocks of an f16 scale and
 /// 32 signed bytes.
@@ -47,13 +40,13 @@ impl Q8Matrix {
     /// Takes `q` if a kernel here can run it: a 2-D Q8_0 tensor on the CPU, on a CPU with AVX-512 VNNI or with
     /// AVX2 and FMA.
     pub fn from_qtensor(q: &Arc<QTensor>) -> Result<Option<Self>> {
-        Self::build(q, q8_vnni::supported())
+        Self::build(q, crate::kernel::has_vnni())
     }
 
     /// As [`Q8Matrix::from_qtensor`], with the VNNI kernel if `vnni` and the CPU has it.
     fn build(q: &Arc<QTensor>, vnni: bool) -> Result<Option<Self>> {
-        let vnni = vnni && q8_vnni::supported();
-        if !supported() || q.dtype() != GgmlDType::Q8_0 || !q.device().is_cpu() || q.shape().rank() != 2 {
+        let vnni = vnni && crate::kernel::has_vnni();
+        if !crate::kernel::has_avx2() || q.dtype() != GgmlDType::Q8_0 || !q.device().is_cpu() || q.shape().rank() != 2 {
             return Ok(None);
         }
         let (n, k) = q.shape().dims2()?;
@@ -110,224 +103,17 @@ impl Q8Matrix {
         Tensor::from_vec(out, out_dims, x.device())?.to_dtype(x.dtype())
     }
 
-    /// `out[m, n] = xq[m, k] · Wᵀ` on quantized activations, weight rows split across the workers.
+    /// `out[m, n] = xq[m, k] · Wᵀ` on quantized activations.
     fn matmul(&self, q: &QTensor, m: usize, xq: &[i8], xd: &[f32], out: &mut [f32]) {
-        let n = self.n;
         let data = q.data().expect("CPU storage");
-        let out_ptr = SendPtr(out.as_mut_ptr());
-        let items = n.div_ceil(COLS_PER_ITEM);
-        let args = TileArgs { kb: self.k / BLOCK, xq, xd, w: &data, n, out: out_ptr };
-        // candle's own worker pool, the one its quantized matmuls use, so the two never compete for the cores.
-        candle_core::utils::barrier_pool().execute_chunked(items, |range| {
-            let cols = range.start * COLS_PER_ITEM..n.min(range.end * COLS_PER_ITEM);
-            // SAFETY: `supported()` was checked when this matrix was built; each range of items writes only its own
-            // output columns, which no other range touches, and every index stays inside `out` (m * n values).
-            #[allow(unsafe_code)]
-            unsafe {
-                run_tiles(&args, m, cols)
-            };
-        });
-    }
-}
-
-/// Whether this CPU can run the AVX2 kernel.
-fn supported() -> bool {
-    crate::vector::has_avx2_fma()
-}
-
-/// Quantizes `xs` (rows whose width is a multiple of 32) to Q8_0 exactly as candle does for its matmul: per block, scale
-/// `max|x| / 127` stored as f16, values `round(x / scale)` (halves away from zero).
-fn quantize_rows(xs: &[f32]) -> (Vec<i8>, Vec<f32>) {
-    let mut q = vec![0i8; xs.len()];
-    let mut d = vec![0f32; xs.len() / BLOCK];
-    for ((block, qb), d) in xs.chunks_exact(BLOCK).zip(q.chunks_exact_mut(BLOCK)).zip(&mut d) {
-        #[cfg(target_arch = "x86_64")]
-        if supported() {
-            // SAFETY: AVX2 is present (checked above) and every slice is one block long.
-            #[allow(unsafe_code)]
-            unsafe {
-                *d = quantize_block_avx2(block, qb)
-            };
-            continue;
-        }
-        *d = quantize_block(block, qb);
-    }
-    (q, d)
-}
-
-/// One block, scalar: the reference of [`quantize_block_avx2`].
-fn quantize_block(block: &[f32], qb: &mut [i8]) -> f32 {
-    let amax = block.iter().fold(0f32, |a, &x| a.max(x.abs()));
-    let scale = amax / 127.0;
-    let inv = if scale != 0.0 { 1.0 / scale } else { 0.0 };
-    for (y, &x) in qb.iter_mut().zip(block) {
-        *y = (x * inv).round() as i8;
-    }
-    f16::from_f32(scale).to_f32()
-}
-
-/// One block with AVX2, the same results as [`quantize_block`] bit for bit: the products are the same IEEE
-/// multiplications, and rounding half away from zero is `trunc(v) ± 1` where `|v - trunc(v)| >= 0.5` (exact).
-#[cfg(target_arch = "x86_64")]
-#[allow(unsafe_code)]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn quantize_block_avx2(block: &[f32], qb: &mut [i8]) -> f32 {
-    use std::arch::x86_64::*;
-    assert!(block.len() == BLOCK && qb.len() == BLOCK);
-    let sign = _mm256_set1_ps(-0.0);
-    // SAFETY: both slices hold BLOCK values (asserted).
-    let x: [__m256; 4] = std::array::from_fn(|i| unsafe { _mm256_loadu_ps(block.as_ptr().add(i * 8)) });
-    let abs = x.map(|v| _mm256_andnot_ps(sign, v));
-    let m = _mm256_max_ps(_mm256_max_ps(abs[0], abs[1]), _mm256_max_ps(abs[2], abs[3]));
-    let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
-    let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-    let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
-    let scale = amax / 127.0;
-    let inv = _mm256_set1_ps(if scale != 0.0 { 1.0 / scale } else { 0.0 });
-    let (half, one) = (_mm256_set1_ps(0.5), _mm256_set1_ps(1.0));
-    let ints = x.map(|v| {
-        let v = _mm256_mul_ps(v, inv);
-        let t = _mm256_round_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
-        let away = _mm256_cmp_ps(_mm256_andnot_ps(sign, _mm256_sub_ps(v, t)), half, _CMP_GE_OQ);
-        let step = _mm256_and_ps(away, _mm256_or_ps(one, _mm256_and_ps(sign, v)));
-        _mm256_cvttps_epi32(_mm256_add_ps(t, step))
-    });
-    // i32 -> i16 -> i8 (values are within ±127), then undo the lane interleaving of the two packs.
-    let p16a = _mm256_packs_epi32(ints[0], ints[1]);
-    let p16b = _mm256_packs_epi32(ints[2], ints[3]);
-    let p8 = _mm256_packs_epi16(p16a, p16b);
-    let ordered = _mm256_permutevar8x32_epi32(p8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
-    unsafe { _mm256_storeu_si256(qb.as_mut_ptr() as *mut __m256i, ordered) };
-    f16::from_f32(scale).to_f32()
-}
-
-/// An output pointer shared by the workers of a matmul.
-#[derive(Clone, Copy)]
-pub(super) struct SendPtr(pub(super) *mut f32);
-// SAFETY: the matmuls that share it (`Q8Matrix::matmul`, `VnniWeights::matmul`) write through it only at indices
-// that one task owns.
-#[allow(unsafe_code)]
-unsafe impl Send for SendPtr {}
-#[allow(unsafe_code)]
-unsafe impl Sync for SendPtr {}
-
-struct TileArgs<'a> {
-    kb: usize,
-    xq: &'a [i8],
-    xd: &'a [f32],
-    /// The weights' GGUF blocks.
-    w: &'a [u8],
-    n: usize,
-    out: SendPtr,
-}
-
-/// Every activation row against the weight rows `cols`: tiles of four activation rows by two weight rows, then the
-/// remainders.
-#[cfg(target_arch = "x86_64")]
-#[allow(unsafe_code)]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn run_tiles(a: &TileArgs<'_>, m: usize, cols: std::ops::Range<usize>) {
-    // The tiles read through raw pointers: these bounds make every one of their reads valid.
-    assert!(cols.end <= a.n && a.w.len() >= a.n * a.kb * BLOCK_BYTES);
-    assert!(a.xq.len() >= m * a.kb * BLOCK && a.xd.len() >= m * a.kb);
-    // Column blocks of 32 weight rows (18 KB at width 576) stay in L1 while every activation row passes over them.
-    let mut start = cols.start;
-    while start < cols.end {
-        let end = cols.end.min(start + 32);
-        let pairs_end = start + ((end - start) / 2) * 2;
-        let mut r = 0;
-        while r < m {
-            let rows = (m - r).min(4);
-            let mut c = start;
-            while c < pairs_end {
-                unsafe { tile_rows::<2>(a, rows, r, c) };
-                c += 2;
-            }
-            if c < end {
-                unsafe { tile_rows::<1>(a, rows, r, c) };
-            }
-            r += rows;
-        }
-        start = end;
-    }
-}
-
-/// One tile of `rows` (1 to 4) activation rows from `r` by `C` weight rows from `c`.
-#[cfg(target_arch = "x86_64")]
-#[allow(unsafe_code)]
-#[target_feature(enable = "avx2,fma")]
-#[inline]
-unsafe fn tile_rows<const C: usize>(a: &TileArgs<'_>, rows: usize, r: usize, c: usize) {
-    unsafe {
-        match rows {
-            4 => tile::<4, C>(a, r, c),
-            3 => tile::<3, C>(a, r, c),
-            2 => tile::<2, C>(a, r, c),
-            _ => tile::<1, C>(a, r, c),
-        }
-    }
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-#[allow(unsafe_code)]
-unsafe fn run_tiles(_: &TileArgs<'_>, _: usize, _: std::ops::Range<usize>) {
-    unreachable!("Q8Matrix is only built where the kernel is supported")
-}
-
-/// Dot products of activation rows `r0..r0 + R` with weight rows `c0..c0 + C`, written to `out[r, c]`.
-#[cfg(target_arch = "x86_64")]
-#[allow(unsafe_code)]
-#[target_feature(enable = "avx2,fma")]
-#[inline]
-#[allow(clippy::needless_range_loop)] // the fixed-size tile loops index several arrays at once
-unsafe fn tile<const R: usize, const C: usize>(a: &TileArgs<'_>, r0: usize, c0: usize) {
-    use std::arch::x86_64::*;
-    let kb = a.kb;
-    let ones = _mm256_set1_epi16(1);
-    let mut acc = [[_mm256_setzero_ps(); C]; R];
-    // SAFETY (all pointer arithmetic below): `run_tiles` checked that `w` holds `n * kb` blocks of BLOCK_BYTES and
-    // `xq`/`xd` hold `m * kb` blocks, and the caller keeps `c0 + C <= n`, `r0 + R <= m`, `b < kb`.
-    let w_rows: [*const u8; C] = std::array::from_fn(|c| unsafe { a.w.as_ptr().add((c0 + c) * kb * BLOCK_BYTES) });
-    let x_rows: [*const i8; R] = std::array::from_fn(|r| unsafe { a.xq.as_ptr().add((r0 + r) * kb * BLOCK) });
-    let d_rows: [*const f32; R] = std::array::from_fn(|r| unsafe { a.xd.as_ptr().add((r0 + r) * kb) });
-    for b in 0..kb {
-        let mut w = [_mm256_setzero_si256(); C];
-        let mut aw = [_mm256_setzero_si256(); C];
-        let mut dw = [_mm256_setzero_ps(); C];
-        for c in 0..C {
-            let blk = unsafe { w_rows[c].add(b * BLOCK_BYTES) };
-            w[c] = unsafe { _mm256_loadu_si256(blk.add(2) as *const __m256i) };
-            aw[c] = _mm256_sign_epi8(w[c], w[c]);
-            let scale = f16::from_bits(u16::from_le(unsafe { (blk as *const u16).read_unaligned() }));
-            dw[c] = _mm256_set1_ps(scale.to_f32());
-        }
-        for r in 0..R {
-            let x = unsafe { _mm256_loadu_si256(x_rows[r].add(b * BLOCK) as *const __m256i) };
-            let dx = _mm256_set1_ps(unsafe { *d_rows[r].add(b) });
-            for c in 0..C {
-                let sy = _mm256_sign_epi8(x, w[c]);
-                let dot = _mm256_maddubs_epi16(aw[c], sy);
-                let q = _mm256_cvtepi32_ps(_mm256_madd_epi16(ones, dot));
-                // The scale product rounds exactly as candle's scalar `dw * dx`.
-                acc[r][c] = _mm256_fmadd_ps(_mm256_mul_ps(dw[c], dx), q, acc[r][c]);
-            }
-        }
-    }
-    for (r, row) in acc.iter().enumerate() {
-        for (c, v) in row.iter().enumerate() {
-            let hi = _mm256_extractf128_ps(*v, 1);
-            let s = _mm_add_ps(hi, _mm256_castps256_ps128(*v));
-            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-            let s = _mm_add_ss(s, _mm_movehdup_ps(s));
-            // SAFETY: `(r0 + r) < m` and `(c0 + c) < n`; this task owns column `c0 + c`.
-            unsafe { *a.out.0.add((r0 + r) * a.n + c0 + c) = _mm_cvtss_f32(s) };
-        }
+        q8::avx2::matmul(&data, self.n, self.k, m, xq, xd, out);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use half::f16;
 
     fn random(shape: (usize, usize), seed: u64) -> Tensor {
         let mut s = seed;
@@ -342,7 +128,7 @@ mod tests {
 
     #[test]
     fn equals_candles_q8_0_matmul_bit_for_bit() {
-        if !supported() {
+        if !crate::kernel::has_avx2() {
             eprintln!("skipped: no AVX2/FMA on this CPU");
             return;
         }
@@ -366,7 +152,7 @@ mod tests {
 
     #[test]
     fn vnni_rows_are_exact_block_sums_and_do_not_depend_on_the_batch() {
-        if !q8_vnni::supported() {
+        if !crate::kernel::has_vnni() {
             eprintln!("skipped: no AVX-512 VNNI on this CPU");
             return;
         }
@@ -412,32 +198,14 @@ mod tests {
     }
 
     #[test]
-    fn vector_quantization_equals_the_scalar_one() {
-        // Random blocks, blocks whose scaled values land exactly on halves (max 127: scale 1), zero blocks, negatives.
-        let mut xs = random((64, 32), 9).flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        for (i, x) in xs[..64].iter_mut().enumerate() {
-            *x = if i % 32 == 0 { 127.0 } else { (i as f32 - 40.0) / 2.0 };
-        }
-        xs[64..96].iter_mut().for_each(|x| *x = 0.0);
-        xs[96..128].iter_mut().enumerate().for_each(|(i, x)| *x = -(i as f32) * 1e-3);
-        let (q, d) = quantize_rows(&xs);
-        for ((block, qb), &d) in xs.chunks_exact(BLOCK).zip(q.chunks_exact(BLOCK)).zip(&d) {
-            let mut expected = [0i8; BLOCK];
-            assert_eq!(quantize_block(block, &mut expected), d);
-            assert_eq!(qb, expected);
-        }
-        assert_eq!(q[1], -20); // -19.5 rounds away from zero
-    }
-
-    #[test]
     fn dequantizes_like_candle() {
-        if !supported() {
+        if !crate::kernel::has_avx2() {
             return;
         }
         // 20 rows: a VNNI tile and a padded one.
         let q = Arc::new(QTensor::quantize(&random((20, 64), 2), GgmlDType::Q8_0).unwrap());
         let theirs = q.dequantize(&Device::Cpu).unwrap().to_vec2::<f32>().unwrap();
-        for vnni in [false, q8_vnni::supported()] {
+        for vnni in [false, crate::kernel::has_vnni()] {
             let ours = Q8Matrix::build(&q, vnni).unwrap().unwrap().dequantize().unwrap();
             assert_eq!(ours.to_vec2::<f32>().unwrap(), theirs, "vnni: {vnni}");
         }

@@ -1,25 +1,13 @@
-//! Vectorised f32 helpers. `exp` over slices, eight values at a time with AVX2: the softmaxes of attention and sampling take an exponential
-//! per score, tens of thousands per sequence per step, and libm's scalar `expf` was a tenth of a batched decode step;
-//! the SwiGLU activation (`silu(gate) · up`) takes one per MLP feature.
+//! Vectorised f32 helpers. `exp` over slices, eight values at a time with AVX2: the softmaxes of attention and
+//! sampling take an exponential per score, tens of thousands per sequence per step, and libm's scalar `expf` was a
+//! tenth of a batched decode step; the SwiGLU activation (`silu(gate) · up`) takes one per MLP feature.
 //!
 //! Cephes' single-precision algorithm: `x = n·ln 2 + r` with `|r| <= ln 2 / 2` (ln 2 in two parts, so `r` is exact
 //! to f32), a degree-6 polynomial for `e^r`, and `2^n` put into the exponent bits. Relative error within 2e-7 of
 //! libm's over the range used here (inputs <= 0 after subtracting the maximum; below -87.3 the result is 0).
 
-/// Whether this CPU has AVX2 and FMA, which every vectorised path of the CPU engine needs.
-pub(crate) fn has_avx2_fma() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
 /// `Σ exp(xs[i] - shift)` through a small stack buffer, without copying `xs` to the heap.
-pub(crate) fn sum_exp_shifted(xs: &[f32], shift: f32) -> f32 {
+pub fn sum_exp_shifted(xs: &[f32], shift: f32) -> f32 {
     let mut buf = [0f32; 1024];
     xs.chunks(buf.len())
         .map(|c| {
@@ -31,11 +19,10 @@ pub(crate) fn sum_exp_shifted(xs: &[f32], shift: f32) -> f32 {
 }
 
 /// `xs[i] = exp(xs[i] - shift)`; returns the sum of the results.
-pub(crate) fn exp_shifted(xs: &mut [f32], shift: f32) -> f32 {
+pub fn exp_shifted(xs: &mut [f32], shift: f32) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if has_avx2_fma() {
+    if super::has_avx2() {
         // SAFETY: the CPU has AVX2 and FMA (checked above).
-        #[allow(unsafe_code)]
         return unsafe { exp_shifted_avx2(xs, shift) };
     }
     xs.iter_mut().fold(0.0, |sum, x| {
@@ -45,15 +32,12 @@ pub(crate) fn exp_shifted(xs: &mut [f32], shift: f32) -> f32 {
 }
 
 /// `out[i] = silu(gate[i]) · up[i]` with `silu(x) = x / (1 + e^-x)`.
-pub(crate) fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
+pub fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
     assert!(gate.len() == up.len() && up.len() == out.len());
     #[cfg(target_arch = "x86_64")]
-    if has_avx2_fma() {
+    if super::has_avx2() {
         // SAFETY: the CPU has AVX2 and FMA (checked above); the three slices have one length (asserted).
-        #[allow(unsafe_code)]
-        unsafe {
-            silu_mul_avx2(gate, up, out)
-        };
+        unsafe { silu_mul_avx2(gate, up, out) };
         return;
     }
     for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
@@ -62,7 +46,6 @@ pub(crate) fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
 }
 
 #[cfg(target_arch = "x86_64")]
-#[allow(unsafe_code)]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn silu_mul_avx2(gate: &[f32], up: &[f32], out: &mut [f32]) {
     use std::arch::x86_64::*;
@@ -84,7 +67,6 @@ unsafe fn silu_mul_avx2(gate: &[f32], up: &[f32], out: &mut [f32]) {
 }
 
 #[cfg(target_arch = "x86_64")]
-#[allow(unsafe_code)]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn exp_shifted_avx2(xs: &mut [f32], shift: f32) -> f32 {
     use std::arch::x86_64::*;
@@ -115,7 +97,6 @@ unsafe fn exp_shifted_avx2(xs: &mut [f32], shift: f32) -> f32 {
 
 /// `e^x` for eight values (see the module documentation).
 #[cfg(target_arch = "x86_64")]
-#[allow(unsafe_code)]
 #[target_feature(enable = "avx2,fma")]
 #[inline]
 fn exp8(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
@@ -142,7 +123,7 @@ fn exp8(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
 }
 
 /// `a · b` in eight independent lanes, which the compiler keeps in one vector register.
-pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
     let tail: f32 = a8.remainder().iter().zip(b8.remainder()).map(|(x, y)| x * y).sum();

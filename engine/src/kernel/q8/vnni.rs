@@ -1,39 +1,25 @@
 //! The Q8_0 matmul for CPUs with AVX-512 VNNI: weights repacked once into tiles of 16 rows so that one `vpdpbusd`
 //! multiplies four values of an activation row with four values of 16 weight rows and adds them to 16 sums: about
-//! 3× the arithmetic rate of the AVX2 kernel (`q8.rs`), which needs six instructions per 32 products of one pair.
+//! 3× the arithmetic rate of the AVX2 kernel ([`super::avx2`]), which needs six instructions per 32 products of one
+//! pair.
 //!
 //! `vpdpbusd` multiplies unsigned by signed bytes, so weights are stored offset by +128 and each block's integer sum
 //! is corrected by `128 · Σx` of its activation block: the sums are exact integers. Per block the sum is converted to
 //! f32, scaled by the weight's and the activation's Q8_0 scales and added up, the same per-row arithmetic whether a
 //! row runs alone or in a batch of any size, so a sequence's logits never depend on what else is in the batch.
 
-use super::q8::SendPtr;
+use super::BLOCK;
+use crate::kernel::SharedOut;
 use half::f16;
 
-/// Values per Q8_0 block.
-const BLOCK: usize = 32;
 /// Weight rows per tile: one 512-bit register of 16 i32 sums.
 const TILE: usize = 16;
 /// Bytes of one tile's block: 32 values of 16 rows.
 const TILE_BLOCK_BYTES: usize = BLOCK * TILE;
 
-/// Whether this CPU has the instructions.
-pub(super) fn supported() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx512f")
-            && std::is_x86_feature_detected!("avx512bw")
-            && std::is_x86_feature_detected!("avx512vnni")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
 /// A Q8_0 matrix `[n, k]` repacked for the kernel.
 #[derive(Debug)]
-pub(super) struct VnniWeights {
+pub struct VnniWeights {
     n: usize,
     kb: usize,
     /// Per tile and block: `[8 groups of 4 values][16 rows][4 bytes]`, each byte the weight + 128.
@@ -90,20 +76,17 @@ impl VnniWeights {
     /// `out[m, n] = x · Wᵀ` for Q8_0 activations `xq` (`m` rows of `kb` blocks) with scales `xd`, tiles split across
     /// candle's workers.
     pub fn matmul(&self, m: usize, xq: &[i8], xd: &[f32], out: &mut [f32]) {
-        assert!(supported(), "the VNNI kernel needs AVX-512 VNNI");
+        assert!(crate::kernel::has_vnni(), "the VNNI kernel needs AVX-512 VNNI");
         assert!(xq.len() >= m * self.kb * BLOCK && xd.len() >= m * self.kb && out.len() >= m * self.n);
         // 128 · Σx per activation block: the correction of the +128 weight offset.
         let corr: Vec<i32> = xq.chunks_exact(BLOCK).map(|b| 128 * b.iter().map(|&x| x as i32).sum::<i32>()).collect();
-        let out_ptr = SendPtr(out.as_mut_ptr());
+        let out_ptr = SharedOut::new(out);
         let tiles = self.n.div_ceil(TILE);
         candle_core::utils::barrier_pool().execute_chunked(tiles, |range| {
             for t in range {
                 // SAFETY: the CPU has the instructions (asserted above); the bounds above and the packing make every
                 // read valid, and tile `t` writes only its own output columns.
-                #[allow(unsafe_code)]
-                unsafe {
-                    tile(self, t, m, xq, xd, &corr, out_ptr)
-                };
+                unsafe { tile(self, t, m, xq, xd, &corr, out_ptr) };
             }
         });
     }
@@ -111,10 +94,9 @@ impl VnniWeights {
 
 /// Every activation row against tile `t`, four rows at a time.
 #[cfg(target_arch = "x86_64")]
-#[allow(unsafe_code)]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn tile(w: &VnniWeights, t: usize, m: usize, xq: &[i8], xd: &[f32], corr: &[i32], out: SendPtr) {
-    let out = out.0;
+unsafe fn tile(w: &VnniWeights, t: usize, m: usize, xq: &[i8], xd: &[f32], corr: &[i32], out: SharedOut) {
+    let out = out.ptr();
     let mut r = 0;
     while r < m {
         let rows = (m - r).min(4);
@@ -131,14 +113,12 @@ unsafe fn tile(w: &VnniWeights, t: usize, m: usize, xq: &[i8], xd: &[f32], corr:
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-#[allow(unsafe_code)]
-unsafe fn tile(_: &VnniWeights, _: usize, _: usize, _: &[i8], _: &[f32], _: &[i32], _: SendPtr) {
+unsafe fn tile(_: &VnniWeights, _: usize, _: usize, _: &[i8], _: &[f32], _: &[i32], _: SharedOut) {
     unreachable!("VnniWeights are only built where the kernel is supported")
 }
 
 /// Activation rows `r0..r0 + R` against the 16 weight rows of tile `t`.
 #[cfg(target_arch = "x86_64")]
-#[allow(unsafe_code)]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 #[inline]
 #[allow(clippy::needless_range_loop)] // the fixed-size row loops index several arrays at once
