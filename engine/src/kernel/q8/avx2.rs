@@ -18,7 +18,7 @@ const COLS_PER_ITEM: usize = 16;
 pub fn matmul(w: &[u8], n: usize, k: usize, m: usize, xq: &[i8], xd: &[f32], out: &mut [f32]) {
     assert!(crate::kernel::has_avx2(), "the AVX2 Q8_0 kernel needs AVX2 and FMA");
     let kb = k / BLOCK;
-    assert!(k % BLOCK == 0 && w.len() >= n * kb * BLOCK_BYTES && out.len() >= m * n);
+    assert!(k.is_multiple_of(BLOCK) && w.len() >= n * kb * BLOCK_BYTES && out.len() >= m * n);
     assert!(xq.len() >= m * kb * BLOCK && xd.len() >= m * kb);
     let items = n.div_ceil(COLS_PER_ITEM);
     let args = TileArgs { kb, xq, xd, w, n, out: SharedOut::new(out) };
