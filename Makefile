@@ -41,6 +41,7 @@ fmt:
 	cargo fmt --all -- --check
 
 lint:
+	python3 scripts/check-cycles.py
 	RUSTFLAGS="$(LEPTOS_RUSTFLAGS)" cargo clippy --workspace --exclude frontend --all-targets -- -D warnings
 	RUSTFLAGS="--cfg erase_components" cargo clippy -p frontend --target wasm32-unknown-unknown -- -D warnings
 

@@ -10,9 +10,10 @@
 pub mod api;
 pub mod components;
 #[cfg(feature = "ssr")]
+pub mod context;
+#[cfg(feature = "ssr")]
 pub mod limits;
 pub mod pages;
-#[cfg(feature = "ssr")]
 pub mod run;
 #[cfg(feature = "ssr")]
 pub mod session;

@@ -18,6 +18,31 @@ pub const DEFAULT_CONCURRENT_PER_CLIENT: usize = 32;
 /// Default generations (panes) running at once per visitor session.
 pub const DEFAULT_CONCURRENT_PER_SESSION: usize = 8;
 
+/// New sessions one client address may create per minute (a burst of as many, then one every few seconds).
+pub const SESSIONS_PER_MINUTE: u32 = 20;
+
+/// Rate of new sessions per client address.
+#[derive(Clone)]
+pub struct SessionLimiter(Arc<DefaultKeyedRateLimiter<std::net::IpAddr>>);
+
+impl SessionLimiter {
+    /// At most `per_minute` new sessions a minute per address.
+    pub fn per_minute(per_minute: NonZeroU32) -> Self {
+        Self(Arc::new(RateLimiter::keyed(Quota::per_minute(per_minute))))
+    }
+
+    /// Takes one new session for `addr`; false when it is over its rate.
+    pub fn allow(&self, addr: IpAddr) -> bool {
+        self.0.check_key(&addr).is_ok()
+    }
+}
+
+impl Default for SessionLimiter {
+    fn default() -> Self {
+        Self::per_minute(NonZeroU32::new(SESSIONS_PER_MINUTE).expect("not zero"))
+    }
+}
+
 /// The limits' settings; 0 turns one off.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LimitSettings {
@@ -159,6 +184,14 @@ impl ClientLimits {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn new_sessions_are_rate_limited_per_address() {
+        let limiter = SessionLimiter::per_minute(NonZeroU32::new(3).unwrap());
+        let (a, b) = (IpAddr::from([10, 0, 0, 1]), IpAddr::from([10, 0, 0, 2]));
+        assert_eq!((0..5).map(|_| limiter.allow(a)).collect::<Vec<_>>(), [true, true, true, false, false]);
+        assert!(limiter.allow(b), "another address has its own quota");
+    }
 
     #[test]
     fn running_generations_are_capped_per_address_and_session_and_given_back() {

@@ -3,38 +3,13 @@
 //! an action that succeeds (an accepted run, an opened run page), at most [`SESSIONS_PER_MINUTE`] a minute for one
 //! client address. Server-side only.
 
-use crate::state::{AppState, ClientAddr, Refusal};
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use crate::context::{ClientAddr, Refusal};
+use crate::limits::SESSIONS_PER_MINUTE;
+use crate::state::AppState;
 use sqlx::SqlitePool;
-use std::num::NonZeroU32;
-use std::sync::Arc;
 
 /// The cookie's name.
 pub const COOKIE: &str = "loraland_session";
-/// New sessions one client address may create per minute (a burst of as many, then one every few seconds).
-pub const SESSIONS_PER_MINUTE: u32 = 20;
-
-/// Rate of new sessions per client address.
-#[derive(Clone)]
-pub struct SessionLimiter(Arc<DefaultKeyedRateLimiter<std::net::IpAddr>>);
-
-impl SessionLimiter {
-    /// At most `per_minute` new sessions a minute per address.
-    pub fn per_minute(per_minute: NonZeroU32) -> Self {
-        Self(Arc::new(RateLimiter::keyed(Quota::per_minute(per_minute))))
-    }
-
-    /// Takes one new session for `addr`; false when it is over its rate.
-    pub fn allow(&self, addr: ClientAddr) -> bool {
-        self.0.check_key(&addr.0).is_ok()
-    }
-}
-
-impl Default for SessionLimiter {
-    fn default() -> Self {
-        Self::per_minute(NonZeroU32::new(SESSIONS_PER_MINUTE).expect("not zero"))
-    }
-}
 
 /// The session id in a `Cookie` header, if any.
 pub fn from_cookie_header(header: &str) -> Option<&str> {
@@ -69,7 +44,7 @@ pub async fn current_or_new(state: &AppState) -> Result<String, Refusal> {
     if let Some(id) = from_headers(&state.db, &headers).await.map_err(Refusal::database)? {
         return Ok(id);
     }
-    if !state.sessions.allow(ClientAddr::current().await) {
+    if !state.sessions.allow(ClientAddr::current().await.0) {
         return Err(Refusal::new(
             axum::http::StatusCode::TOO_MANY_REQUESTS,
             format!(
@@ -101,7 +76,7 @@ pub async fn note_view(db: &SqlitePool, session: &str, run: &str) -> sqlx::Resul
     sqlx::query("INSERT OR IGNORE INTO run_views (session_id, run_id, opened_at) VALUES (?, ?, ?)")
         .bind(session)
         .bind(run)
-        .bind(crate::state::now_ms())
+        .bind(crate::context::now_ms())
         .execute(db)
         .await?;
     Ok(())
@@ -122,7 +97,7 @@ pub async fn create_session(db: &SqlitePool) -> sqlx::Result<String> {
     let id = uuid::Uuid::new_v4().to_string();
     sqlx::query("INSERT INTO sessions (id, created_at) VALUES (?, ?)")
         .bind(&id)
-        .bind(crate::state::now_ms())
+        .bind(crate::context::now_ms())
         .execute(db)
         .await?;
     Ok(id)
@@ -136,7 +111,6 @@ pub async fn count_sessions(db: &SqlitePool) -> sqlx::Result<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::IpAddr;
 
     #[test]
     fn cookie_parsing_and_attributes() {
@@ -145,14 +119,6 @@ mod tests {
         let c = set_cookie("abc", false);
         assert!(c.contains("HttpOnly") && c.contains("SameSite=Lax") && !c.contains("Secure"));
         assert!(set_cookie("abc", true).ends_with("; Secure"));
-    }
-
-    #[test]
-    fn new_sessions_are_rate_limited_per_address() {
-        let limiter = SessionLimiter::per_minute(NonZeroU32::new(3).unwrap());
-        let (a, b) = (ClientAddr(IpAddr::from([10, 0, 0, 1])), ClientAddr(IpAddr::from([10, 0, 0, 2])));
-        assert_eq!((0..5).map(|_| limiter.allow(a)).collect::<Vec<_>>(), [true, true, true, false, false]);
-        assert!(limiter.allow(b), "another address has its own quota");
     }
 
     #[sqlx::test(migrations = "../migrations")]

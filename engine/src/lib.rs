@@ -20,12 +20,10 @@ pub mod tokenizer;
 pub mod train;
 
 pub use adapter::{AdapterBank, LoraAdapter};
-pub use config::ModelConfig;
+pub use config::{EngineConfig, Faults, ModelConfig, ModelInfo, RandomWeights, RopeStyle};
 pub use error::{Error, Result};
 pub use generate::{generate_batch, FinishReason, GenOutput, GenRequest};
-pub use handle::{
-    Engine, EngineConfig, EngineHandle, Faults, GenerationStream, Health, ModelInfo, Prepared, RandomWeights,
-};
+pub use handle::{Engine, EngineHandle, GenerationStream, Health, Prepared};
 pub use kv_cache::KvCache;
 pub use model::{memory_bandwidth, LoadOptions, Logits, Model, QuantMode, SeqInput};
 pub use model_files::{ModelFiles, ModelFormat};

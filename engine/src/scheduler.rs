@@ -5,7 +5,7 @@
 //! Adapter loads run on a loader thread (started by the request's caller, see [`crate::registry::Loader`]) and come
 //! back as commands, so running streams never wait for disk.
 
-use crate::handle::{EngineConfig, ModelInfo, Permit};
+use crate::config::{EngineConfig, ModelInfo};
 use crate::registry::{AdapterId, AdapterSource, LoadDone, Loader, Residency};
 use crate::request::{Event, Finished, GenerateRequest, Timings, TokenEvent};
 use crate::sampling::{Sampled, Sampler};
@@ -13,11 +13,22 @@ use crate::stats::EngineStats;
 use crate::tokenizer::TokenStream;
 use crate::{AdapterBank, Error, FinishReason, KvCache, Logits, Model, Result, SeqInput, Tokenizer};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 type Events = tokio::sync::mpsc::UnboundedSender<Result<Event>>;
+
+/// Held by a request until it ends; frees its place in the queue.
+#[derive(Debug)]
+pub(crate) struct Permit(pub(crate) Arc<AtomicUsize>);
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
 
 /// A validated request on its way to the engine thread.
 #[derive(Debug)]
@@ -177,7 +188,7 @@ impl Scheduler {
             if self.running.is_empty() {
                 // Nothing to step, after placing and admitting what could be (the last step may have made room):
                 // only a command can change that, or time (a waiting request's deadline, the heartbeat).
-                let sleep = next_deadline.map_or(crate::handle::TICK, |d| (d - now).min(crate::handle::TICK));
+                let sleep = next_deadline.map_or(crate::config::TICK, |d| (d - now).min(crate::config::TICK));
                 match rx.recv_timeout(sleep) {
                     Ok(cmd) => received = Some(cmd),
                     Err(RecvTimeoutError::Timeout) => {}
@@ -597,7 +608,7 @@ impl Scheduler {
         }
     }
 
-    /// The faults a test asked for (see [`crate::handle::Faults`]).
+    /// The faults a test asked for (see [`crate::config::Faults`]).
     fn inject_faults(&self) {
         let step = EngineStats::get(&self.stats.steps);
         let faults = &self.cfg.faults;

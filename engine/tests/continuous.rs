@@ -245,7 +245,7 @@ fn stop_sequences_end_the_text_before_them() {
 fn a_long_prompt_is_prefilled_in_chunks_of_the_step_budget() {
     let prompt: Vec<u32> = (0..40).map(|i| 3 + (i * 37) % 200).collect();
     let whole = Engine::spawn(config(&fixture("tiny-llama/adapters"))).unwrap();
-    assert_eq!(whole.config().step_token_budget(), engine::handle::DEFAULT_MAX_BATCH_TOKENS_CPU);
+    assert_eq!(whole.config().step_token_budget(), engine::config::DEFAULT_MAX_BATCH_TOKENS_CPU);
     let expected = run_alone(&whole, &prompt, Some("qv_r8"), 3);
 
     let mut cfg = config(&fixture("tiny-llama/adapters"));

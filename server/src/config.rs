@@ -21,7 +21,7 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
 /// Default timeout of a non-streaming request, in seconds.
 pub const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 600;
 /// Default bound on requests waiting or running in the engine.
-pub const DEFAULT_MAX_QUEUE: usize = engine::handle::DEFAULT_MAX_QUEUE;
+pub const DEFAULT_MAX_QUEUE: usize = engine::config::DEFAULT_MAX_QUEUE;
 
 /// `loraland serve`: the web app and the API.
 #[derive(Args, Clone, Debug)]
@@ -81,12 +81,12 @@ pub struct ServeConfig {
     pub request_timeout: u64,
 
     /// Seconds a request may wait for its adapter to load (a hub download included) before it fails.
-    #[arg(long, env = "LORALAND_ADAPTER_LOAD_TIMEOUT", default_value_t = engine::handle::DEFAULT_ADAPTER_LOAD_TIMEOUT.as_secs(),
+    #[arg(long, env = "LORALAND_ADAPTER_LOAD_TIMEOUT", default_value_t = engine::config::DEFAULT_ADAPTER_LOAD_TIMEOUT.as_secs(),
           value_parser = clap::value_parser!(u64).range(1..))]
     pub adapter_load_timeout: u64,
 
     /// Seconds without a heartbeat from the engine's batching loop after which /health answers 503 (stalled).
-    #[arg(long, env = "LORALAND_STALL_AFTER", default_value_t = engine::handle::DEFAULT_STALL_AFTER.as_secs(),
+    #[arg(long, env = "LORALAND_STALL_AFTER", default_value_t = engine::config::DEFAULT_STALL_AFTER.as_secs(),
           value_parser = clap::value_parser!(u64).range(1..))]
     pub stall_after: u64,
 

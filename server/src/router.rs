@@ -3,7 +3,7 @@
 
 use crate::config::HttpOptions;
 use crate::{api, AppState};
-use app::state::ClientAddr;
+use app::context::ClientAddr;
 use app::{shell, App};
 use axum::Router;
 use leptos::prelude::provide_context;

@@ -3,7 +3,7 @@
 use crate::config::ServeConfig;
 use crate::{db, default_model, router_with, AppState};
 use anyhow::Context;
-use app::state::EngineSlot;
+use app::context::EngineSlot;
 use engine::Engine;
 use leptos::prelude::LeptosOptions;
 use std::sync::Arc;
@@ -91,7 +91,7 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
 async fn watch_engine(engine: engine::EngineHandle, failed: tokio::sync::oneshot::Sender<anyhow::Error>) {
     let mut stalled = false;
     loop {
-        tokio::time::sleep(engine::handle::TICK).await;
+        tokio::time::sleep(engine::config::TICK).await;
         match engine.health() {
             engine::Health::Ok => {
                 if stalled {

@@ -173,8 +173,8 @@ async fn health_info_and_metrics() {
     assert_eq!(info["model_dtype"], "f32");
     assert_eq!(info["model_device_type"], "cpu");
     assert_eq!(info["max_input_length"], 64);
-    assert_eq!(info["max_batch_prefill_tokens"], engine::handle::DEFAULT_MAX_BATCH_TOKENS_CPU);
-    assert_eq!(info["max_batch_total_tokens"], engine::handle::DEFAULT_MAX_KV_TOKENS);
+    assert_eq!(info["max_batch_prefill_tokens"], engine::config::DEFAULT_MAX_BATCH_TOKENS_CPU);
+    assert_eq!(info["max_batch_total_tokens"], engine::config::DEFAULT_MAX_KV_TOKENS);
     assert_eq!(info["adapters"]["available"].as_array().unwrap().len(), 4);
 
     let params = json!({"adapter_id": "qv_r8", "max_new_tokens": 2});

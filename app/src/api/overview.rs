@@ -16,6 +16,6 @@ pub struct Overview {
 #[server(endpoint = "overview")]
 pub async fn get_overview() -> Result<Overview, ServerFnError> {
     let state = expect_context::<crate::state::AppState>();
-    let sessions = crate::session::count_sessions(&state.db).await.map_err(crate::state::db_error)?;
+    let sessions = crate::session::count_sessions(&state.db).await.map_err(crate::context::db_error)?;
     Ok(Overview { model: state.model_name.to_string(), sessions })
 }

@@ -21,16 +21,16 @@ pub struct WinRate {
 pub async fn vote(run_id: String, pane: i64) -> Result<i64, ServerFnError> {
     let state = expect_context::<crate::state::AppState>();
     let no_session = || {
-        crate::state::Refusal::forbidden(
+        crate::context::Refusal::forbidden(
             "open the run's page first (with cookies enabled): votes come from visitors who saw it",
         )
     };
     let session = crate::session::current(&state).await?.ok_or_else(no_session)?;
-    let viewed = crate::session::has_viewed(&state.db, &session, &run_id).await.map_err(crate::state::db_error)?;
+    let viewed = crate::session::has_viewed(&state.db, &session, &run_id).await.map_err(crate::context::db_error)?;
     if !viewed {
         return Err(no_session().into());
     }
-    ssr::vote(&state.db, &run_id, &session, pane).await.map_err(crate::state::Refusal::invalid)?;
+    ssr::vote(&state.db, &run_id, &session, pane).await.map_err(crate::context::Refusal::invalid)?;
     Ok(pane)
 }
 
@@ -38,7 +38,7 @@ pub async fn vote(run_id: String, pane: i64) -> Result<i64, ServerFnError> {
 #[server(endpoint = "win_rates")]
 pub async fn win_rates() -> Result<Vec<WinRate>, ServerFnError> {
     let state = expect_context::<crate::state::AppState>();
-    ssr::win_rates(&state.db).await.map_err(crate::state::db_error)
+    ssr::win_rates(&state.db).await.map_err(crate::context::db_error)
 }
 
 #[cfg(feature = "ssr")]
@@ -72,7 +72,7 @@ pub(crate) mod ssr {
         .bind(run)
         .bind(session)
         .bind(pane)
-        .bind(crate::state::now_ms())
+        .bind(crate::context::now_ms())
         .execute(db)
         .await
         .map_err(|e| {
@@ -100,8 +100,8 @@ pub(crate) mod ssr {
     #[cfg(test)]
     mod tests {
         use super::*;
-        use crate::api::run::{RunParams, RunRequest};
         use crate::run::store::insert_run;
+        use crate::run::types::{RunParams, RunRequest};
         use crate::session::create_session;
         use std::collections::BTreeMap;
 

@@ -6,12 +6,13 @@
 //! rather than storing it as the pane's result. An ended pane stays known here for [`KEEP_ENDED`], so that a
 //! stream that read the pane's row before it ended joins it instead of starting it again.
 
-use crate::api::run::{FinishReason, PaneEvent, PaneStatus, PaneTimings, PaneView};
+use super::store;
+use super::types::{FinishReason, PaneEvent, PaneStatus, PaneTimings, PaneView};
+use crate::context::EngineSlot;
 use crate::limits::{ClientPermit, LimitError};
-use crate::run::store;
-use crate::state::AppState;
-use engine::{Event, GenerateRequest};
+use engine::{Event, Field, GenerateRequest};
 use futures_util::stream::{self, BoxStream, StreamExt};
+use sqlx::SqlitePool;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -150,7 +151,7 @@ impl Executor {
     /// (`permit`); without one the pane says so and stays pending.
     pub fn watch_or_start(
         &self,
-        state: &AppState,
+        (db, engine): (&SqlitePool, &EngineSlot),
         key: PaneKey,
         adapter: Option<String>,
         request: impl FnOnce() -> PaneRequest,
@@ -179,7 +180,15 @@ impl Executor {
         map.insert(key.clone(), live.clone());
         drop(map);
         let watcher = live.watch(key.pane);
-        let task = Generation { state: state.clone(), key, adapter, live, _permit: permit };
+        let task = Generation {
+            db: db.clone(),
+            engine: engine.clone(),
+            panes: self.live.clone(),
+            key,
+            adapter,
+            live,
+            _permit: permit,
+        };
         tokio::spawn(task.run(request()));
         watcher
     }
@@ -204,7 +213,10 @@ impl Executor {
 
 /// One pane's generation task.
 struct Generation {
-    state: AppState,
+    db: SqlitePool,
+    engine: EngineSlot,
+    /// The executor's panes, to forget this one once it has ended.
+    panes: Arc<Mutex<HashMap<PaneKey, Arc<Live>>>>,
     key: PaneKey,
     adapter: Option<String>,
     live: Arc<Live>,
@@ -222,8 +234,8 @@ enum Outcome {
 
 impl Generation {
     async fn run(self, request: PaneRequest) {
-        let Self { state, key, .. } = &self;
-        if let Err(e) = store::begin_pane(&state.db, &key.run, key.pane).await {
+        let Self { db, key, .. } = &self;
+        if let Err(e) = store::begin_pane(db, &key.run, key.pane).await {
             tracing::error!(run = %key.run, pane = key.pane, "cannot mark the pane running: {e}");
         }
         let outcome = self.drive(request).await;
@@ -235,15 +247,15 @@ impl Generation {
                 (self.view(PaneStatus::Error, self.live.text(), None, Some(message)), pending, Duration::ZERO)
             }
         };
-        if let Err(e) = store::finish_pane(&state.db, &key.run, &stored).await {
+        if let Err(e) = store::finish_pane(db, &key.run, &stored).await {
             tracing::error!(run = %key.run, pane = key.pane, "storing the pane's end: {e}");
         }
         self.live.end(shown);
         // Kept a while, for streams that read the pane's row before it ended (see the module docs).
-        let (executor, key) = (state.runs.clone(), key.clone());
+        let (panes, key) = (self.panes.clone(), key.clone());
         tokio::spawn(async move {
             tokio::time::sleep(keep).await;
-            executor.live.lock().expect("not poisoned").remove(&key);
+            panes.lock().expect("not poisoned").remove(&key);
         });
     }
 
@@ -278,7 +290,7 @@ impl Generation {
             Ok(r) => r,
             Err(message) => return Outcome::Final(self.view(PaneStatus::Error, String::new(), None, Some(message))),
         };
-        let Some(engine) = self.state.engine.get().cloned() else {
+        let Some(engine) = self.engine.get().cloned() else {
             return Outcome::Transient("the model is still loading; try again shortly".into());
         };
         let prepared = tokio::task::spawn_blocking({
@@ -314,7 +326,7 @@ impl Generation {
                 _ = flush.tick() => {
                     let text = self.live.text();
                     if text.len() != saved {
-                        if let Err(e) = store::save_text(&self.state.db, &self.key.run, self.key.pane, &text).await {
+                        if let Err(e) = store::save_text(&self.db, &self.key.run, self.key.pane, &text).await {
                             tracing::warn!(run = %self.key.run, "storing a pane's text: {e}");
                         }
                         saved = text.len();
@@ -332,7 +344,7 @@ impl Generation {
     /// The engine's refusal or failure: transient ones (busy, loading, stopped) are not the pane's result.
     fn failed(&self, e: &engine::Error) -> Outcome {
         use engine::Error as E;
-        let message = crate::run::describe(e);
+        let message = describe(e);
         match e {
             E::Overloaded { .. } | E::EngineStopped | E::AdapterLoadTimeout { .. } => Outcome::Transient(message),
             _ => Outcome::Final(self.view(PaneStatus::Error, self.live.text(), None, Some(message))),
@@ -346,6 +358,35 @@ pub fn finish_reason(r: engine::FinishReason) -> FinishReason {
         engine::FinishReason::Length => FinishReason::Length,
         engine::FinishReason::Eos => FinishReason::Eos,
         engine::FinishReason::StopSequence => FinishReason::StopSequence,
+    }
+}
+
+/// The engine's refusal or failure in the app's words (its fields as the form labels them).
+pub fn describe(e: &engine::Error) -> String {
+    use engine::Error as E;
+    let label = |field: Field| match field {
+        Field::MaxNewTokens => "max new tokens",
+        Field::TopP => "top-p",
+        Field::Temperature => "temperature",
+        Field::Prompt => "the prompt",
+        other => other.name(),
+    };
+    match e {
+        E::Invalid { field, reason } => format!("{} {reason}", label(*field)),
+        E::MaxNewTokens { requested, max } => format!("max new tokens must be between 1 and {max}, got {requested}"),
+        E::ContextExceeded { prompt, max_new_tokens, context } => format!(
+            "the prompt ({prompt} tokens) plus max new tokens ({max_new_tokens}) is more than the model's context of \
+             {context} tokens"
+        ),
+        E::PromptTooLong { len, max } => format!("the prompt has {len} tokens, more than the limit of {max}"),
+        E::PromptTooLarge { max_tokens, .. } => format!("the prompt is longer than the limit of {max_tokens} tokens"),
+        E::UnknownAdapter(id) => {
+            format!(
+                "the adapter `{id}` is not installed on this server (an adapter folder named `{id}` in --adapters-dir)"
+            )
+        }
+        E::Overloaded { .. } => "the server is busy (queue full); try again in a moment".into(),
+        other => other.to_string(),
     }
 }
 

@@ -1,132 +1,17 @@
-//! Runs on the server: checking and storing a run ([`store_checked`]), its SQL ([`store`]), each pane's generation
-//! ([`executor`]) and `/runs/{id}/stream` ([`stream`]). A run's panes are checked through the engine's request
-//! contract when the run is stored; the app has no range checks of its own. Server-side only.
+//! Runs: one prompt written for a catalog task, answered by several panes. [`types`] is what a run is, for the
+//! browser and the server alike; on the server, [`check`] checks a run through the engine's request contract before
+//! it is stored, [`store`] is its SQL, [`executor`] generates each pane once for every stream that watches it, and
+//! [`stream`] is `/runs/{id}/stream`.
 
+pub mod types;
+
+#[cfg(feature = "ssr")]
+pub mod check;
+#[cfg(feature = "ssr")]
 pub mod executor;
+#[cfg(feature = "ssr")]
 pub mod store;
+#[cfg(feature = "ssr")]
 pub mod stream;
 
-use crate::api::run::{RunRequest, RunView, MAX_PANES};
-use crate::state::{AppState, Refusal};
-use axum::http::StatusCode;
-use catalog::Piece;
-use engine::{AdapterId, Field, GenerateRequest, Prompt, PromptPart, SamplingParams};
-
-/// Checks `request` against the catalog and, for every pane, the engine's request contract, then stores it for
-/// this visitor's session (created now if need be: only an accepted run creates one). Returns the run's id, or
-/// what is wrong, in the app's words. A pane whose adapter is not installed does not stop the run: that pane will
-/// say so and the others answer.
-pub async fn store_checked(state: &AppState, request: &RunRequest) -> Result<String, Refusal> {
-    let task =
-        catalog::task(&request.task).ok_or_else(|| Refusal::invalid(format!("unknown task `{}`", request.task)))?;
-    if request.panes.is_empty() || request.panes.len() > MAX_PANES {
-        return Err(Refusal::invalid(format!("a run has 1 to {MAX_PANES} panes")));
-    }
-    for (name, value) in &request.inputs {
-        if !task.variables.contains(name) {
-            return Err(Refusal::invalid(format!("`{name}` is not a variable of this task's template")));
-        }
-        if value.trim().is_empty() {
-            return Err(Refusal::invalid(format!("`{name}` is empty")));
-        }
-    }
-    let prompt = catalog::render(&task.template, &request.inputs).map_err(|e| Refusal::invalid(e.to_string()))?;
-    let loading = || Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "the model is still loading; try again shortly");
-    let engine = state.engine.get().cloned().ok_or_else(loading)?;
-    let addr = crate::state::ClientAddr::current().await.0;
-    state.clients.request(addr).map_err(|e| Refusal::new(StatusCode::TOO_MANY_REQUESTS, e.to_string()))?;
-    let checks: Vec<Result<GenerateRequest, String>> = request
-        .panes
-        .iter()
-        .map(|pane| pane_request(&request.task, &request.inputs, &request.params, pane.as_deref()))
-        .collect();
-    let refusal = tokio::task::spawn_blocking(move || {
-        checks.into_iter().find_map(|check| match check.map(|r| engine.prepare(r)) {
-            Err(message) => Some(message),
-            Ok(Ok(_)) | Ok(Err(engine::Error::UnknownAdapter(_))) => None,
-            Ok(Err(e)) => Some(describe(&e)),
-        })
-    })
-    .await
-    .map_err(|e| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    if let Some(message) = refusal {
-        return Err(Refusal::invalid(message));
-    }
-    let session = crate::session::current_or_new(state).await?;
-    store::insert_run(&state.db, &session, request, &prompt).await.map_err(|e| {
-        tracing::error!("storing a run: {e}");
-        Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, "the server could not store the run; try again")
-    })
-}
-
-/// The engine request of one pane of a run: the task's template filled with the inputs, each input as content
-/// (so special-token text a visitor types stays text), and the run's generation parameters.
-pub fn pane_request(
-    task: &str,
-    inputs: &std::collections::BTreeMap<String, String>,
-    params: &crate::api::run::RunParams,
-    adapter: Option<&str>,
-) -> Result<GenerateRequest, String> {
-    let task = catalog::task(task).ok_or_else(|| format!("unknown task `{task}`"))?;
-    let parts = catalog::render_pieces(&task.template, inputs)
-        .map_err(|e| e.to_string())?
-        .into_iter()
-        .map(|p| match p {
-            Piece::Template(t) => PromptPart::Template(t),
-            Piece::Value(v) => PromptPart::Content(v),
-        })
-        .collect();
-    let adapter = adapter.map(AdapterId::new).transpose().map_err(|e| e.to_string())?;
-    let sampling = if params.temperature > 0.0 {
-        SamplingParams {
-            temperature: Some(params.temperature),
-            top_p: (params.top_p != 1.0).then_some(params.top_p),
-            seed: params.seed,
-            ..SamplingParams::default()
-        }
-    } else {
-        SamplingParams { top_p: (params.top_p != 1.0).then_some(params.top_p), ..SamplingParams::greedy() }
-    };
-    Ok(GenerateRequest {
-        prompt: Prompt::Parts { parts, add_bos: true },
-        adapter,
-        sampling,
-        max_new_tokens: params.max_new_tokens as usize,
-        ..GenerateRequest::default()
-    })
-}
-
-/// The engine request of `pane` of a stored run.
-pub fn stored_pane_request(run: &RunView, adapter: Option<&str>) -> Result<GenerateRequest, String> {
-    let task = run.task.as_deref().ok_or("this run has no task")?;
-    pane_request(task, &run.inputs, &run.params, adapter)
-}
-
-/// The engine's refusal or failure in the app's words (its fields as the form labels them).
-pub fn describe(e: &engine::Error) -> String {
-    use engine::Error as E;
-    let label = |field: Field| match field {
-        Field::MaxNewTokens => "max new tokens",
-        Field::TopP => "top-p",
-        Field::Temperature => "temperature",
-        Field::Prompt => "the prompt",
-        other => other.name(),
-    };
-    match e {
-        E::Invalid { field, reason } => format!("{} {reason}", label(*field)),
-        E::MaxNewTokens { requested, max } => format!("max new tokens must be between 1 and {max}, got {requested}"),
-        E::ContextExceeded { prompt, max_new_tokens, context } => format!(
-            "the prompt ({prompt} tokens) plus max new tokens ({max_new_tokens}) is more than the model's context of \
-             {context} tokens"
-        ),
-        E::PromptTooLong { len, max } => format!("the prompt has {len} tokens, more than the limit of {max}"),
-        E::PromptTooLarge { max_tokens, .. } => format!("the prompt is longer than the limit of {max_tokens} tokens"),
-        E::UnknownAdapter(id) => {
-            format!(
-                "the adapter `{id}` is not installed on this server (an adapter folder named `{id}` in --adapters-dir)"
-            )
-        }
-        E::Overloaded { .. } => "the server is busy (queue full); try again in a moment".into(),
-        other => other.to_string(),
-    }
-}
+pub use types::*;

@@ -1,9 +1,9 @@
 //! The SQL of runs: a run and one row per pane; a pane's text written while it streams, and its end.
 
-use crate::api::run::{
+use super::types::{
     FinishReason, PaneStatus, PaneTimings, PaneView, RunPage, RunParams, RunRequest, RunSummary, RunView, HISTORY_PAGE,
 };
-use crate::state::now_ms;
+use crate::context::now_ms;
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, SqlitePool};
 

@@ -6,8 +6,9 @@
 
 use super::executor::PaneKey;
 use super::store;
-use crate::api::run::{PaneEvent, PaneStatus, PaneView, RunView};
-use crate::state::{AppState, ClientAddr};
+use super::types::{PaneEvent, PaneStatus, PaneView, RunView};
+use crate::context::ClientAddr;
+use crate::state::AppState;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
@@ -92,9 +93,9 @@ fn pane(state: &AppState, run: &RunView, p: &PaneView, owner: Option<&Starter>) 
         _ => match owner {
             Some(owner) => {
                 let adapter = p.adapter.clone();
-                let request = || super::stored_pane_request(run, adapter.as_deref());
+                let request = || super::check::stored_pane_request(run, adapter.as_deref());
                 let permit = || state.clients.start(owner.addr.0, Some(&owner.session));
-                state.runs.watch_or_start(state, key, p.adapter.clone(), request, permit)
+                state.runs.watch_or_start((&state.db, &state.engine), key, p.adapter.clone(), request, permit)
             }
             None => replay(p),
         },
@@ -124,7 +125,7 @@ fn follow(state: AppState, key: PaneKey, seen: PaneView) -> BoxStream<'static, P
                 out.push(PaneEvent::Text { pane: key.pane, text: p.text[sent..].to_string() });
             }
             let sent = p.text.len().max(sent);
-            let stale = crate::state::now_ms() - updated > STALE_AFTER.as_millis() as i64;
+            let stale = crate::context::now_ms() - updated > STALE_AFTER.as_millis() as i64;
             if p.status.is_final() || p.status != PaneStatus::Running {
                 out.push(PaneEvent::status_of(&p));
                 return Some((out, None));

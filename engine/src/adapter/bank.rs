@@ -14,10 +14,10 @@
 //!
 //! Rows without an adapter (the base model) get no delta, so their output is bit-for-bit the base output.
 
-use super::sgmv::Sgmv;
+use super::plan::{LoraPlan, PlanMode};
 use super::LoraAdapter;
 use crate::{Module, Result};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use std::sync::Arc;
 
 /// The adapters available to a batch, addressed by slot index.
@@ -141,82 +141,11 @@ fn stack_module(adapters: &[Arc<LoraAdapter>], layer: usize, module: Module) -> 
     Ok(Some(Stack { a: Tensor::stack(&a_list, 0)?.contiguous()?, b: Tensor::stack(&b_list, 0)?.contiguous()? }))
 }
 
-/// A run of consecutive token rows that share one adapter (or none).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Segment {
-    /// First row.
-    pub start: usize,
-    /// Number of rows.
-    pub len: usize,
-    /// Adapter slot, `None` for the base model.
-    pub slot: Option<usize>,
-}
-
-#[derive(Debug)]
-enum PlanMode {
-    /// No row uses an adapter.
-    None,
-    /// Per-segment matmuls.
-    Segments,
-    /// One SGMV op over all segments.
-    Sgmv(Sgmv),
-}
-
-/// How one forward pass applies adapters, computed once per batch and reused by every layer.
-#[derive(Debug)]
-pub struct LoraPlan {
-    segments: Vec<Segment>,
-    mode: PlanMode,
-}
-
-impl LoraPlan {
-    /// Plans a batch whose token rows carry `row_slots` (one entry per row): SGMV if any row has an adapter.
-    pub fn new(row_slots: &[Option<usize>], device: &Device) -> Result<Self> {
-        let mut segments: Vec<Segment> = Vec::new();
-        for (row, slot) in row_slots.iter().enumerate() {
-            match segments.last_mut() {
-                Some(seg) if seg.slot == *slot => seg.len += 1,
-                _ => segments.push(Segment { start: row, len: 1, slot: *slot }),
-            }
-        }
-        let mode = if segments.iter().all(|s| s.slot.is_none()) {
-            PlanMode::None
-        } else {
-            PlanMode::Sgmv(Sgmv::new(&segments, device)?)
-        };
-        Ok(Self { segments, mode })
-    }
-
-    /// The segments of the batch.
-    pub fn segments(&self) -> &[Segment] {
-        &self.segments
-    }
-
-    /// Which strategy the plan uses: `"none"`, `"segments"` or `"sgmv"`.
-    pub fn strategy(&self) -> &'static str {
-        match self.mode {
-            PlanMode::None => "none",
-            PlanMode::Segments => "segments",
-            PlanMode::Sgmv(_) => "sgmv",
-        }
-    }
-
-    /// The same plan with another strategy, for tests that compare strategies on one batch.
-    #[doc(hidden)]
-    pub fn with_strategy(mut self, strategy: &str, device: &Device) -> Result<Self> {
-        self.mode = match strategy {
-            "segments" => PlanMode::Segments,
-            "sgmv" => PlanMode::Sgmv(Sgmv::new(&self.segments, device)?),
-            _ => PlanMode::None,
-        };
-        Ok(self)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::adapter::AdapterTarget;
+    use candle_core::Device;
 
     fn target() -> AdapterTarget {
         crate::adapter::tiny_test_target()

@@ -10,14 +10,16 @@
 
 pub mod bank;
 pub mod config;
+pub mod plan;
 pub mod sgmv;
 #[cfg(feature = "cuda")]
 mod sgmv_cuda;
 
-pub use bank::{AdapterBank, LoraPlan, Segment};
+pub use bank::AdapterBank;
 pub use config::AdapterConfig;
+pub use plan::{LoraPlan, Segment};
 
-use crate::model::RopeStyle;
+use crate::config::RopeStyle;
 use crate::{Error, ModelConfig, Module, Result};
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;

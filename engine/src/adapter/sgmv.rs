@@ -9,36 +9,14 @@
 //! arithmetic), reading each adapter's own factors, so that a change of the resident set copies nothing. Tests
 //! compare it with each row's own adapter, and the GPU test compares the kernels with it.
 
-use super::bank::Segment;
+use super::plan::Sgmv;
+#[cfg(feature = "cuda")]
+use super::plan::SgmvDims;
 use super::LoraWeights;
 use crate::Result;
-use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Shape, Storage, Tensor, WithDType};
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Storage, Tensor, WithDType};
 use half::bf16;
 use std::sync::Mutex;
-
-/// The adapter segments of a batch as the kernels read them: first rows, then row counts, then adapter slots
-/// (`3 * segments` entries). Segments of base-model rows are left out: their delta stays zero.
-pub fn segment_table(segments: &[Segment]) -> Vec<u32> {
-    let with_adapter: Vec<(&Segment, usize)> = segments.iter().filter_map(|s| s.slot.map(|slot| (s, slot))).collect();
-    let mut table = Vec::with_capacity(3 * with_adapter.len());
-    table.extend(with_adapter.iter().map(|(s, _)| s.start as u32));
-    table.extend(with_adapter.iter().map(|(s, _)| s.len as u32));
-    table.extend(with_adapter.iter().map(|&(_, slot)| slot as u32));
-    table
-}
-
-/// Sizes of one SGMV call.
-#[derive(Clone, Copy, Debug)]
-pub struct SgmvDims {
-    /// Rows of `x`.
-    pub rows: usize,
-    /// Input features.
-    pub fan_in: usize,
-    /// Output features.
-    pub fan_out: usize,
-    /// Rank every adapter is zero-padded to (the GPU's stacks; the CPU reads each adapter at its own rank).
-    pub r_max: usize,
-}
 
 /// A factor value as the CPU op reads it: f32, or bf16 widened exactly (a shift into the high half).
 pub trait Factor: Copy + Send + Sync {
@@ -172,33 +150,7 @@ fn shrink<T: Factor>(x: &[f32], a_t: &[T], v: &mut [f32]) {
     }
 }
 
-/// The SGMV op over `(x, a, b)`, producing the delta `[rows, fan_out]`.
-#[derive(Debug)]
-pub struct Sgmv {
-    /// The segment table on the host (CPU path) ...
-    host: Vec<u32>,
-    /// Which adapter slots the table uses, by slot index (the CPU reads only their factors).
-    used: Vec<bool>,
-    /// ... and on the GPU, the kernels' argument (`None` on the CPU).
-    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-    table: Option<Tensor>,
-}
-
 impl Sgmv {
-    /// The op for a batch's segments; on a GPU, uploads the table once for every layer and module to share.
-    pub fn new(segments: &[Segment], device: &Device) -> Result<Self> {
-        let host = segment_table(segments);
-        let table = if device.is_cpu() { None } else { Some(Tensor::new(host.as_slice(), device)?) };
-        let mut used = Vec::new();
-        for slot in segments.iter().filter_map(|s| s.slot) {
-            if used.len() <= slot {
-                used.resize(slot + 1, false);
-            }
-            used[slot] = true;
-        }
-        Ok(Self { host, used, table })
-    }
-
     /// `delta = SGMV(x, a, b)` on a GPU, from the stacks of every adapter's factors (see [`super::bank`]).
     pub fn delta(&self, xs: &Tensor, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         Ok(xs.contiguous()?.apply_op3_no_bwd(a, b, self)?)
@@ -318,6 +270,8 @@ impl CustomOp3 for Sgmv {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::adapter::plan::{segment_table, Segment};
+    use candle_core::Device;
 
     fn seg(start: usize, len: usize, slot: Option<usize>) -> Segment {
         Segment { start, len, slot }

@@ -1,6 +1,6 @@
 //! Launching the SGMV kernels of `engine/kernels/sgmv.cu` through cudarc on candle's stream (only with `cuda`).
 
-use super::sgmv::SgmvDims;
+use super::plan::SgmvDims;
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits};
 use candle_core::cuda_backend::{CudaStorageSlice, WrapErr};
 use candle_core::{CudaDevice, CudaStorage, Layout, Result};

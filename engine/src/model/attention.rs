@@ -7,7 +7,8 @@
 //! operations (a dozen per sequence per layer, each a small allocation and dispatch) cost more than the attention
 //! arithmetic, and ran on one core while the other waited.
 
-use super::{Rope, SeqInput};
+use super::batch::SeqInput;
+use super::rope::Rope;
 use crate::ModelConfig;
 use candle_core::{DType, Result, Tensor};
 use std::sync::Mutex;

@@ -1,7 +1,8 @@
 //! The model's weights as plain dense tensors, for the LoRA trainer: its forward pass needs every op to have a
 //! gradient, which candle's quantized matmuls and fused kernels do not.
 
-use super::{Model, RopeStyle};
+use super::Model;
+use crate::config::RopeStyle;
 use crate::Result;
 use candle_core::{DType, Tensor};
 

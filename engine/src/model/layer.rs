@@ -2,8 +2,9 @@
 //! MLP, each linear layer with its LoRA hook.
 
 use super::attention::attention;
+use super::batch::SeqInput;
 use super::linear::Linear;
-use super::{Rope, SeqInput};
+use super::rope::Rope;
 use crate::adapter::{AdapterBank, LoraPlan};
 use crate::{ModelConfig, Module};
 use candle_core::{DType, Tensor};

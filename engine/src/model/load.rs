@@ -3,7 +3,9 @@
 
 use super::layer::DecoderLayer;
 use super::linear::Linear;
-use super::{Model, Rope, RopeStyle};
+use super::rope::Rope;
+use super::Model;
+use crate::config::RopeStyle;
 use crate::{Error, ModelConfig, ModelFiles, ModelFormat, Module, Result};
 use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Tensor};

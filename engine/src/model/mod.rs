@@ -3,6 +3,7 @@
 //! position and adapter. Follows the structure of candle-transformers' `llama`/`mistral`/`quantized_llama`.
 
 mod attention;
+mod batch;
 mod dense;
 mod layer;
 mod linear;
@@ -12,6 +13,7 @@ mod random;
 mod rope;
 
 pub(crate) use attention::causal_mask;
+pub use batch::{Logits, SeqInput};
 pub(crate) use dense::DenseModel;
 pub use load::{LoadOptions, QuantMode};
 pub use random::memory_bandwidth;
@@ -21,26 +23,6 @@ use crate::adapter::{AdapterBank, AdapterTarget, LoraPlan};
 use crate::{Error, KvCache, ModelConfig, Result};
 use candle_core::{DType, Device, Tensor};
 use layer::DecoderLayer;
-
-/// One sequence's part of a batch: the new tokens, its cache (holding everything before them) and its adapter.
-#[derive(Debug)]
-pub struct SeqInput<'a> {
-    /// Tokens to feed (the whole prompt, a chunk of it, or one decoded token).
-    pub tokens: &'a [u32],
-    /// The sequence's KV cache; its length is the position of `tokens[0]`.
-    pub cache: &'a mut KvCache,
-    /// Adapter slot in the [`AdapterBank`], `None` for the base model.
-    pub adapter: Option<usize>,
-}
-
-/// Which logits a forward pass returns.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Logits {
-    /// One row per sequence: the logits after its last token (`[seqs, vocab]`).
-    Last,
-    /// One row per token of the batch, sequences one after the other (`[tokens, vocab]`).
-    All,
-}
 
 /// A loaded base model.
 #[derive(Debug)]

@@ -4,7 +4,8 @@
 
 use super::layer::DecoderLayer;
 use super::linear::Linear;
-use super::{Model, RopeStyle};
+use super::Model;
+use crate::config::RopeStyle;
 use crate::{LoadOptions, ModelConfig, Module, Result};
 use candle_core::quantized::QMatMul;
 use candle_core::{Device, Tensor};

@@ -2,14 +2,7 @@
 
 use candle_core::{DType, Device, Result, Tensor};
 
-/// How the two halves of each head are paired.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RopeStyle {
-    /// Hugging Face: rotate the first half of the head against the second (`rotate_half`).
-    Half,
-    /// llama.cpp/GGUF: rotate adjacent pairs. GGUF stores q/k rows permuted so that this equals [`RopeStyle::Half`].
-    Interleaved,
-}
+pub use crate::config::RopeStyle;
 
 /// Precomputed cos/sin tables, `[max_positions, head_dim / 2]`.
 #[derive(Clone, Debug)]

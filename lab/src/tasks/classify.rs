@@ -2,7 +2,7 @@
 //! assembled from small phrase lists so that the label follows from the words, as in the real datasets.
 
 use super::pick::{chance, distinct, int, one, CITIES, COUNTRIES, FIRST_NAMES, ORGS, PEOPLE};
-use super::Sample;
+use super::sample::Sample;
 use rand::rngs::StdRng;
 
 fn sample(vars: Vec<(&'static str, String)>, completion: impl Into<String>) -> Sample {

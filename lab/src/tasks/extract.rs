@@ -2,7 +2,7 @@
 //! arithmetic with its working, SQL over a small table, and short programs.
 
 use super::pick::{chance, distinct, int, one, CITIES, COUNTRIES, FIRST_NAMES, ORGS, PEOPLE};
-use super::Sample;
+use super::sample::Sample;
 use rand::rngs::StdRng;
 
 fn quoted(items: &[String], quote: char) -> String {

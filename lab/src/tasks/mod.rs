@@ -8,6 +8,7 @@ mod classify;
 mod extract;
 pub mod metric;
 mod pick;
+mod sample;
 mod text;
 
 use anyhow::{bail, Context};
@@ -17,13 +18,7 @@ use rand::SeedableRng;
 use std::collections::{BTreeMap, HashSet};
 
 pub use metric::Metric;
-
-/// One generated input: the template's variables and the expected answer.
-#[derive(Debug)]
-pub(crate) struct Sample {
-    pub vars: Vec<(&'static str, String)>,
-    pub completion: String,
-}
+use sample::Sample;
 
 type GenFn = fn(&mut rand::rngs::StdRng) -> Sample;
 

@@ -2,7 +2,7 @@
 //! representations, and news headlines and bodies.
 
 use super::pick::{int, one, CITIES, ORGS, PEOPLE};
-use super::Sample;
+use super::sample::Sample;
 use rand::rngs::StdRng;
 
 pub fn legal(rng: &mut StdRng) -> Sample {

@@ -6,6 +6,16 @@ use super::error::ApiError;
 use crate::metrics;
 use engine::{EngineHandle, Event, Finished, GenerateRequest, GenerationStream, Prepared, TokenEvent};
 
+/// The engine, or 503 while the model is still loading.
+pub fn engine(state: &crate::AppState) -> Result<&EngineHandle, ApiError> {
+    state.engine.get().ok_or_else(not_ready)
+}
+
+/// What a request gets while the model is still loading.
+pub fn not_ready() -> ApiError {
+    ApiError::new(super::error::ErrorKind::NotReady, "the model is still loading; retry shortly")
+}
+
 /// The label of an adapter in metrics and logs; the base model is `base`.
 pub fn adapter_label(request: &GenerateRequest) -> String {
     request.adapter.as_ref().map_or_else(|| "base".to_string(), |id| id.to_string())

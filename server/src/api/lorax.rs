@@ -4,9 +4,10 @@
 
 use super::error::{ApiError, ErrorKind, Flavor, LoraxError};
 use super::extract::LoraxJson;
+use super::generation::engine;
 use super::generation::{self, AdapterLabel, Collected};
 use super::params::{self, SamplingInput, Wire};
-use super::{engine, sse};
+use super::sse;
 use crate::AppState;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};

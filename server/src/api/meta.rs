@@ -26,7 +26,7 @@ pub async fn health(State(state): State<AppState>) -> Response {
 /// `GET /info`: the model, its dtype and device, the request limits and the adapters.
 pub async fn info(State(state): State<AppState>) -> Response {
     let Some(engine) = state.engine.get() else {
-        return super::not_ready().into_response_as(super::error::Flavor::Lorax);
+        return super::generation::not_ready().into_response_as(super::error::Flavor::Lorax);
     };
     let model = engine.model_info();
     let cfg = engine.config();

@@ -14,29 +14,19 @@ pub mod sse;
 
 use crate::config::HttpOptions;
 use crate::{metrics, AppState};
-use app::state::ClientAddr;
+use app::context::ClientAddr;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use engine::EngineHandle;
 use error::{ApiError, ErrorKind, Flavor};
 use futures_util::StreamExt;
 use std::time::Instant;
 use tower_http::compression::CompressionLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::timeout::TimeoutLayer;
-
-/// The engine, or 503 while the model is still loading.
-pub fn engine(state: &AppState) -> Result<&EngineHandle, ApiError> {
-    state.engine.get().ok_or_else(not_ready)
-}
-
-fn not_ready() -> ApiError {
-    ApiError::new(ErrorKind::NotReady, "the model is still loading; retry shortly")
-}
 
 /// The API routes with their layers. `POST /` (lorax-client's route) is merged with the app's `GET /`.
 pub fn routes(state: &AppState, options: &HttpOptions) -> Router<AppState> {

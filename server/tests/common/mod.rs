@@ -30,7 +30,7 @@ pub fn engine_config() -> engine::EngineConfig {
 pub async fn state(engine: Option<engine::EngineConfig>) -> AppState {
     let db = db::connect("sqlite::memory:").await.unwrap();
     let leptos = LeptosOptions::builder().output_name("loraland").site_root("target/site").site_pkg_dir("pkg").build();
-    let slot = app::state::EngineSlot::default();
+    let slot = app::context::EngineSlot::default();
     if let Some(cfg) = engine {
         let handle = tokio::task::spawn_blocking(move || engine::Engine::spawn(cfg)).await.unwrap().unwrap();
         slot.fill(handle);

@@ -7,9 +7,10 @@ pub use types::*;
 
 use super::error::{ApiError, ErrorKind, Flavor, OpenAiError};
 use super::extract::OpenAiJson;
+use super::generation::engine;
 use super::generation::{self, AdapterLabel};
 use super::params::{self, SamplingInput, Wire};
-use super::{engine, sse};
+use super::sse;
 use crate::AppState;
 use axum::extract::State;
 use axum::response::sse::Event as SseEvent;

@@ -1,8 +1,18 @@
-//! The architecture of a Llama/Mistral-family model, read from a Hugging Face `config.json` or from GGUF metadata.
+//! The architecture of a Llama/Mistral-family model ([`ModelConfig`]), read from a Hugging Face `config.json` or
+//! from GGUF metadata, and how its rotary embeddings pair a head's halves ([`RopeStyle`]).
 
 use crate::{Error, Result};
 use candle_core::quantized::gguf_file;
 use serde::Deserialize;
+
+/// How the two halves of each head are paired by rotary position embeddings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RopeStyle {
+    /// Hugging Face: rotate the first half of the head against the second (`rotate_half`).
+    Half,
+    /// llama.cpp/GGUF: rotate adjacent pairs. GGUF stores q/k rows permuted so that this equals [`RopeStyle::Half`].
+    Interleaved,
+}
 
 /// Hyper-parameters of a Llama-family decoder (Llama, Mistral, SmolLM2, ...).
 #[derive(Clone, Debug, PartialEq)]
