@@ -192,12 +192,25 @@ impl EngineHandle {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         EngineStats::add(&self.inner.stats.submitted, 1);
         let load = request.adapter.clone().zip(source.clone());
-        let submission = Submission { request, prompt, source, events: tx, _permit: permit, submitted: Instant::now() };
+        let span = tracing::info_span!(
+            "generation",
+            adapter = request.adapter.as_ref().map_or("base", |id| id.as_str()),
+            prompt_tokens = prompt.len()
+        );
+        let submission = Submission {
+            request,
+            prompt,
+            source,
+            events: tx,
+            _permit: permit,
+            submitted: Instant::now(),
+            span: span.clone(),
+        };
         self.inner.tx.send(Command::Submit(Box::new(submission))).map_err(|_| Error::EngineStopped)?;
         // After the submission, so the engine has the request before it can hear that the load failed. A load that
         // cannot start is reported to the request by the engine thread.
         if let Some((id, source)) = load {
-            let _ = self.inner.loader.ensure(&id, &source);
+            let _ = span.in_scope(|| self.inner.loader.ensure(&id, &source));
         }
         Ok(GenerationStream { rx, ended: false })
     }

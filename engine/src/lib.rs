@@ -4,13 +4,13 @@
 pub mod adapter;
 pub mod config;
 pub mod error;
-pub mod generate;
 pub mod handle;
 mod kernel;
 pub mod kv_cache;
 pub mod model;
 pub mod model_files;
 pub mod module;
+pub mod output;
 pub mod registry;
 pub mod request;
 pub mod sampling;
@@ -22,15 +22,16 @@ pub mod train;
 pub use adapter::{AdapterBank, LoraAdapter};
 pub use config::{EngineConfig, Faults, ModelConfig, ModelInfo, RandomWeights, RopeStyle};
 pub use error::{Error, Result};
-pub use generate::{generate_batch, FinishReason, GenOutput, GenRequest};
 pub use handle::{Engine, EngineHandle, GenerationStream, Health, Prepared};
 pub use kv_cache::KvCache;
 pub use model::{memory_bandwidth, LoadOptions, Logits, Model, QuantMode, SeqInput};
 pub use model_files::{ModelFiles, ModelFormat};
 pub use module::Module;
+pub use output::{Piece, TextOutput};
 pub use registry::{AdapterId, Catalog};
 pub use request::{
-    Event, Field, Finished, GenerateRequest, Limits, Prompt, PromptPart, SourceChoice, Timings, TokenEvent,
+    Event, Field, FinishReason, Finished, GenerateRequest, Limits, Prompt, PromptPart, SourceChoice, Timings,
+    TokenEvent,
 };
 pub use sampling::{Sampler, SamplingParams};
 pub use stats::EngineStats;

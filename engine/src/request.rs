@@ -5,7 +5,8 @@
 
 use crate::registry::AdapterId;
 use crate::sampling::SamplingParams;
-use crate::{Error, FinishReason, Result};
+use crate::{Error, Result};
+use serde::Serialize;
 use std::time::Duration;
 
 /// Most stop sequences per request (as TGI).
@@ -292,4 +293,27 @@ pub enum Event {
     Token(TokenEvent),
     /// The last event.
     Finished(Finished),
+}
+
+/// Why a sequence stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// `max_new_tokens` reached.
+    Length,
+    /// The model produced an end-of-sequence token.
+    Eos,
+    /// A stop sequence appeared in the text.
+    StopSequence,
+}
+
+impl FinishReason {
+    /// The snake_case name (as serialized): `length`, `eos`, `stop_sequence`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Length => "length",
+            Self::Eos => "eos",
+            Self::StopSequence => "stop_sequence",
+        }
+    }
 }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 fn config(adapters_dir: &Path) -> EngineConfig {
     let mut cfg = EngineConfig::new(fixture("tiny-llama/base"));
-    cfg.catalog = Catalog { adapters_dir: Some(adapters_dir.to_path_buf()), allow_hub: false };
+    cfg.catalog = Catalog { adapters_dir: Some(adapters_dir.to_path_buf()), allow_hub: false, ..Default::default() };
     cfg.max_input_tokens = 64;
     cfg.max_new_tokens = 200;
     cfg

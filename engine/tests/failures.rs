@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 fn config() -> EngineConfig {
     let mut cfg = EngineConfig::new(fixture("tiny-llama/base"));
-    cfg.catalog = Catalog { adapters_dir: Some(fixture("tiny-llama/adapters")), allow_hub: false };
+    cfg.catalog =
+        Catalog { adapters_dir: Some(fixture("tiny-llama/adapters")), allow_hub: false, ..Default::default() };
     cfg
 }
 

@@ -124,7 +124,8 @@ fn evicted_adapters_come_back_from_host_memory_with_the_same_tokens() {
     };
     let mut cfg = EngineConfig::new(common::fixture("tiny-llama/base"));
     cfg.load = gpu(DType::F32);
-    cfg.catalog = Catalog { adapters_dir: Some(common::fixture("tiny-llama/adapters")), allow_hub: false };
+    cfg.catalog =
+        Catalog { adapters_dir: Some(common::fixture("tiny-llama/adapters")), allow_hub: false, ..Default::default() };
     cfg.limits = ResidencyLimits { max_adapters: 1, ..ResidencyLimits::default() };
     let engine = Engine::spawn(cfg).unwrap();
     let run = |adapter: &str| -> Vec<u32> {

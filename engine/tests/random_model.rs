@@ -56,7 +56,7 @@ fn engine_serves_a_random_model_with_adapters() {
     .unwrap();
     let mut cfg = EngineConfig::new("random mistral-tiny");
     cfg.random_weights = Some(RandomWeights { config: config.clone(), seed: 0 });
-    cfg.catalog = Catalog { adapters_dir: Some(dir.path().to_path_buf()), allow_hub: false };
+    cfg.catalog = Catalog { adapters_dir: Some(dir.path().to_path_buf()), allow_hub: false, ..Default::default() };
     cfg.limits = ResidencyLimits { max_adapters: 2, ..ResidencyLimits::default() };
     let engine = Engine::spawn(cfg).unwrap();
     assert_eq!(engine.model_info().name, "random mistral-tiny");

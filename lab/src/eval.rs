@@ -2,15 +2,14 @@
 //! chunk in one mixed batch) and scores the answers with the task's metric; `--all` prints the study-style table of
 //! every task, base vs fine-tuned, with the averages, as Markdown (and JSON with `--json`).
 
+use crate::local;
 use crate::tasks::{self, Generator, Split};
 use anyhow::{bail, Context};
 use clap::Args;
-use engine::adapter::LoraAdapter;
-use engine::{generate_batch, AdapterBank, GenRequest, LoadOptions, Model, SamplingParams, Tokenizer};
+use engine::{AdapterId, EngineConfig, GenerateRequest, LoadOptions, Prompt, SamplingParams};
 use serde::Serialize;
 use server::args::QuantArg;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 /// `loraland eval` options.
 #[derive(Args, Debug, Clone)]
@@ -68,39 +67,6 @@ struct Item {
     expected: String,
 }
 
-/// Scores of one chunk of examples: base, then adapter (if `slot`).
-fn score_chunk(
-    model: &Model,
-    tok: &Tokenizer,
-    bank: &AdapterBank,
-    gen: &Generator,
-    chunk: &[Item],
-    slot: Option<usize>,
-) -> anyhow::Result<(f64, f64)> {
-    let mut requests = Vec::new();
-    for item in chunk {
-        for adapter in std::iter::once(None).chain(slot.map(Some)) {
-            requests.push(GenRequest {
-                prompt: item.prompt.clone(),
-                adapter,
-                sampling: SamplingParams::greedy(),
-                max_new_tokens: gen.max_new_tokens,
-                stop: Vec::new(),
-            });
-        }
-    }
-    let outputs = generate_batch(model, tok, bank, &requests)?;
-    let rows = if slot.is_some() { 2 } else { 1 };
-    let (mut base, mut tuned) = (0.0, 0.0);
-    for (item, outs) in chunk.iter().zip(outputs.chunks(rows)) {
-        base += gen.metric.score(&outs[0].text, &item.expected);
-        if let Some(o) = outs.get(1) {
-            tuned += gen.metric.score(&o.text, &item.expected);
-        }
-    }
-    Ok((base, tuned))
-}
-
 /// Runs `loraland eval`.
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let ids: Vec<String> = match (args.tasks.is_empty(), args.all) {
@@ -112,32 +78,33 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         bail!("--adapter goes with exactly one --task");
     }
     let gens: Vec<Generator> = ids.iter().map(|id| tasks::generator(id)).collect::<anyhow::Result<_>>()?;
-    let model = Model::load(&args.model, &LoadOptions { quant: args.quant.into(), ..Default::default() })
-        .with_context(|| format!("cannot load {}", args.model.display()))?;
-    let tok = Tokenizer::for_model(&args.model)?;
-    let target = model.adapter_target();
-    // Every adapter in one bank: the tasks' rows could share batches, as they would on the server.
-    let mut adapters = Vec::new();
-    let mut slots = Vec::new();
-    for g in &gens {
-        let dir = match &args.adapter {
+    // Each task's adapter, when it has one.
+    let dirs: Vec<Option<PathBuf>> = gens
+        .iter()
+        .map(|g| match &args.adapter {
             Some(dir) => Some(dir.clone()),
             None => Some(args.adapters_dir.join(&g.task().id)).filter(|d| d.is_dir()),
-        };
-        slots.push(match dir {
-            Some(dir) => {
-                let a = LoraAdapter::load(&dir, &target)
-                    .with_context(|| format!("cannot load adapter {}", dir.display()))?;
-                adapters.push(Arc::new(a));
-                Some(adapters.len() - 1)
-            }
-            None => None,
-        });
-    }
-    let bank = AdapterBank::new(adapters, model.config().num_hidden_layers)?;
+        })
+        .collect();
+    let folders: Vec<PathBuf> = dirs.iter().flatten().cloned().collect();
+    let mut config = EngineConfig::new(&args.model);
+    config.load = LoadOptions { quant: args.quant.into(), ..Default::default() };
+    // A chunk's rows (base and adapter per example) in one batch, their prompts prefilled in one step.
+    let rows = 2 * args.batch.max(1);
+    config.max_batch_size = rows;
+    // A chunk's requests, and the last chunk's until the engine thread has dropped them.
+    config.max_queue = config.max_queue.max(2 * rows);
+    // Whole prompts in one step, as the lock-step scorer did: this measures answers, not latency.
+    config.max_batch_tokens = Some(usize::MAX);
+    config.max_new_tokens = gens.iter().map(|g| g.max_new_tokens).max().unwrap_or(1).max(1);
+    let (engine, adapter_ids) =
+        local::spawn(config, &folders).with_context(|| format!("cannot load {}", args.model.display()))?;
+    let mut adapter_ids = adapter_ids.into_iter();
+    let context = engine.handle().limits().context;
+    let tok = engine.handle().tokenizer().clone();
     let mut scores = Vec::new();
-    for (g, slot) in gens.iter().zip(slots) {
-        let context = model.config().max_position_embeddings;
+    for (g, dir) in gens.iter().zip(&dirs) {
+        let adapter = dir.as_ref().map(|_| adapter_ids.next().expect("one id per folder"));
         let examples = g.split(Split::Test, args.limit, args.seed);
         let before = examples.len();
         let mut test = Vec::with_capacity(before);
@@ -159,7 +126,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         }
         let (mut base, mut tuned) = (0.0, 0.0);
         for chunk in test.chunks(args.batch.max(1)) {
-            let (b, t) = score_chunk(&model, &tok, &bank, g, chunk, slot)?;
+            let (b, t) = score_chunk(&engine, g, chunk, adapter.as_ref())?;
             base += b;
             tuned += t;
         }
@@ -169,7 +136,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
             metric: g.metric.name(),
             examples: test.len(),
             base: 100.0 * base / n,
-            adapter: slot.map(|_| 100.0 * tuned / n),
+            adapter: adapter.as_ref().map(|_| 100.0 * tuned / n),
         };
         tracing::info!("{}: base {:.1}, adapter {:?}", s.task, s.base, s.adapter.map(|a| (a * 10.0).round() / 10.0));
         scores.push(s);
@@ -192,6 +159,37 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(())
+}
+
+/// Scores of one chunk of examples, greedy, every example on the base model and on `adapter` (if any), together.
+fn score_chunk(
+    engine: &local::Local,
+    gen: &Generator,
+    chunk: &[Item],
+    adapter: Option<&AdapterId>,
+) -> anyhow::Result<(f64, f64)> {
+    let mut requests = Vec::new();
+    for item in chunk {
+        for adapter in std::iter::once(None).chain(adapter.map(Some)) {
+            requests.push(GenerateRequest {
+                prompt: Prompt::Tokens(item.prompt.clone()),
+                adapter: adapter.cloned(),
+                sampling: SamplingParams::greedy(),
+                max_new_tokens: gen.max_new_tokens,
+                ..Default::default()
+            });
+        }
+    }
+    let outputs = engine.run(requests)?;
+    let rows = if adapter.is_some() { 2 } else { 1 };
+    let (mut base, mut tuned) = (0.0, 0.0);
+    for (item, outs) in chunk.iter().zip(outputs.chunks(rows)) {
+        base += gen.metric.score(&outs[0].text, &item.expected);
+        if let Some(o) = outs.get(1) {
+            tuned += gen.metric.score(&o.text, &item.expected);
+        }
+    }
+    Ok((base, tuned))
 }
 
 /// The study-style table: per task base vs fine-tuned and the gain, then the averages over tasks with an adapter.

@@ -1,12 +1,11 @@
-//! `loraland generate`: one mixed batch (base and/or several adapters) through the engine, from the command line.
+//! `loraland generate`: one prompt through the base model and/or several adapters, together in the engine's
+//! continuous batch, from the command line.
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::Args;
-use engine::adapter::LoraAdapter;
-use engine::{generate_batch, AdapterBank, ChatMessage, GenRequest, Model, SamplingParams, Tokenizer};
+use engine::{AdapterId, ChatMessage, EngineConfig, GenerateRequest, Prompt, SamplingParams};
 use server::args::{DeviceArgs, QuantArg};
 use std::path::PathBuf;
-use std::sync::Arc;
 
 /// `loraland generate` options.
 #[derive(Args, Debug)]
@@ -66,24 +65,21 @@ pub struct GenerateArgs {
 
 /// Runs the command.
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
-    let opts = args.device.load_options(args.quant.into())?;
-    let model = Model::load(&args.model, &opts)?;
-    let target = model.adapter_target();
-    let adapters =
-        args.adapters.iter().map(|dir| LoraAdapter::load(dir, &target).map(Arc::new)).collect::<Result<Vec<_>, _>>()?;
-    let bank = AdapterBank::new(adapters, model.config().num_hidden_layers)?;
-
-    let tokenizer = Tokenizer::for_model(&args.model).context("loading the tokenizer")?;
+    let mut config = EngineConfig::new(&args.model);
+    config.load = args.device.load_options(args.quant.into())?;
+    let rows = usize::from(args.base || args.adapters.is_empty()) + args.adapters.len();
+    config.max_batch_size = rows.max(1);
+    config.max_new_tokens = args.max_new_tokens.max(1);
+    config.max_batch_tokens = Some(usize::MAX);
+    let (engine, ids) = crate::local::spawn(config, &args.adapters)?;
+    let tokenizer = engine.handle().tokenizer();
     let prompt = match (&args.prompt, &args.token_ids) {
-        (_, Some(ids)) => ids.clone(),
-        (Some(text), None) => {
-            let text = if args.chat {
-                tokenizer.apply_chat_template(&[ChatMessage { role: "user".into(), content: text.clone() }], true)?
-            } else {
-                text.clone()
-            };
-            tokenizer.encode(&text, true)?
+        (_, Some(ids)) => Prompt::Tokens(ids.clone()),
+        (Some(text), None) if args.chat => {
+            let chat = [ChatMessage { role: "user".into(), content: text.clone() }];
+            Prompt::Text(tokenizer.apply_chat_template(&chat, true)?)
         }
+        (Some(text), None) => Prompt::Text(text.clone()),
         (None, None) => bail!("give --prompt or --token-ids"),
     };
     let sampling = SamplingParams {
@@ -93,24 +89,25 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         repetition_penalty: args.repetition_penalty,
         seed: args.seed,
     };
-    let mut rows: Vec<Option<usize>> = Vec::new();
+    let mut adapters: Vec<Option<AdapterId>> = Vec::new();
     if args.base || args.adapters.is_empty() {
-        rows.push(None);
+        adapters.push(None);
     }
-    rows.extend((0..args.adapters.len()).map(Some));
-    let requests: Vec<GenRequest> = rows
+    adapters.extend(ids.into_iter().map(Some));
+    let requests = adapters
         .iter()
-        .map(|&adapter| GenRequest {
+        .map(|adapter| GenerateRequest {
             prompt: prompt.clone(),
-            adapter,
+            adapter: adapter.clone(),
             sampling: sampling.clone(),
             max_new_tokens: args.max_new_tokens,
             stop: args.stop.clone(),
+            ..Default::default()
         })
         .collect();
-    let outputs = generate_batch(&model, &tokenizer, &bank, &requests)?;
-    for (slot, out) in rows.iter().zip(outputs) {
-        let adapter = slot.map(|s| args.adapters[s].display().to_string());
+    let outputs = engine.run(requests)?;
+    for (adapter, out) in adapters.iter().zip(outputs) {
+        let adapter = adapter.as_ref().and_then(|id| engine.folder(id)).map(|dir| dir.display().to_string());
         if args.json {
             let line = serde_json::json!({
                 "adapter": adapter,

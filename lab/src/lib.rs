@@ -6,6 +6,7 @@
 pub mod bench;
 pub mod eval;
 pub mod generate;
+pub mod local;
 pub mod tasks;
 pub mod train;
 

@@ -164,7 +164,11 @@ impl ServeConfig {
     pub fn engine_config(&self, model: PathBuf) -> anyhow::Result<engine::EngineConfig> {
         let mut cfg = engine::EngineConfig::new(model);
         cfg.load = self.device.load_options(self.quant.into())?;
-        cfg.catalog = engine::Catalog { adapters_dir: Some(self.adapters_dir.clone()), allow_hub: self.allow_hub };
+        cfg.catalog = engine::Catalog {
+            adapters_dir: Some(self.adapters_dir.clone()),
+            allow_hub: self.allow_hub,
+            ..Default::default()
+        };
         cfg.hub = engine::registry::HubLimits {
             max_bytes: self.hub_max_adapter_bytes,
             timeout: Duration::from_secs(self.hub_timeout),

@@ -40,7 +40,8 @@ async fn state_with_engine(adapters: &std::path::Path) -> AppState {
     let fixtures = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/tiny-llama");
     std::os::unix::fs::symlink(fixtures.join("adapters/qv_r8"), adapters.join("glue_sst2")).unwrap();
     let mut cfg = engine::EngineConfig::new(fixtures.join("base"));
-    cfg.catalog = engine::Catalog { adapters_dir: Some(adapters.to_path_buf()), allow_hub: false };
+    cfg.catalog =
+        engine::Catalog { adapters_dir: Some(adapters.to_path_buf()), allow_hub: false, ..Default::default() };
     let handle = tokio::task::spawn_blocking(move || engine::Engine::spawn(cfg)).await.unwrap().unwrap();
     let st = state().await;
     st.engine.fill(handle);

@@ -180,6 +180,8 @@ impl Executor {
         map.insert(key.clone(), live.clone());
         drop(map);
         let watcher = live.watch(key.pane);
+        // A child of the request that started it: the engine's lines about this pane carry that request's id.
+        let span = tracing::info_span!("pane", run = %key.run, pane = key.pane);
         let task = Generation {
             db: db.clone(),
             engine: engine.clone(),
@@ -189,7 +191,7 @@ impl Executor {
             live,
             _permit: permit,
         };
-        tokio::spawn(task.run(request()));
+        tokio::spawn(tracing::Instrument::instrument(task.run(request()), span));
         watcher
     }
 

@@ -17,14 +17,19 @@ use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// What the loader reports for each load: the adapter, the result and how long it took; false stops the loader.
-pub(crate) type LoadDone = Arc<dyn Fn(AdapterId, Result<Arc<LoraAdapter>>, Duration) -> bool + Send + Sync>;
+/// What the loader reports for each load: the adapter, the result, how long it took and the span of whoever asked
+/// for it; false stops the loader.
+pub(crate) type LoadDone =
+    Arc<dyn Fn(AdapterId, Result<Arc<LoraAdapter>>, Duration, tracing::Span) -> bool + Send + Sync>;
+
+/// One load to do: the adapter, its source, and the span of whoever asked for it (its log lines go there).
+type Job = (AdapterId, AdapterSource, tracing::Span);
 
 /// The shared side of the loader threads.
 #[derive(Debug)]
 pub(crate) struct Loader {
-    local: Sender<(AdapterId, AdapterSource)>,
-    hub: Sender<(AdapterId, AdapterSource)>,
+    local: Sender<Job>,
+    hub: Sender<Job>,
     /// Adapters resident, loaded and waiting for room, or being loaded (the ones no one needs to load), with the
     /// time their load was started.
     tracked: Mutex<HashMap<AdapterId, Instant>>,
@@ -41,15 +46,15 @@ struct Worker {
 }
 
 impl Worker {
-    fn spawn(self, name: &str) -> Result<Sender<(AdapterId, AdapterSource)>> {
-        let (tx, rx) = std::sync::mpsc::channel::<(AdapterId, AdapterSource)>();
+    fn spawn(self, name: &str) -> Result<Sender<Job>> {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name(name.into())
             .spawn(move || {
-                for (id, source) in rx {
+                for (id, source, span) in rx {
                     let start = Instant::now();
-                    let result = self.load(&id, &source);
-                    if !(self.done)(id, result, start.elapsed()) {
+                    let result = span.in_scope(|| self.load(&id, &source));
+                    if !(self.done)(id, result, start.elapsed(), span) {
                         break;
                     }
                 }
@@ -92,8 +97,8 @@ impl Loader {
         Ok(Arc::new(Self { local, hub, tracked: Mutex::new(HashMap::new()) }))
     }
 
-    /// Starts loading `id` from `source` unless it is resident, waiting for room or being loaded. Fails only if the
-    /// loader thread has stopped.
+    /// Starts loading `id` from `source` unless it is resident, waiting for room or being loaded; the load logs in
+    /// the caller's current span. Fails only if the loader thread has stopped.
     pub(crate) fn ensure(&self, id: &AdapterId, source: &AdapterSource) -> Result<()> {
         let mut tracked = self.tracked.lock().expect("not poisoned");
         if tracked.contains_key(id) {
@@ -104,7 +109,7 @@ impl Loader {
             AdapterSource::Local(_) => &self.local,
             AdapterSource::Hub { .. } => &self.hub,
         };
-        if queue.send((id.clone(), source.clone())).is_err() {
+        if queue.send((id.clone(), source.clone(), tracing::Span::current())).is_err() {
             return Err(Error::AdapterLoad { id: id.clone(), reason: "the adapter loader has stopped".into() });
         }
         tracked.insert(id.clone(), Instant::now());
@@ -144,7 +149,7 @@ mod tests {
         let (tx, rx) = mpsc::channel();
         let tx = Mutex::new(tx);
         let done: LoadDone =
-            Arc::new(move |id, result, _| tx.lock().unwrap().send((id, result.map(|a| a.max_rank()))).is_ok());
+            Arc::new(move |id, result, _, _| tx.lock().unwrap().send((id, result.map(|a| a.max_rank()))).is_ok());
         let loader = Loader::spawn(t, 0, HubLimits::default(), done).unwrap();
         let a = AdapterId::new("a").unwrap();
         let src = AdapterSource::Local(dir.path().join("a"));

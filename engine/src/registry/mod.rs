@@ -13,6 +13,7 @@ pub use resident::{Residency, ResidencyLimits};
 
 use crate::adapter::{AdapterTarget, LoraAdapter};
 use crate::{Error, Result};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,12 +30,14 @@ pub enum AdapterSource {
     },
 }
 
-/// Maps adapter ids to sources: `<adapters_dir>/<id>` when that folder exists; with `hub` allowed, an
-/// `owner/name` id not found locally is fetched from the hub.
+/// Maps adapter ids to sources: a folder named for the id, else `<adapters_dir>/<id>` when that folder exists;
+/// with `hub` allowed, an `owner/name` id not found locally is fetched from the hub.
 #[derive(Clone, Debug, Default)]
 pub struct Catalog {
     /// Root of the local adapter folders.
     pub adapters_dir: Option<PathBuf>,
+    /// Adapter folders anywhere on disk, under the id each is given (the command-line tools' `--adapter DIR`).
+    pub folders: BTreeMap<AdapterId, PathBuf>,
     /// Whether ids that are not local may be fetched from the Hugging Face hub.
     pub allow_hub: bool,
 }
@@ -42,6 +45,9 @@ pub struct Catalog {
 impl Catalog {
     /// The source of `id`, or [`Error::UnknownAdapter`].
     pub fn resolve(&self, id: &AdapterId) -> Result<AdapterSource> {
+        if let Some(dir) = self.folders.get(id) {
+            return Ok(AdapterSource::Local(dir.clone()));
+        }
         if let Some(dir) = &self.adapters_dir {
             let path = dir.join(id.as_str());
             if path.is_dir() {
@@ -106,7 +112,7 @@ pub fn load(
         tracing::warn!(adapter = %id, "adapter load failed: {e}");
         let mut reason = e.to_string();
         if let Some(dir) = dir {
-            reason = reason.replace(&dir.display().to_string(), &format!("adapter {id}"));
+            reason = reason.replace(&dir.display().to_string(), id.as_str());
         }
         // An error that names its adapter already ("adapter qv_r8: ...") needs no second name.
         let reason = reason.strip_prefix(&format!("adapter {id}: ")).map(str::to_string).unwrap_or(reason);
@@ -172,7 +178,7 @@ mod tests {
     #[test]
     fn resolves_local_folders_and_refuses_unknown_ids() {
         let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/tiny-llama/adapters");
-        let cat = Catalog { adapters_dir: Some(fixtures.clone()), allow_hub: false };
+        let cat = Catalog { adapters_dir: Some(fixtures.clone()), allow_hub: false, ..Default::default() };
         let id = AdapterId::new("qv_r8").unwrap();
         assert_eq!(cat.resolve(&id).unwrap(), AdapterSource::Local(fixtures.join("qv_r8")));
         let missing = AdapterId::new("nope").unwrap();
@@ -183,6 +189,25 @@ mod tests {
         assert_eq!(hub.resolve(&hub_id).unwrap(), AdapterSource::Hub { repo: "predibase/magicoder".into() });
         let ids: Vec<String> = cat.list_local().iter().map(|i| i.to_string()).collect();
         assert_eq!(ids, ["all_r4", "attn_r16_rslora", "mlp_r2", "qv_r8"]);
+        // A folder named for an id comes first, wherever it is.
+        let elsewhere = Catalog { folders: [(missing.clone(), fixtures.join("mlp_r2"))].into(), ..cat.clone() };
+        assert_eq!(elsewhere.resolve(&missing).unwrap(), AdapterSource::Local(fixtures.join("mlp_r2")));
+    }
+
+    #[test]
+    fn a_failed_load_names_the_adapter_by_its_id_not_the_servers_folders() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = AdapterId::new("broken").unwrap();
+        let target = crate::adapter::tiny_test_target();
+        let load =
+            |id: &AdapterId| load(id, &AdapterSource::Local(dir.path().join("broken")), &target, &Default::default());
+        let err = load(&id).unwrap_err();
+        assert_eq!(err.to_string(), "adapter broken failed to load: adapter_config.json is missing");
+        std::fs::create_dir(dir.path().join("broken")).unwrap();
+        std::fs::write(dir.path().join("broken/adapter_config.json"), "{not json").unwrap();
+        let err = load(&id).unwrap_err().to_string();
+        assert!(err.starts_with("adapter broken failed to load: "), "{err}");
+        assert!(!err.contains(&dir.path().display().to_string()), "no server path: {err}");
     }
 
     #[test]

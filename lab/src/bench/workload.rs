@@ -172,7 +172,7 @@ pub(crate) fn engine_config(
 ) -> anyhow::Result<EngineConfig> {
     let mut cfg = EngineConfig::new(&args.model);
     cfg.load = args.device.load_options(args.quant.into())?;
-    cfg.catalog = Catalog { adapters_dir: Some(adapters_dir.to_path_buf()), allow_hub: false };
+    cfg.catalog = Catalog { adapters_dir: Some(adapters_dir.to_path_buf()), allow_hub: false, ..Default::default() };
     cfg.limits = ResidencyLimits { max_adapters: max_k.max(1), ..ResidencyLimits::default() };
     cfg.max_batch_size = streams.max(1);
     cfg.max_batch_tokens = args.max_batch_tokens.map(std::num::NonZeroUsize::get);

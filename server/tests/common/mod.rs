@@ -20,7 +20,8 @@ pub fn fixtures() -> PathBuf {
 /// An engine configuration on the tiny fixture with its four adapters.
 pub fn engine_config() -> engine::EngineConfig {
     let mut cfg = engine::EngineConfig::new(fixtures().join("base"));
-    cfg.catalog = engine::Catalog { adapters_dir: Some(fixtures().join("adapters")), allow_hub: false };
+    cfg.catalog =
+        engine::Catalog { adapters_dir: Some(fixtures().join("adapters")), allow_hub: false, ..Default::default() };
     cfg.max_input_tokens = 64;
     cfg.max_new_tokens = 200;
     cfg
