@@ -10,8 +10,8 @@ export LEPTOS_OUTPUT_NAME := loraland
 # Two cores here: keep candle's matmuls to one thread in tests so test binaries running side by side don't fight.
 TEST_ENV := RAYON_NUM_THREADS=1 RUSTFLAGS="$(LEPTOS_RUSTFLAGS)"
 
-.PHONY: serve site test tools test-deps fmt lint unit clients e2e fetch-model adapters cuda-toolchain cuda-check \
-	gpu-bundle clean
+.PHONY: serve site test tools test-deps fmt lint unit clients e2e fetch-model spm-fixture adapters cuda-toolchain \
+	cuda-check gpu-bundle clean
 
 ## Build the site in release mode and serve it (fetches the default model on first start).
 serve: tools test-deps-npm
@@ -25,7 +25,7 @@ site: tools test-deps-npm
 
 ## Everything CI runs: formatting, lints, unit and integration tests, the release site with the Python API
 ## clients and the browser tests against it, the CUDA compile check.
-test: tools test-deps fmt lint site fetch-model unit clients e2e cuda-check
+test: tools test-deps fmt lint site fetch-model spm-fixture unit clients e2e cuda-check
 
 tools:
 	@scripts/install-tools.sh
@@ -45,7 +45,7 @@ lint:
 	RUSTFLAGS="$(LEPTOS_RUSTFLAGS)" cargo clippy --workspace --exclude frontend --all-targets -- -D warnings
 	RUSTFLAGS="--cfg erase_components" cargo clippy -p frontend --target wasm32-unknown-unknown -- -D warnings
 
-unit:
+unit: spm-fixture
 	$(TEST_ENV) cargo test --workspace --exclude frontend
 
 ## The real OpenAI and LoRAX Python clients (from PyPI) against the release server.
@@ -59,6 +59,11 @@ e2e: site
 ## Fetch the default model into data/models (the engine's SmolLM2 tests need it).
 fetch-model: site
 	target/release/loraland fetch-model
+
+## Mistral-7B-v0.1's SentencePiece tokenizer in a tiny GGUF, with transformers' token ids, in data/fixtures/mistral-spm
+## (from PyPI: mistral-common, gguf, sentencepiece, transformers; the engine's SentencePiece tests need it).
+spm-fixture:
+	@scripts/spm-fixture/make.sh
 
 ## Train the embedded model's demo adapters into adapters/ and score them (TASKS="a b" for some; long on a CPU).
 adapters:

@@ -1,5 +1,5 @@
 //! Tokenizers: Hugging Face `tokenizer.json` through the tokenizers crate, or the same rebuilt from GGUF metadata
-//! (`gpt2` byte-level BPE with the GGUF's pre-tokenizer); chat templates rendered with minijinja; and incremental
+//! (`gpt2` byte-level BPE with the GGUF's pre-tokenizer, `llama` SentencePiece BPE); chat templates rendered with minijinja; and incremental
 //! detokenization that never splits a UTF-8 character.
 
 use crate::request::PromptPart;
@@ -103,59 +103,66 @@ impl Tokenizer {
         Self { inner, plain, bos, eos, add_bos, special, chat_template, max_token_bytes, special_texts }
     }
 
-    /// Rebuilds the tokenizer from GGUF metadata (`tokenizer.ggml.*`), as llama.cpp and transformers do.
+    /// Rebuilds the tokenizer from GGUF metadata (`tokenizer.ggml.*`), as llama.cpp and transformers do: `gpt2`
+    /// byte-level BPE with its merges, or `llama`, SentencePiece BPE with byte fallback (Llama, Mistral), whose
+    /// merges come from the pieces' scores as transformers' converter makes them.
     pub fn from_gguf(content: &gguf_file::Content) -> Result<Self> {
         let md = &content.metadata;
         let get_str = |k: &str| md.get(k).and_then(|v| v.to_string().ok()).cloned();
         let get_u32 = |k: &str| md.get(k).and_then(|v| v.to_u32().ok());
-        let model = get_str("tokenizer.ggml.model").unwrap_or_default();
-        if model != "gpt2" {
-            return Err(Error::Tokenizer(format!(
-                "GGUF tokenizer model {model:?} is not supported yet (only \"gpt2\" byte-level BPE); use the model's \
-                 Hugging Face folder, whose tokenizer.json works for any tokenizer"
-            )));
-        }
+        let get_bool = |k: &str| md.get(k).and_then(|v| v.to_bool().ok());
         let strings = |k: &str| -> Result<Vec<String>> {
             let arr = md.get(k).ok_or_else(|| Error::Tokenizer(format!("GGUF has no {k}")))?;
             let arr = arr.to_vec().map_err(tok_err)?;
             arr.iter().map(|v| v.to_string().cloned().map_err(tok_err)).collect()
         };
         let tokens = strings("tokenizer.ggml.tokens")?;
-        let merges: Vec<(String, String)> = strings("tokenizer.ggml.merges")?
-            .into_iter()
-            .filter_map(|m| m.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())))
-            .collect();
         let types: Vec<i32> = match md.get("tokenizer.ggml.token_type") {
             Some(v) => v.to_vec().map_err(tok_err)?.iter().map(|t| t.to_i32().unwrap_or(1)).collect(),
             None => vec![1; tokens.len()],
         };
-        let vocab: ahash::AHashMap<String, u32> =
-            tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
-        let bpe = BPE::builder().vocab_and_merges(vocab, merges).build().map_err(tok_err)?;
-        let mut inner = tokenizers::Tokenizer::new(bpe);
-        let byte_level = ByteLevel::new(false, true, true);
-        let pre: PreTokenizerWrapper = match get_str("tokenizer.ggml.pre").as_deref() {
-            // SmolLM splits every digit, then applies GPT-2's byte-level regex.
-            Some("smollm") => Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into(),
-            _ => byte_level.into(),
+        let named = |k: &str| get_u32(k).and_then(|id| tokens.get(id as usize).map(|t| (id, t.clone())));
+        let model = get_str("tokenizer.ggml.model").unwrap_or_default();
+        let mut inner = match model.as_str() {
+            "gpt2" => {
+                let merges: Vec<(String, String)> = strings("tokenizer.ggml.merges")?
+                    .into_iter()
+                    .filter_map(|m| m.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())))
+                    .collect();
+                byte_level_bpe(&tokens, merges, get_str("tokenizer.ggml.pre").as_deref())?
+            }
+            "llama" => {
+                let scores: Vec<f32> = match md.get("tokenizer.ggml.scores") {
+                    Some(v) => v.to_vec().map_err(tok_err)?.iter().map(|s| s.to_f32().unwrap_or(0.0)).collect(),
+                    None => return Err(Error::Tokenizer("GGUF has no tokenizer.ggml.scores".into())),
+                };
+                let unk = named("tokenizer.ggml.unknown_token_id").map(|(_, t)| t);
+                let prefix = get_bool("tokenizer.ggml.add_space_prefix").unwrap_or(true);
+                sentencepiece_bpe(&tokens, &scores, unk, prefix)?
+            }
+            other => {
+                return Err(Error::Tokenizer(format!(
+                    "GGUF tokenizer model {other:?} is not supported (\"gpt2\" byte-level BPE and \"llama\" \
+                     SentencePiece are); use the model's Hugging Face folder, whose tokenizer.json works for any \
+                     tokenizer"
+                )))
+            }
         };
-        inner.with_pre_tokenizer(Some(pre));
-        inner.with_decoder(Some(ByteLevelDecoder::default()));
-        // Control (3) and user-defined (4) tokens are matched whole in text, like `<|im_start|>`.
+        // Unknown (2), control (3) and user-defined (4) tokens are matched whole in text, like `<|im_start|>` or
+        // `</s>`; unknown and control ones are special (left out of generated text).
         let special_tokens: Vec<AddedToken> = tokens
             .iter()
             .zip(&types)
-            .filter(|(_, t)| **t == 3 || **t == 4)
+            .filter(|(_, t)| matches!(**t, 2..=4))
             .map(|(tok, _)| AddedToken::from(tok.clone(), true))
             .collect();
         inner.add_special_tokens(&special_tokens);
-        let named = |k: &str| get_u32(k).and_then(|id| tokens.get(id as usize).map(|t| (id, t.clone())));
-        let special = tokens.iter().zip(&types).enumerate().filter(|(_, (_, t))| **t == 3).map(|(i, _)| i as u32);
+        let special = tokens.iter().zip(&types).enumerate().filter(|(_, (_, t))| matches!(**t, 2 | 3));
         Ok(Self::assemble(Parts {
             bos: named("tokenizer.ggml.bos_token_id"),
             eos: named("tokenizer.ggml.eos_token_id"),
-            add_bos: md.get("tokenizer.ggml.add_bos_token").and_then(|v| v.to_bool().ok()).unwrap_or(false),
-            special: special.collect(),
+            add_bos: get_bool("tokenizer.ggml.add_bos_token").unwrap_or(model == "llama"),
+            special: special.map(|(i, _)| i as u32).collect(),
             chat_template: get_str("tokenizer.chat_template"),
             inner,
         }))
@@ -312,6 +319,95 @@ impl Tokenizer {
         })
         .map_err(|e| Error::Template(e.to_string()))
     }
+}
+
+/// GPT-2 style byte-level BPE over `tokens` and `merges`, with the pre-tokenizer GGUF names in `tokenizer.ggml.pre`.
+fn byte_level_bpe(
+    tokens: &[String],
+    merges: Vec<(String, String)>,
+    pre: Option<&str>,
+) -> Result<tokenizers::Tokenizer> {
+    let vocab: ahash::AHashMap<String, u32> = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+    let bpe = BPE::builder().vocab_and_merges(vocab, merges).build().map_err(tok_err)?;
+    let mut inner = tokenizers::Tokenizer::new(bpe);
+    let byte_level = ByteLevel::new(false, true, true);
+    let pre: PreTokenizerWrapper = match pre {
+        // SmolLM splits every digit, then applies GPT-2's byte-level regex.
+        Some("smollm") => Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into(),
+        _ => byte_level.into(),
+    };
+    inner.with_pre_tokenizer(Some(pre));
+    inner.with_decoder(Some(ByteLevelDecoder::default()));
+    Ok(inner)
+}
+
+/// SentencePiece BPE as transformers' `LlamaConverter` rebuilds it from a `tokenizer.model`: the pieces' merges
+/// ordered by score, `<0xNN>` byte fallback for characters outside the vocabulary, spaces as `▁` with one put in
+/// front of the text (SentencePiece's dummy prefix) and taken off again when decoding.
+fn sentencepiece_bpe(
+    tokens: &[String],
+    scores: &[f32],
+    unk: Option<String>,
+    space_prefix: bool,
+) -> Result<tokenizers::Tokenizer> {
+    use tokenizers::decoders::{byte_fallback::ByteFallback, fuse::Fuse, sequence::Sequence as Decoders, strip::Strip};
+    use tokenizers::normalizers::{Prepend, Replace, Sequence as Normalizers};
+    if scores.len() != tokens.len() {
+        return Err(Error::Tokenizer(format!(
+            "GGUF has {} tokenizer.ggml.scores for {} tokens",
+            scores.len(),
+            tokens.len()
+        )));
+    }
+    let vocab: ahash::AHashMap<String, u32> = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+    let merges = merges_from_scores(tokens, scores, &vocab);
+    let mut bpe = BPE::builder().vocab_and_merges(vocab, merges).fuse_unk(true).byte_fallback(true);
+    if let Some(unk) = unk {
+        bpe = bpe.unk_token(unk);
+    }
+    let mut inner = tokenizers::Tokenizer::new(bpe.build().map_err(tok_err)?);
+    let space = Replace::new(" ", "\u{2581}").map_err(tok_err)?;
+    let normalizers = match space_prefix {
+        true => vec![Prepend::new("\u{2581}".into()).into(), space.into()],
+        false => vec![space.into()],
+    };
+    inner.with_normalizer(Some(Normalizers::new(normalizers)));
+    inner.with_decoder(Some(Decoders::new(vec![
+        Replace::new("\u{2581}", " ").map_err(tok_err)?.into(),
+        ByteFallback::default().into(),
+        Fuse::default().into(),
+        Strip::new(' ', usize::from(space_prefix), 0).into(),
+    ])));
+    Ok(inner)
+}
+
+/// BPE merges from SentencePiece scores (transformers' `SentencePieceExtractor`): every split of a piece into two
+/// pieces of the vocabulary is a merge, ranked by the whole piece's score, highest first (ties: the longer left
+/// part, then the longer right part first; then the vocabulary's order).
+fn merges_from_scores(
+    tokens: &[String],
+    scores: &[f32],
+    vocab: &ahash::AHashMap<String, u32>,
+) -> Vec<(String, String)> {
+    let mut merges: Vec<(f32, &str, &str)> = Vec::new();
+    for (piece, &score) in tokens.iter().zip(scores) {
+        let mut local: Vec<(f32, &str, &str)> = piece
+            .char_indices()
+            .skip(1)
+            .map(|(at, _)| piece.split_at(at))
+            .filter(|(l, r)| vocab.contains_key(*l) && vocab.contains_key(*r))
+            .map(|(l, r)| (score, l, r))
+            .collect();
+        local.sort_by_key(|&(_, l, r)| (vocab[l], vocab[r]));
+        merges.extend(local);
+    }
+    // Python's stable `sorted(key=(score, len(l), len(r)), reverse=True)`: stable, so equal keys keep their order.
+    merges.sort_by(|a, b| {
+        let key = |m: &(f32, &str, &str)| (m.0, m.1.chars().count(), m.2.chars().count());
+        let (ka, kb) = (key(a), key(b));
+        kb.0.total_cmp(&ka.0).then(kb.1.cmp(&ka.1)).then(kb.2.cmp(&ka.2))
+    });
+    merges.into_iter().map(|(_, l, r)| (l.to_string(), r.to_string())).collect()
 }
 
 /// Chat messages as template values (`message['role']`, `message.content`).

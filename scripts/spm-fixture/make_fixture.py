@@ -1,0 +1,187 @@
+"""Makes the SentencePiece GGUF fixture in OUT (argv[1]):
+
+- tiny.gguf: a tiny random-weight Mistral (llama architecture, GQA) whose tokenizer metadata is Mistral-7B-v0.1's
+  tokenizer.model (shipped in the PyPI package mistral-common as tokenizer.model.v1), laid out as llama.cpp's
+  converter (convert_hf_to_gguf.py, `_create_vocab_sentencepiece`) writes it: tokens, scores, token types, BOS, EOS,
+  UNK, add-BOS, and Mistral-7B-Instruct's chat template.
+- reference.json: for each test string, the token ids transformers' slow LlamaTokenizer (sentencepiece, legacy, as
+  Mistral-7B-v0.1's tokenizer config has it) gives with BOS, and sentencepiece's decoding of them; the chat template
+  rendered by transformers' apply_chat_template for a conversation, and its token ids.
+"""
+
+import json
+import os
+import sys
+
+import gguf
+import mistral_common
+import numpy as np
+import sentencepiece as spm
+import transformers
+from sentencepiece import sentencepiece_model_pb2
+from transformers import LlamaTokenizer
+
+OUT = sys.argv[1]
+MODEL = os.path.join(os.path.dirname(mistral_common.__file__), "data", "tokenizer.model.v1")
+
+# Mistral-7B-Instruct's chat template, as its Hugging Face tokenizer_config.json holds it (the revision that takes an
+# optional system message).
+CHAT_TEMPLATE = (
+    "{%- if messages[0]['role'] == 'system' %}\n"
+    "    {%- set system_message = messages[0]['content'] %}\n"
+    "    {%- set loop_messages = messages[1:] %}\n"
+    "{%- else %}\n"
+    "    {%- set loop_messages = messages %}\n"
+    "{%- endif %}\n"
+    "\n"
+    "{{- bos_token }}\n"
+    "{%- for message in loop_messages %}\n"
+    "    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}\n"
+    "        {{- raise_exception('After the optional system message, conversation roles must alternate "
+    "user/assistant/user/assistant/...') }}\n"
+    "    {%- endif %}\n"
+    "    {%- if message['role'] == 'user' %}\n"
+    "        {%- if loop.first and system_message is defined %}\n"
+    "            {{- ' [INST] ' + system_message + '\\n\\n' + message['content'] + ' [/INST]' }}\n"
+    "        {%- else %}\n"
+    "            {{- ' [INST] ' + message['content'] + ' [/INST]' }}\n"
+    "        {%- endif %}\n"
+    "    {%- elif message['role'] == 'assistant' %}\n"
+    "        {{- ' ' + message['content'] + eos_token}}\n"
+    "    {%- else %}\n"
+    "        {{- raise_exception('Only user and assistant roles are supported, with the exception of an initial "
+    "optional system message!') }}\n"
+    "    {%- endif %}\n"
+    "{%- endfor %}\n"
+)
+
+# Accents, digits, whitespace runs, tabs and newlines, emoji, scripts and symbols outside the vocabulary (byte
+# fallback), text around special-token strings, and the edges (empty, spaces only, leading and trailing spaces).
+TEXTS = [
+    "Hello world",
+    "The capital of France is Paris.",
+    "café naïve résumé Ångström Zürich señor",
+    "12345 + 678 = 13023; 3.14159, 1e-9, 0x1F",
+    "  two  spaces   three    four",
+    "\ttab\tand\nnew\n\nlines\r\n",
+    " leading space",
+    "trailing space ",
+    "   ",
+    "",
+    "emoji 🦀🚀🎉 and 👩‍👩‍👧 family",
+    "日本語のテキストと中文文本",
+    "𝔘𝔫𝔦𝔠𝔬𝔡𝔢 ĳ ẞ ℌ ⅷ",
+    "Привет, мир! Γειά σου Κόσμε",
+    "def f(x):\n    return x**2  # squared",
+    '{"name": "LoRA", "rank": 8, "tags": ["a", "b"]}',
+    "</s> <s>[INST] special-token text [/INST]",
+    "<unk> stays a token",
+    "supercalifragilisticexpialidocious antidisestablishmentarianism",
+]
+
+CONVERSATION = [
+    {"role": "system", "content": "Answer in one sentence."},
+    {"role": "user", "content": "What is the capital of France?"},
+    {"role": "assistant", "content": "Paris."},
+    {"role": "user", "content": "And of Italy? 🇮🇹"},
+]
+
+
+def token_types(proto):
+    """Token types as llama.cpp writes them: 1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte."""
+    types = []
+    for piece in proto.pieces:
+        kind = {
+            piece.NORMAL: 1,
+            piece.UNKNOWN: 2,
+            piece.CONTROL: 3,
+            piece.USER_DEFINED: 4,
+            piece.UNUSED: 5,
+            piece.BYTE: 6,
+        }[piece.type]
+        types.append(kind)
+    return types
+
+
+def write_gguf(path, proto, sp):
+    rng = np.random.default_rng(0)
+    vocab, hidden, ffn, layers, heads, kv_heads = sp.get_piece_size(), 64, 128, 2, 4, 2
+    head_dim = hidden // heads
+    w = gguf.GGUFWriter(path, "llama")
+    w.add_name("tiny-mistral-spm")
+    w.add_context_length(512)
+    w.add_embedding_length(hidden)
+    w.add_block_count(layers)
+    w.add_feed_forward_length(ffn)
+    w.add_head_count(heads)
+    w.add_head_count_kv(kv_heads)
+    w.add_rope_dimension_count(head_dim)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_rope_freq_base(10000.0)
+    w.add_tokenizer_model("llama")
+    w.add_token_list([p.piece.encode("utf-8") for p in proto.pieces])
+    w.add_token_scores([p.score for p in proto.pieces])
+    w.add_token_types(token_types(proto))
+    w.add_bos_token_id(sp.bos_id())
+    w.add_eos_token_id(sp.eos_id())
+    w.add_unk_token_id(sp.unk_id())
+    w.add_add_bos_token(True)
+    w.add_add_eos_token(False)
+    w.add_chat_template(CHAT_TEMPLATE)
+
+    def tensor(name, *shape, scale=0.05):
+        w.add_tensor(name, (rng.standard_normal(shape) * scale).astype(np.float32))
+
+    tensor("token_embd.weight", vocab, hidden, scale=0.5)
+    for layer in range(layers):
+        b = f"blk.{layer}."
+        w.add_tensor(b + "attn_norm.weight", np.ones(hidden, dtype=np.float32))
+        w.add_tensor(b + "ffn_norm.weight", np.ones(hidden, dtype=np.float32))
+        tensor(b + "attn_q.weight", heads * head_dim, hidden)
+        tensor(b + "attn_k.weight", kv_heads * head_dim, hidden)
+        tensor(b + "attn_v.weight", kv_heads * head_dim, hidden)
+        tensor(b + "attn_output.weight", hidden, heads * head_dim)
+        tensor(b + "ffn_gate.weight", ffn, hidden)
+        tensor(b + "ffn_up.weight", ffn, hidden)
+        tensor(b + "ffn_down.weight", hidden, ffn)
+    w.add_tensor("output_norm.weight", np.ones(hidden, dtype=np.float32))
+    tensor("output.weight", vocab, hidden)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def main():
+    proto = sentencepiece_model_pb2.ModelProto()
+    with open(MODEL, "rb") as f:
+        proto.ParseFromString(f.read())
+    sp = spm.SentencePieceProcessor(model_file=MODEL)
+    write_gguf(os.path.join(OUT, "tiny.gguf"), proto, sp)
+
+    # Mistral-7B-v0.1's tokenizer config: legacy SentencePiece behaviour, BOS added, no EOS.
+    tok = LlamaTokenizer(MODEL, legacy=True, add_bos_token=True, add_eos_token=False)
+    tok.chat_template = CHAT_TEMPLATE
+    cases = []
+    for text in TEXTS:
+        ids = tok(text)["input_ids"]
+        # Decoded by sentencepiece itself, special tokens left out (transformers' slow decode strips a second
+        # leading space, which its fast tokenizer and llama.cpp do not).
+        plain = [i for i in ids if not (sp.is_control(i) or sp.is_unknown(i))]
+        cases.append({"text": text, "ids": ids, "decoded": sp.decode(plain)})
+    rendered = tok.apply_chat_template(CONVERSATION, tokenize=False)
+    chat_ids = tok.apply_chat_template(CONVERSATION, tokenize=True)
+    reference = {
+        "made_by": f"transformers {transformers.__version__} LlamaTokenizer (slow, legacy) on sentencepiece "
+        f"{spm.__version__}",
+        "tokenizer_model": "mistral-common tokenizer.model.v1 (Mistral-7B-v0.1)",
+        "cases": cases,
+        "chat": {"messages": CONVERSATION, "text": rendered, "ids": chat_ids},
+    }
+    with open(os.path.join(OUT, "reference.json"), "w", encoding="utf-8") as f:
+        json.dump(reference, f, ensure_ascii=False, indent=1)
+        f.write("\n")
+
+
+if __name__ == "__main__":
+    main()
