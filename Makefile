@@ -7,6 +7,10 @@ export PATH := $(CURDIR)/end2end/node_modules/.bin:$(HOME)/.cargo/bin:$(PATH)
 CPU_RUSTFLAGS := $(if $(filter x86_64,$(shell uname -m)),-C target-cpu=x86-64-v3 ,)
 LEPTOS_RUSTFLAGS := $(CPU_RUSTFLAGS)--cfg erase_components
 export LEPTOS_OUTPUT_NAME := loraland
+# CI builds once from clean: incremental caches would only fill its disk.
+ifdef CI
+export CARGO_INCREMENTAL := 0
+endif
 # Two cores here: keep candle's matmuls to one thread in tests so test binaries running side by side don't fight.
 TEST_ENV := RAYON_NUM_THREADS=1 RUSTFLAGS="$(LEPTOS_RUSTFLAGS)"
 
