@@ -38,6 +38,17 @@ pub(crate) struct HostLayer<'a> {
     pub len: usize,
 }
 
+/// The keys and values of one step's batch in host memory, `[heads, rows, head_dim]` each: the rows of every
+/// sequence in the step, one sequence after the other.
+#[derive(Clone, Copy)]
+pub(crate) struct HostRows<'a> {
+    pub k: &'a [f32],
+    pub v: &'a [f32],
+    pub heads: usize,
+    pub head_dim: usize,
+    pub rows: usize,
+}
+
 /// Keys and values per layer, each `[kv_heads, positions, head_dim]`.
 #[derive(Debug, Default)]
 pub struct KvCache {
@@ -93,20 +104,9 @@ impl KvCache {
         Ok(views)
     }
 
-    /// Appends `new` positions to `layer` in host memory: for each of `heads` heads, `k` and `v` hold rows
-    /// `start..start + new` of a `[heads, rows, head_dim]` batch (the rows of every sequence in a step).
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn append_host(
-        &mut self,
-        layer: usize,
-        k: &[f32],
-        v: &[f32],
-        heads: usize,
-        head_dim: usize,
-        rows: usize,
-        start: usize,
-        new: usize,
-    ) -> Result<()> {
+    /// Appends `new` positions to `layer` in host memory: rows `start..start + new` of each head of `batch`.
+    pub(crate) fn append_host(&mut self, layer: usize, batch: &HostRows<'_>, start: usize, new: usize) -> Result<()> {
+        let HostRows { k, v, heads, head_dim, rows } = *batch;
         let (len, capacity) = self.extent(layer);
         if len + new > capacity {
             let cap = grown(len + new);
@@ -204,7 +204,8 @@ mod tests {
             let k: Vec<f32> = (0..heads * rows * hd).map(|i| at + i as f32).collect();
             let v: Vec<f32> = k.iter().map(|x| -x).collect();
             at += 1000.0;
-            host.append_host(0, &k, &v, heads, hd, rows, 1, new).unwrap();
+            let batch = HostRows { k: &k, v: &v, heads, head_dim: hd, rows };
+            host.append_host(0, &batch, 1, new).unwrap();
             let kt = Tensor::from_vec(k, (heads, rows, hd), &Device::Cpu).unwrap().narrow(1, 1, new).unwrap();
             let vt = Tensor::from_vec(v, (heads, rows, hd), &Device::Cpu).unwrap().narrow(1, 1, new).unwrap();
             let (k_all, v_all) = tensor.append(0, &kt, &vt).unwrap();

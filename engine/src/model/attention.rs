@@ -9,6 +9,7 @@
 
 use super::batch::SeqInput;
 use super::rope::Rope;
+use crate::kv_cache::HostRows;
 use crate::ModelConfig;
 use candle_core::{DType, Result, Tensor};
 use std::sync::Mutex;
@@ -112,10 +113,11 @@ fn fused_cpu(
     let v = vs.flatten_all()?.to_vec1::<f32>()?;
     let mut spans = Vec::with_capacity(seqs.len());
     let mut start = 0;
+    let batch = HostRows { k: &k, v: &v, heads: nkv, head_dim: hd, rows };
     for s in seqs.iter_mut() {
         let len = s.tokens.len();
         spans.push(Span { start, len, offset: s.cache.len() });
-        s.cache.append_host(layer, &k, &v, nkv, hd, rows, start, len)?;
+        s.cache.append_host(layer, &batch, start, len)?;
         start += len;
     }
     let caches: Vec<_> = seqs.iter().map(|s| s.cache.host_layer(layer).expect("appended above")).collect();

@@ -18,18 +18,24 @@ pub(super) struct DecoderLayer {
     pub proj: [Linear; 7],
 }
 
+/// What every layer of one forward step reads: the rotary tables, the resident adapters with the step's plan of
+/// which rows use which, and the model's config.
+pub(super) struct StepContext<'a> {
+    pub rope: &'a Rope,
+    pub bank: &'a AdapterBank,
+    pub plan: &'a LoraPlan,
+    pub cfg: &'a ModelConfig,
+}
+
 impl DecoderLayer {
-    #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
         xs: &Tensor,
         layer: usize,
         seqs: &mut [SeqInput<'_>],
-        rope: &Rope,
-        bank: &AdapterBank,
-        plan: &LoraPlan,
-        cfg: &ModelConfig,
+        step: &StepContext<'_>,
     ) -> crate::Result<Tensor> {
+        let StepContext { rope, bank, plan, cfg } = *step;
         let eps = cfg.rms_norm_eps as f32;
         let linear = |m: Module, x: &Tensor| -> crate::Result<Tensor> {
             let base = self.proj[m.index()].forward(x)?;

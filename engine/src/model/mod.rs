@@ -22,7 +22,7 @@ pub use rope::{Rope, RopeStyle};
 use crate::adapter::{AdapterBank, AdapterTarget, LoraPlan};
 use crate::{Error, KvCache, ModelConfig, Result};
 use candle_core::{DType, Device, Tensor};
-use layer::DecoderLayer;
+use layer::{DecoderLayer, StepContext};
 
 /// A loaded base model.
 #[derive(Debug)]
@@ -82,8 +82,9 @@ impl Model {
         let plan = LoraPlan::new(&row_slots, &self.device)?;
         let ids = Tensor::new(ids, &self.device)?;
         let mut xs = self.embed.index_select(&ids, 0)?;
+        let step = StepContext { rope: &self.rope, bank, plan: &plan, cfg: &self.config };
         for (i, layer) in self.layers.iter().enumerate() {
-            xs = layer.forward(&xs, i, seqs, &self.rope, bank, &plan, &self.config)?;
+            xs = layer.forward(&xs, i, seqs, &step)?;
         }
         if logits == Logits::Last {
             let mut last = Vec::with_capacity(seqs.len());
