@@ -1,9 +1,11 @@
 """Makes the SentencePiece GGUF fixture in OUT (argv[1]):
 
-- tiny.gguf: a tiny random-weight Mistral (llama architecture, GQA) whose tokenizer metadata is Mistral-7B-v0.1's
+- tiny.gguf: a tiny random-weight Mistral (llama architecture, GQA; every width a multiple of 256, as K-quants
+  need) in f32, whose tokenizer metadata is Mistral-7B-v0.1's
   tokenizer.model (shipped in the PyPI package mistral-common as tokenizer.model.v1), laid out as llama.cpp's
   converter (convert_hf_to_gguf.py, `_create_vocab_sentencepiece`) writes it: tokens, scores, token types, BOS, EOS,
   UNK, add-BOS, and Mistral-7B-Instruct's chat template.
+- adapters/all_r8: a PEFT LoRA adapter for it (r=8, alpha=16, all seven projections, A and B random).
 - reference.json: for each test string, the token ids transformers' slow LlamaTokenizer (sentencepiece, legacy, as
   Mistral-7B-v0.1's tokenizer config has it) gives with BOS, and sentencepiece's decoding of them; the chat template
   rendered by transformers' apply_chat_template for a conversation, and its token ids.
@@ -18,6 +20,7 @@ import mistral_common
 import numpy as np
 import sentencepiece as spm
 import transformers
+from safetensors.numpy import save_file
 from sentencepiece import sentencepiece_model_pb2
 from transformers import LlamaTokenizer
 
@@ -105,7 +108,7 @@ def token_types(proto):
 
 def write_gguf(path, proto, sp):
     rng = np.random.default_rng(0)
-    vocab, hidden, ffn, layers, heads, kv_heads = sp.get_piece_size(), 64, 128, 2, 4, 2
+    vocab, hidden, ffn, layers, heads, kv_heads = sp.get_piece_size(), 256, 512, 2, 4, 2
     head_dim = hidden // heads
     w = gguf.GGUFWriter(path, "llama")
     w.add_name("tiny-mistral-spm")
@@ -145,11 +148,48 @@ def write_gguf(path, proto, sp):
         tensor(b + "ffn_up.weight", ffn, hidden)
         tensor(b + "ffn_down.weight", hidden, ffn)
     w.add_tensor("output_norm.weight", np.ones(hidden, dtype=np.float32))
-    tensor("output.weight", vocab, hidden)
+    # Large enough that the next-token distribution is peaked, so that quantization error shows in its KL.
+    tensor("output.weight", vocab, hidden, scale=0.2)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
+
+
+def write_adapter(path, hidden=256, ffn=512, layers=2, heads=4, kv_heads=2, r=8):
+    rng = np.random.default_rng(1)
+    head_dim = hidden // heads
+    shapes = {  # (in, out) of each projection, as PEFT names them
+        "self_attn.q_proj": (hidden, heads * head_dim),
+        "self_attn.k_proj": (hidden, kv_heads * head_dim),
+        "self_attn.v_proj": (hidden, kv_heads * head_dim),
+        "self_attn.o_proj": (heads * head_dim, hidden),
+        "mlp.gate_proj": (hidden, ffn),
+        "mlp.up_proj": (hidden, ffn),
+        "mlp.down_proj": (ffn, hidden),
+    }
+    weights = {}
+    for layer in range(layers):
+        for name, (fan_in, fan_out) in shapes.items():
+            key = f"base_model.model.model.layers.{layer}.{name}"
+            weights[key + ".lora_A.weight"] = (rng.standard_normal((r, fan_in)) / np.sqrt(fan_in)).astype(np.float32)
+            weights[key + ".lora_B.weight"] = (rng.standard_normal((fan_out, r)) * 0.02).astype(np.float32)
+    os.makedirs(path, exist_ok=True)
+    save_file(weights, os.path.join(path, "adapter_model.safetensors"))
+    config = {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "r": r,
+        "lora_alpha": 2 * r,
+        "lora_dropout": 0.0,
+        "bias": "none",
+        "use_rslora": False,
+        "fan_in_fan_out": False,
+        "target_modules": [n.split(".")[1] for n in shapes],
+        "base_model_name_or_path": None,
+    }
+    with open(os.path.join(path, "adapter_config.json"), "w") as f:
+        json.dump(config, f, indent=1)
 
 
 def main():
@@ -158,6 +198,7 @@ def main():
         proto.ParseFromString(f.read())
     sp = spm.SentencePieceProcessor(model_file=MODEL)
     write_gguf(os.path.join(OUT, "tiny.gguf"), proto, sp)
+    write_adapter(os.path.join(OUT, "adapters", "all_r8"))
 
     # Mistral-7B-v0.1's tokenizer config: legacy SentencePiece behaviour, BOS added, no EOS.
     tok = LlamaTokenizer(MODEL, legacy=True, add_bos_token=True, add_eos_token=False)
