@@ -55,6 +55,25 @@ text_stream = "".join(c.choices[0].text for c in oa.completions.create(
     model="qv_r8", prompt=PROMPT, max_tokens=8, temperature=0, stream=True) if c.choices)
 check("completion stream equals non-stream", text_stream == comp.choices[0].text, (text_stream, comp.choices[0].text))
 
+# --- OpenAI: logit_bias and penalties ---
+lorax_tokens = lorax.Client(BASE).generate(PROMPT, adapter_id="qv_r8", max_new_tokens=8, details=True).details.tokens
+lorax_ids = [t.id for t in lorax_tokens]
+forced = oa.completions.create(model="qv_r8", prompt=PROMPT, max_tokens=3, temperature=0,
+                               logit_bias={str(lorax_ids[2]): 100})
+check("logit_bias +100 forces its token", forced.choices[0].text == lorax_tokens[2].text * 3,
+      (forced.choices[0].text, lorax_tokens[2].text))
+banned = oa.completions.create(model="qv_r8", prompt=PROMPT, max_tokens=8, temperature=0,
+                               logit_bias={str(lorax_ids[0]): -100})
+check("logit_bias -100 bans its token", banned.choices[0].text != comp.choices[0].text, banned.choices[0].text)
+penalized = oa.chat.completions.create(model="qv_r8", messages=messages, max_tokens=8, temperature=0,
+                                       presence_penalty=0.5, frequency_penalty=0.5)
+check("presence and frequency penalties accepted", penalized.usage.completion_tokens >= 1, penalized)
+try:
+    oa.chat.completions.create(model="qv_r8", messages=messages, max_tokens=4, frequency_penalty=5)
+    check("frequency_penalty out of range raises BadRequestError", False, "no exception")
+except openai.BadRequestError as e:
+    check("frequency_penalty out of range raises BadRequestError", e.body.get("param") == "frequency_penalty", e.body)
+
 # --- OpenAI: errors ---
 try:
     oa.chat.completions.create(model="no-such-adapter", messages=messages, max_tokens=4)

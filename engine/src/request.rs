@@ -15,6 +15,12 @@ pub const MAX_STOP_SEQUENCES: usize = 4;
 pub const MAX_STOP_BYTES: usize = 256;
 /// Highest sampling temperature accepted.
 pub const MAX_TEMPERATURE: f32 = 100.0;
+/// Largest presence or frequency penalty, either way (OpenAI's range).
+pub const MAX_PENALTY: f32 = 2.0;
+/// Most tokens a logit bias may name.
+pub const MAX_LOGIT_BIAS: usize = 1024;
+/// Largest bias of one token, either way (OpenAI's range).
+pub const MAX_LOGIT_BIAS_VALUE: f32 = 100.0;
 
 /// A prompt as text (tokenized with the model's tokenizer, BOS added if the model wants it), as token ids, or as
 /// parts whose text is either the prompt's own markup or content from someone else.
@@ -121,6 +127,12 @@ pub enum Field {
     TopK,
     /// [`SamplingParams::repetition_penalty`].
     RepetitionPenalty,
+    /// [`SamplingParams::presence_penalty`].
+    PresencePenalty,
+    /// [`SamplingParams::frequency_penalty`].
+    FrequencyPenalty,
+    /// [`SamplingParams::logit_bias`].
+    LogitBias,
 }
 
 impl Field {
@@ -136,6 +148,9 @@ impl Field {
             Self::TopP => "top_p",
             Self::TopK => "top_k",
             Self::RepetitionPenalty => "repetition_penalty",
+            Self::PresencePenalty => "presence_penalty",
+            Self::FrequencyPenalty => "frequency_penalty",
+            Self::LogitBias => "logit_bias",
         }
     }
 }
@@ -185,6 +200,27 @@ impl Limits {
         if let Some(r) = s.repetition_penalty {
             if !(r > 0.0 && r.is_finite()) {
                 return invalid(Field::RepetitionPenalty, format!("must be strictly positive, got {r}"));
+            }
+        }
+        for (field, value) in
+            [(Field::PresencePenalty, s.presence_penalty), (Field::FrequencyPenalty, s.frequency_penalty)]
+        {
+            if !(-MAX_PENALTY..=MAX_PENALTY).contains(&value) {
+                return invalid(field, format!("must be between -{MAX_PENALTY} and {MAX_PENALTY}, got {value}"));
+            }
+        }
+        if s.logit_bias.len() > MAX_LOGIT_BIAS {
+            let n = s.logit_bias.len();
+            return invalid(Field::LogitBias, format!("has {n} tokens, at most {MAX_LOGIT_BIAS} are allowed"));
+        }
+        for &(token, bias) in &s.logit_bias {
+            if token as usize >= self.vocab_size {
+                let reason = format!("token {token} is not in the vocabulary (ids below {})", self.vocab_size);
+                return invalid(Field::LogitBias, reason);
+            }
+            if !(-MAX_LOGIT_BIAS_VALUE..=MAX_LOGIT_BIAS_VALUE).contains(&bias) {
+                let (max, reason) = (MAX_LOGIT_BIAS_VALUE, format!("token {token}'s bias {bias}"));
+                return invalid(Field::LogitBias, format!("must be between -{max} and {max}, got {reason}"));
             }
         }
         let stop = &request.stop;

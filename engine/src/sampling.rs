@@ -1,5 +1,6 @@
-//! Choosing the next token: greedy, or sampling with temperature, top-k, top-p and a repetition penalty, from a
-//! seeded generator so that a request with a seed is reproducible.
+//! Choosing the next token: greedy, or sampling with temperature, top-k and top-p, from a seeded generator so that
+//! a request with a seed is reproducible; the scores first adjusted by the repetition penalty (CTRL), OpenAI's
+//! presence and frequency penalties and a logit bias.
 
 use crate::kernel::{exp_shifted, sum_exp_shifted};
 use rand::rngs::StdRng;
@@ -14,8 +15,14 @@ pub struct SamplingParams {
     pub top_k: Option<usize>,
     /// Keep the smallest set of tokens whose probability reaches `p`.
     pub top_p: Option<f32>,
-    /// CTRL-style penalty (> 1 discourages tokens already in the sequence).
+    /// CTRL-style penalty (> 1 discourages tokens already in the sequence, prompt included).
     pub repetition_penalty: Option<f32>,
+    /// OpenAI's presence penalty: subtracted once from the score of every token generated so far (-2 ..= 2).
+    pub presence_penalty: f32,
+    /// OpenAI's frequency penalty: subtracted from a token's score once for each time it was generated (-2 ..= 2).
+    pub frequency_penalty: f32,
+    /// Added to these tokens' scores before choosing (OpenAI's `logit_bias`: -100 bans a token, 100 forces it).
+    pub logit_bias: Vec<(u32, f32)>,
     /// Seed of the random generator.
     pub seed: u64,
 }
@@ -55,25 +62,15 @@ impl Sampler {
         Self { params, rng }
     }
 
-    /// Whether [`Sampler::sample`] reads the sequence so far (for the repetition penalty).
-    pub fn needs_history(&self) -> bool {
-        self.params.repetition_penalty.is_some_and(|p| p != 1.0)
-    }
-
-    /// Picks the next token from `logits` (one row of the vocabulary); `previous` holds the sequence so far.
+    /// Picks the next token from `logits` (one row of the vocabulary), given the sequence so far: its `prompt` and
+    /// the tokens `generated` after it. The log-probability reported is the token's under the raw logits.
     ///
     /// Without top-p nothing is sorted: top-k is a selection, and the draw walks the kept tokens in any order (the
     /// distribution is the same). Top-p sorts only the head of the distribution that holds the nucleus.
-    pub fn sample(&mut self, logits: &[f32], previous: &[u32]) -> Sampled {
+    pub fn sample(&mut self, logits: &[f32], prompt: &[u32], generated: &[u32]) -> Sampled {
         let logprob_of = |token: u32| log_softmax_at(logits, token as usize);
-        let penalized;
-        let scores = match self.params.repetition_penalty.filter(|p| *p != 1.0) {
-            Some(penalty) => {
-                penalized = penalize(logits, previous, penalty);
-                &penalized[..]
-            }
-            None => logits,
-        };
+        let adjusted = self.adjust(logits, prompt, generated);
+        let scores = adjusted.as_deref().unwrap_or(logits);
         if self.params.is_greedy() {
             let token = argmax(scores);
             return Sampled { token, logprob: logprob_of(token) };
@@ -106,18 +103,44 @@ impl Sampler {
     }
 }
 
-/// The CTRL repetition penalty applied to a copy of `logits`.
-fn penalize(logits: &[f32], previous: &[u32], penalty: f32) -> Vec<f32> {
-    let mut scores = logits.to_vec();
-    let mut seen = previous.to_vec();
-    seen.sort_unstable();
-    seen.dedup();
-    for t in seen {
-        if let Some(s) = scores.get_mut(t as usize) {
-            *s = if *s > 0.0 { *s / penalty } else { *s * penalty };
+impl Sampler {
+    /// The scores after the penalties and the bias, as vLLM and transformers apply them (repetition penalty over
+    /// prompt and output, presence and frequency penalties over the output only, then the bias), or `None` when
+    /// the request asks for none of them.
+    fn adjust(&self, logits: &[f32], prompt: &[u32], generated: &[u32]) -> Option<Vec<f32>> {
+        let p = &self.params;
+        let repetition = p.repetition_penalty.filter(|r| *r != 1.0);
+        let penalties = p.presence_penalty != 0.0 || p.frequency_penalty != 0.0;
+        if repetition.is_none() && !penalties && p.logit_bias.is_empty() {
+            return None;
         }
+        let mut scores = logits.to_vec();
+        if let Some(penalty) = repetition {
+            let mut seen = [prompt, generated].concat();
+            seen.sort_unstable();
+            seen.dedup();
+            for t in seen {
+                if let Some(s) = scores.get_mut(t as usize) {
+                    *s = if *s > 0.0 { *s / penalty } else { *s * penalty };
+                }
+            }
+        }
+        if penalties && !generated.is_empty() {
+            let mut counted = generated.to_vec();
+            counted.sort_unstable();
+            for run in counted.chunk_by(|a, b| a == b) {
+                if let Some(s) = scores.get_mut(run[0] as usize) {
+                    *s -= p.presence_penalty + p.frequency_penalty * run.len() as f32;
+                }
+            }
+        }
+        for &(token, bias) in &p.logit_bias {
+            if let Some(s) = scores.get_mut(token as usize) {
+                *s += bias;
+            }
+        }
+        Some(scores)
     }
-    scores
 }
 
 fn descending(a: &(u32, f32), b: &(u32, f32)) -> std::cmp::Ordering {
@@ -167,7 +190,7 @@ mod tests {
     #[test]
     fn greedy_takes_argmax_with_its_logprob() {
         let mut s = Sampler::new(SamplingParams::greedy());
-        let out = s.sample(&[0.0, 2.0, 1.0], &[]);
+        let out = s.sample(&[0.0, 2.0, 1.0], &[], &[]);
         assert_eq!(out.token, 1);
         let expected = 2.0 - (1f32 + 2f32.exp() + 1f32.exp()).ln();
         assert!((out.logprob - expected).abs() < 1e-6);
@@ -177,7 +200,46 @@ mod tests {
     fn repetition_penalty_changes_the_choice() {
         let params = SamplingParams { repetition_penalty: Some(3.0), ..SamplingParams::greedy() };
         let mut s = Sampler::new(params);
-        assert_eq!(s.sample(&[0.0, 2.0, 1.0], &[1]).token, 2);
+        assert_eq!(s.sample(&[0.0, 2.0, 1.0], &[1], &[]).token, 2);
+    }
+
+    #[test]
+    fn presence_and_frequency_penalties_count_the_generated_tokens_only() {
+        let logits = [2.0f32, 1.5, 0.0];
+        let greedy = |presence_penalty, frequency_penalty, prompt: &[u32], generated: &[u32]| {
+            let params = SamplingParams { presence_penalty, frequency_penalty, ..SamplingParams::greedy() };
+            Sampler::new(params).sample(&logits, prompt, generated)
+        };
+        // Token 0 was generated twice: 2.0 - 2 * 0.2 = 1.6 still beats 1.5; 2.0 - 2 * 0.5 = 1.0 does not.
+        assert_eq!(greedy(0.0, 0.2, &[], &[0, 2, 0]).token, 0);
+        assert_eq!(greedy(0.0, 0.5, &[], &[0, 2, 0]).token, 1);
+        // Presence counts once, however often: 2.0 - 0.6 = 1.4.
+        assert_eq!(greedy(0.6, 0.0, &[], &[0]).token, 1);
+        assert_eq!(greedy(0.4, 0.0, &[], &[0, 0, 0]).token, 0);
+        // The prompt is not penalised; a negative penalty encourages repeats.
+        assert_eq!(greedy(1.0, 1.0, &[0, 0], &[]).token, 0);
+        assert_eq!(greedy(-1.0, 0.0, &[], &[1]).token, 1);
+        // The log-probability stays the raw logits'.
+        let raw = log_softmax_at(&logits, 1);
+        assert_eq!(greedy(0.0, 0.5, &[], &[0, 2, 0]).logprob, raw);
+    }
+
+    #[test]
+    fn a_logit_bias_bans_or_forces_tokens_when_sampling_too() {
+        let logits: Vec<f32> = (0..20).map(|i| (i % 5) as f32 * 0.5).collect();
+        let draws = |logit_bias: Vec<(u32, f32)>| {
+            let params = SamplingParams { temperature: Some(1.0), seed: 11, logit_bias, ..Default::default() };
+            let mut s = Sampler::new(params);
+            (0..200).map(|_| s.sample(&logits, &[], &[]).token).collect::<Vec<_>>()
+        };
+        let free = draws(vec![]);
+        let banned: Vec<u32> = (0..20).filter(|t| t % 5 == 4).collect();
+        assert!(free.iter().any(|t| banned.contains(t)), "the likeliest tokens come up without a bias");
+        let with_ban = draws(banned.iter().map(|&t| (t, -100.0)).collect());
+        assert!(with_ban.iter().all(|t| !banned.contains(t)), "{with_ban:?}");
+        assert!(draws(vec![(7, 100.0)]).iter().all(|&t| t == 7));
+        let greedy = SamplingParams { logit_bias: vec![(0, 3.0)], ..SamplingParams::greedy() };
+        assert_eq!(Sampler::new(greedy).sample(&logits, &[], &[]).token, 0, "0 + 3 beats 2");
     }
 
     #[test]
@@ -186,7 +248,7 @@ mod tests {
         let params = SamplingParams { temperature: Some(1.0), seed: 7, ..Default::default() };
         let run = |p: SamplingParams| {
             let mut s = Sampler::new(p);
-            (0..20).map(|_| s.sample(&logits, &[]).token).collect::<Vec<_>>()
+            (0..20).map(|_| s.sample(&logits, &[], &[]).token).collect::<Vec<_>>()
         };
         assert_eq!(run(params.clone()), run(params.clone()));
         assert_ne!(run(params.clone()), run(SamplingParams { seed: 8, ..params.clone() }));
@@ -206,7 +268,7 @@ mod tests {
             let params = SamplingParams { temperature: Some(1.0), top_k, seed: 3, ..Default::default() };
             let mut s = Sampler::new(params);
             let mut counts = [0usize; 4];
-            (0..draws).for_each(|_| counts[s.sample(&logits, &[]).token as usize] += 1);
+            (0..draws).for_each(|_| counts[s.sample(&logits, &[], &[]).token as usize] += 1);
             let z_kept: f32 = kept.iter().map(|&t| logits[t].exp()).sum();
             for t in 0..4 {
                 let expected = if kept.contains(&t) { logits[t].exp() / z_kept } else { 0.0 };

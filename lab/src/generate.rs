@@ -88,6 +88,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         top_p: args.top_p,
         repetition_penalty: args.repetition_penalty,
         seed: args.seed,
+        ..SamplingParams::default()
     };
     let mut adapters: Vec<Option<AdapterId>> = Vec::new();
     if args.base || args.adapters.is_empty() {

@@ -81,6 +81,42 @@ async fn concurrent_requests_over_adapters_each_match_their_solo_run() {
     }
 }
 
+#[tokio::test]
+async fn openai_logit_bias_bans_and_forces_tokens() {
+    let (addr, _st) = live().await;
+    let lorax = json!({"inputs": PROMPT, "parameters": {"max_new_tokens": 4, "details": true}});
+    let (_, greedy) = post_json(addr, "/generate", &lorax).await;
+    let ids: Vec<u64> =
+        greedy["details"]["tokens"].as_array().unwrap().iter().map(|t| t["id"].as_u64().unwrap()).collect();
+    let text = |v: &Value| v["choices"][0]["text"].as_str().unwrap().to_string();
+    // The base model's name is what /v1/models lists first.
+    let models = reqwest::get(format!("http://{addr}/v1/models")).await.unwrap().json::<Value>().await.unwrap();
+    let base = models["data"][0]["id"].clone();
+    let with = |extra: Value| {
+        let mut body = json!({"model": base, "prompt": PROMPT, "max_tokens": 4, "temperature": 0});
+        body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        body
+    };
+    let (status, plain) = post_json(addr, "/v1/completions", &with(json!({}))).await;
+    assert_eq!(status, 200, "{plain}");
+    assert_eq!(text(&plain), greedy["generated_text"].as_str().unwrap(), "the same greedy run on both routes");
+    // Banning the first greedy token changes the run; forcing a token makes every token that one.
+    let (status, banned) =
+        post_json(addr, "/v1/completions", &with(json!({"logit_bias": {ids[0].to_string(): -100}}))).await;
+    assert_eq!(status, 200, "{banned}");
+    assert_ne!(text(&banned), text(&plain));
+    let forced_id = ids[1] as u32;
+    let (status, forced) =
+        post_json(addr, "/v1/completions", &with(json!({"logit_bias": {forced_id.to_string(): 100}}))).await;
+    assert_eq!(status, 200, "{forced}");
+    let tok = engine::Tokenizer::for_model(&common::fixtures().join("base")).unwrap();
+    assert_eq!(text(&forced), tok.decode(&[forced_id; 4], true).unwrap());
+    // The penalties are taken (and checked by the engine: see the bad-input suite).
+    let (status, penalized) =
+        post_json(addr, "/v1/completions", &with(json!({"presence_penalty": 1.5, "frequency_penalty": -0.5}))).await;
+    assert_eq!(status, 200, "{penalized}");
+}
+
 struct Case {
     path: &'static str,
     content_type: Option<&'static str>,
@@ -207,7 +243,14 @@ fn bad_inputs() -> Vec<Case> {
         chat(json!({"max_completion_tokens": -3}), 400, "`max_completion_tokens`"),
         chat(json!({"stop": ["a", "b", "c", "d", "e"]}), 400, "`stop` has 5 sequences"),
         chat(json!({"stop": 7}), 400, "`stop`"),
-        chat(json!({"presence_penalty": 1}), 400, "`presence_penalty` is not supported"),
+        chat(json!({"presence_penalty": 3}), 400, "`presence_penalty` must be between -2 and 2, got 3"),
+        chat(json!({"frequency_penalty": -2.5}), 400, "`frequency_penalty` must be between -2 and 2"),
+        chat(json!({"frequency_penalty": "x"}), 400, "`frequency_penalty` invalid type"),
+        chat(json!({"logit_bias": {"abc": 1}}), 400, "`logit_bias` keys must be token ids, got \"abc\""),
+        chat(json!({"logit_bias": {"5": "up"}}), 400, "`logit_bias` token 5's bias must be a number"),
+        chat(json!({"logit_bias": {"5": 200}}), 400, "`logit_bias` must be between -100 and 100"),
+        chat(json!({"logit_bias": {"99999999": 1}}), 400, "`logit_bias` token 99999999 is not in the vocabulary"),
+        chat(json!({"logit_bias": [1, 2]}), 400, "`logit_bias` must be an object"),
         chat(json!({"logprobs": true}), 400, "`logprobs` is not supported"),
         chat(json!({"tools": [{"type": "function"}]}), 400, "`tools` is not supported"),
         chat(json!({"model": "nope"}), 404, "the model `nope` does not exist"),

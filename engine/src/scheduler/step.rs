@@ -281,9 +281,7 @@ fn sample_rows(running: &mut [Seq], ready: &[(usize, &[f32])]) -> Vec<Sampled> {
         for job in &jobs[range] {
             let mut job = job.lock().expect("not poisoned");
             let Job { seq: s, logits, sampled } = &mut *job;
-            let history =
-                if s.sampler.needs_history() { [&s.sub.prompt[..], &s.generated[..]].concat() } else { Vec::new() };
-            *sampled = Some(s.sampler.sample(logits, &history));
+            *sampled = Some(s.sampler.sample(logits, &s.sub.prompt, &s.generated));
         }
     });
     jobs.into_iter().map(|j| j.into_inner().expect("not poisoned").sampled.expect("sampled")).collect()

@@ -42,11 +42,11 @@ pub fn sampling(input: &SamplingInput) -> (SamplingParams, Option<u64>) {
     let top_p = input.top_p.filter(|&p| p != 1.0);
     let repetition_penalty = input.repetition_penalty;
     if !sample {
-        return (SamplingParams { temperature: None, top_k, top_p, repetition_penalty, seed: 0 }, None);
+        return (SamplingParams { temperature: None, top_k, top_p, repetition_penalty, ..Default::default() }, None);
     }
     let seed = input.seed.unwrap_or_else(rand::random);
     let temperature = Some(input.temperature.unwrap_or(1.0));
-    (SamplingParams { temperature, top_k, top_p, repetition_penalty, seed }, Some(seed))
+    (SamplingParams { temperature, top_k, top_p, repetition_penalty, seed, ..Default::default() }, Some(seed))
 }
 
 /// A wire count (`max_new_tokens`, `truncate`) as the engine's `usize`: negative values become 0, which the

@@ -57,13 +57,6 @@ fn refuse_unsupported(r: &Request, route: Route) -> Result<(), ApiError> {
         return Err(ApiError::invalid(field, format!("belongs to {other}, not this route")));
     }
     let unsupported = [
-        ("presence_penalty", r.presence_penalty.is_some_and(|p| p != 0.0), "presence penalty"),
-        ("frequency_penalty", r.frequency_penalty.is_some_and(|p| p != 0.0), "frequency penalty"),
-        (
-            "logit_bias",
-            r.logit_bias.as_ref().is_some_and(|v| !v.is_null() && v != &serde_json::json!({})),
-            "logit bias",
-        ),
         (
             "logprobs",
             r.logprobs.as_ref().is_some_and(|v| !v.is_null() && v != &serde_json::json!(false)),
@@ -84,6 +77,26 @@ fn refuse_unsupported(r: &Request, route: Route) -> Result<(), ApiError> {
         Some((field, _, what)) => Err(ApiError::unsupported(field, what)),
         None => Ok(()),
     }
+}
+
+/// OpenAI's `logit_bias`, `{"<token id>": bias}`, as the engine's list; its ranges and ids are the engine's to check.
+fn logit_bias(value: Option<&serde_json::Value>) -> Result<Vec<(u32, f32)>, ApiError> {
+    let map = match value {
+        None | Some(serde_json::Value::Null) => return Ok(Vec::new()),
+        Some(serde_json::Value::Object(map)) => map,
+        Some(_) => return Err(ApiError::invalid("logit_bias", "must be an object of token ids to biases")),
+    };
+    map.iter()
+        .map(|(key, bias)| {
+            let token = key
+                .parse::<u32>()
+                .map_err(|_| ApiError::invalid("logit_bias", format!("keys must be token ids, got {key:?}")))?;
+            let bias = bias.as_f64().ok_or_else(|| {
+                ApiError::invalid("logit_bias", format!("token {token}'s bias must be a number, got {bias}"))
+            })?;
+            Ok((token, bias as f32))
+        })
+        .collect()
 }
 
 /// The adapter named by `model`: `None` for the base model's name. Whether the catalog has it is the engine's to
@@ -169,7 +182,10 @@ async fn check(engine: &EngineHandle, r: Request, route: Route) -> Result<Checke
         repetition_penalty: r.repetition_penalty,
         seed: r.seed.map(|s| s as u64),
     };
-    let (sampling, _) = params::sampling(&input);
+    let (mut sampling, _) = params::sampling(&input);
+    sampling.presence_penalty = r.presence_penalty.unwrap_or(0.0);
+    sampling.frequency_penalty = r.frequency_penalty.unwrap_or(0.0);
+    sampling.logit_bias = logit_bias(r.logit_bias.as_ref())?;
     let (max_field, asked) = match r.max_completion_tokens {
         Some(n) => ("max_completion_tokens", Some(n)),
         None => ("max_tokens", r.max_tokens),
