@@ -179,12 +179,14 @@ fn a_corrupt_adapter_fails_only_its_own_requests() {
     }
     assert_eq!(collect(base).unwrap().0.len(), 6);
     // The server goes on; a later request for the broken adapter is retried (and fails again, with the cause). (The
-    // three first requests cost one load, or two when one reached the engine after the first load had failed.)
+    // three first requests cost one load each at most: a request whose caller started a new load after the last
+    // one failed may itself be failed by that earlier failure, its own load's failure still to be counted.)
     let failures = EngineStats::get(&engine.stats().adapter_load_failures);
-    assert!((1..=2).contains(&failures), "{failures}");
+    assert!((1..=3).contains(&failures), "{failures}");
     let retry = collect(engine.generate(request(&prompt, Some("broken"), 6)).unwrap()).unwrap_err();
     assert!(matches!(retry, Error::AdapterLoad { .. }));
-    assert_eq!(EngineStats::get(&engine.stats().adapter_load_failures), failures + 1);
+    let after = EngineStats::get(&engine.stats().adapter_load_failures);
+    assert!(after > failures && after <= 4, "{failures} then {after}");
 }
 
 #[test]
