@@ -219,8 +219,11 @@ impl Limits {
                 return invalid(Field::LogitBias, reason);
             }
             if !(-MAX_LOGIT_BIAS_VALUE..=MAX_LOGIT_BIAS_VALUE).contains(&bias) {
-                let (max, reason) = (MAX_LOGIT_BIAS_VALUE, format!("token {token}'s bias {bias}"));
-                return invalid(Field::LogitBias, format!("must be between -{max} and {max}, got {reason}"));
+                let max = MAX_LOGIT_BIAS_VALUE;
+                return invalid(
+                    Field::LogitBias,
+                    format!("must be between -{max} and {max}, got {bias} for token {token}"),
+                );
             }
         }
         let stop = &request.stop;

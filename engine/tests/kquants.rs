@@ -5,20 +5,15 @@
 //! f32 file's, and the adapter moves the quantized model as it moves the f32 one (the adapter's q/k rows permuted
 //! for the GGUF's layout as for any GGUF base). Needs the fixture: `make spm-fixture` (or LORALAND_SPM_FIXTURE).
 
+mod common;
+
 use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::{Device, IndexOp, Tensor};
+use common::spm_fixture;
 use engine::adapter::LoraAdapter;
 use engine::{AdapterBank, LoadOptions, Logits, Model, QuantMode, SeqInput, Tokenizer};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
-
-fn dir() -> PathBuf {
-    let p = std::env::var_os("LORALAND_SPM_FIXTURE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../data/fixtures/mistral-spm"));
-    assert!(p.join("tiny.gguf").is_file(), "{} is missing: run `make spm-fixture` first", p.display());
-    p
-}
 
 /// Writes `src` to `dst` with every 2-D weight quantized: `main` for most, `heavy` for `attn_v`, `ffn_down` and
 /// `output` (llama.cpp's _M mixes give those more bits).
@@ -51,7 +46,7 @@ fn requantize(src: &Path, dst: &Path, main: GgmlDType, heavy: GgmlDType) {
 fn mixed_logits(model_path: &Path, quant: QuantMode, prompts: &[Vec<u32>]) -> Tensor {
     let opts = LoadOptions { quant, ..Default::default() };
     let model = Model::load(model_path, &opts).unwrap();
-    let adapter = LoraAdapter::load(&dir().join("adapters/all_r8"), &model.adapter_target()).unwrap();
+    let adapter = LoraAdapter::load(&spm_fixture().join("adapters/all_r8"), &model.adapter_target()).unwrap();
     let bank = AdapterBank::new(vec![Arc::new(adapter)], model.config().num_hidden_layers).unwrap();
     let mut caches: Vec<_> = (0..2 * prompts.len()).map(|_| model.new_cache()).collect();
     let mut seqs: Vec<SeqInput<'_>> = caches
@@ -71,7 +66,7 @@ fn kl(p_logits: &Tensor, q_logits: &Tensor) -> f32 {
 
 #[test]
 fn k_quant_bases_with_an_adapter_stay_within_kl_of_the_f32_file() {
-    let src = dir().join("tiny.gguf");
+    let src = spm_fixture().join("tiny.gguf");
     let tok = Tokenizer::for_model(&src).unwrap();
     let prompts: Vec<Vec<u32>> = ["The capital of France is", "[INST] Name three colours. [/INST]", "12 + 30 ="]
         .iter()

@@ -5,20 +5,14 @@
 //! renders as transformers renders it; and the model generates through the engine with its text streamed whole.
 //! Needs the fixture: `make spm-fixture` makes it under data/fixtures/mistral-spm (or set LORALAND_SPM_FIXTURE).
 
+mod common;
+
+use common::spm_fixture;
 use engine::{ChatMessage, Engine, EngineConfig, Event, GenerateRequest, Prompt, SamplingParams, Tokenizer};
 use serde_json::Value;
-use std::path::PathBuf;
-
-fn dir() -> PathBuf {
-    let p = std::env::var_os("LORALAND_SPM_FIXTURE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../data/fixtures/mistral-spm"));
-    assert!(p.join("reference.json").is_file(), "{} is missing: run `make spm-fixture` first", p.display());
-    p
-}
 
 fn reference() -> Value {
-    serde_json::from_str(&std::fs::read_to_string(dir().join("reference.json")).unwrap()).unwrap()
+    serde_json::from_str(&std::fs::read_to_string(spm_fixture().join("reference.json")).unwrap()).unwrap()
 }
 
 fn ids(v: &Value) -> Vec<u32> {
@@ -27,7 +21,7 @@ fn ids(v: &Value) -> Vec<u32> {
 
 #[test]
 fn token_ids_and_text_equal_transformers_and_sentencepiece() {
-    let tok = Tokenizer::for_model(&dir().join("tiny.gguf")).unwrap();
+    let tok = Tokenizer::for_model(&spm_fixture().join("tiny.gguf")).unwrap();
     let reference = reference();
     let cases = reference["cases"].as_array().unwrap();
     assert!(cases.len() >= 15);
@@ -53,7 +47,7 @@ fn token_ids_and_text_equal_transformers_and_sentencepiece() {
 
 #[test]
 fn the_chat_template_renders_and_tokenizes_as_transformers_does() {
-    let tok = Tokenizer::for_model(&dir().join("tiny.gguf")).unwrap();
+    let tok = Tokenizer::for_model(&spm_fixture().join("tiny.gguf")).unwrap();
     let chat = &reference()["chat"];
     let messages: Vec<ChatMessage> = serde_json::from_value(chat["messages"].clone()).unwrap();
     assert_eq!(tok.apply_chat_template(&messages, false).unwrap(), chat["text"].as_str().unwrap());
@@ -68,7 +62,7 @@ fn the_chat_template_renders_and_tokenizes_as_transformers_does() {
 
 #[test]
 fn the_tiny_mistral_gguf_generates_through_the_engine_with_its_text_streamed_whole() {
-    let mut cfg = EngineConfig::new(dir().join("tiny.gguf"));
+    let mut cfg = EngineConfig::new(spm_fixture().join("tiny.gguf"));
     cfg.max_new_tokens = 24;
     let engine = Engine::spawn(cfg).unwrap();
     let prompt = "[INST] Schreib ein Gedicht über Zürich 🏔️ [/INST]";

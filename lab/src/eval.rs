@@ -94,8 +94,6 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     config.max_batch_size = rows;
     // A chunk's requests, and the last chunk's until the engine thread has dropped them.
     config.max_queue = config.max_queue.max(2 * rows);
-    // Whole prompts in one step, as the lock-step scorer did: this measures answers, not latency.
-    config.max_batch_tokens = Some(usize::MAX);
     config.max_new_tokens = gens.iter().map(|g| g.max_new_tokens).max().unwrap_or(1).max(1);
     let (engine, adapter_ids) =
         local::spawn(config, &folders).with_context(|| format!("cannot load {}", args.model.display()))?;

@@ -70,7 +70,6 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let rows = usize::from(args.base || args.adapters.is_empty()) + args.adapters.len();
     config.max_batch_size = rows.max(1);
     config.max_new_tokens = args.max_new_tokens.max(1);
-    config.max_batch_tokens = Some(usize::MAX);
     let (engine, ids) = crate::local::spawn(config, &args.adapters)?;
     let tokenizer = engine.handle().tokenizer();
     let prompt = match (&args.prompt, &args.token_ids) {

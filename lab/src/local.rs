@@ -11,14 +11,15 @@ pub fn spawn(mut config: EngineConfig, adapters: &[PathBuf]) -> anyhow::Result<(
     let ids: Vec<AdapterId> =
         (0..adapters.len()).map(|i| AdapterId::new(&format!("arg{i}")).expect("a valid id")).collect();
     config.catalog = Catalog { folders: ids.iter().cloned().zip(adapters.iter().cloned()).collect(), ..config.catalog };
+    // Whole prompts in one step, as the lock-step runs before did: these commands measure answers, not latency.
+    config.max_batch_tokens = Some(usize::MAX);
     let handle = engine::Engine::spawn(config)?;
-    Ok((Local { handle, folders: adapters.to_vec() }, ids))
+    Ok((Local { handle }, ids))
 }
 
 /// A local engine.
 pub struct Local {
     handle: EngineHandle,
-    folders: Vec<PathBuf>,
 }
 
 /// One request's result.
@@ -63,7 +64,7 @@ impl Local {
 
     /// The folder of one of our adapter ids.
     pub fn folder(&self, id: &AdapterId) -> Option<&PathBuf> {
-        id.as_str().strip_prefix("arg").and_then(|i| i.parse::<usize>().ok()).and_then(|i| self.folders.get(i))
+        self.handle.config().catalog.folders.get(id)
     }
 
     /// An engine error, with our adapter ids replaced by the folders the user gave.

@@ -278,9 +278,10 @@ impl Scheduler {
         let running: HashSet<AdapterId> = self.running.iter().filter_map(|s| s.sub.request.adapter.clone()).collect();
         let oldest: HashMap<AdapterId, Instant> =
             self.waiting.fronts().filter_map(|s| Some((s.request.adapter.clone()?, s.submitted))).collect();
+        // In the order they were loaded: placement keeps it among equals (the preloads).
+        let ids: Vec<AdapterId> = self.parked.iter().map(|(id, _)| id.clone()).collect();
         let mut loaded: HashMap<AdapterId, Arc<crate::LoraAdapter>> =
             std::mem::take(&mut self.parked).into_iter().collect();
-        let ids: Vec<AdapterId> = loaded.keys().cloned().collect();
         let mut evicted = Vec::new();
         for turn in placement::turns(&ids, &running, &oldest) {
             let adapter = loaded.remove(&turn.id).expect("each parked adapter has one turn");

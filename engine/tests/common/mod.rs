@@ -17,6 +17,15 @@ pub fn fixture(rel: &str) -> PathBuf {
     }
 }
 
+/// The SentencePiece fixture's folder (`make spm-fixture`): data/fixtures/mistral-spm, or `$LORALAND_SPM_FIXTURE`.
+pub fn spm_fixture() -> PathBuf {
+    let p = std::env::var_os("LORALAND_SPM_FIXTURE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../data/fixtures/mistral-spm"));
+    assert!(p.join("reference.json").is_file(), "{} is missing: run `make spm-fixture` first", p.display());
+    p
+}
+
 /// A tiny fixture set (`tiny-llama`, `tiny-mistral`): the model, the adapters of the reference rows in a bank, the
 /// rows' adapter slots, and the reference tensors.
 pub struct TinySet {
