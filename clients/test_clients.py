@@ -2,6 +2,7 @@
 fixture adapters). Run by scripts/clients.sh, which starts the server and passes its URL as the first argument.
 Greedy decoding everywhere, so that the same prompt gives the same text through every route."""
 
+import json
 import sys
 
 import lorax
@@ -80,11 +81,15 @@ try:
     check("unknown model raises NotFoundError", False, "no exception")
 except openai.NotFoundError as e:
     check("unknown model raises NotFoundError", "no-such-adapter" in str(e), e)
+two = oa.chat.completions.create(model="qv_r8", messages=messages, max_tokens=6, n=2, seed=11)
+one = oa.chat.completions.create(model="qv_r8", messages=messages, max_tokens=6, seed=12)
+check("n=2 gives two choices, the second the seed after", [c.index for c in two.choices] == [0, 1]
+      and two.choices[1].message.content == one.choices[0].message.content, (two.choices, one.choices))
 try:
-    oa.chat.completions.create(model="qv_r8", messages=messages, max_tokens=4, n=2)
-    check("n=2 raises BadRequestError", False, "no exception")
+    oa.chat.completions.create(model="qv_r8", messages=messages, max_tokens=4, n=99)
+    check("n=99 raises BadRequestError", False, "no exception")
 except openai.BadRequestError as e:
-    check("n=2 raises BadRequestError", e.body.get("param") == "n", e.body)
+    check("n=99 raises BadRequestError", e.body.get("param") == "n", e.body)
 
 # --- lorax-client ---
 lc = lorax.Client(BASE)
@@ -111,6 +116,55 @@ try:
     check("lorax max_new_tokens over the limit raises", False, "no exception")
 except lorax.errors.ValidationError as e:
     check("lorax max_new_tokens over the limit raises", "max_new_tokens" in str(e), e)
+
+# --- Structured output and log-probabilities ---
+SCHEMA = {
+    "type": "object",
+    "properties": {"answer": {"enum": ["yes", "no"]}, "n": {"type": "integer", "minimum": 0, "maximum": 9}},
+    "required": ["answer", "n"],
+    "additionalProperties": False,
+}
+
+
+def valid(text):
+    try:
+        v = json.loads(text)
+    except (TypeError, ValueError):
+        return False
+    return set(v) == {"answer", "n"} and v["answer"] in ("yes", "no") and isinstance(v["n"], int) and 0 <= v["n"] <= 9
+
+
+structured = oa.chat.completions.create(
+    model="qv_r8", messages=messages, max_tokens=60, seed=3,
+    response_format={"type": "json_schema", "json_schema": {"name": "answer", "schema": SCHEMA, "strict": True}})
+check("openai response_format json_schema gives the schema's JSON", valid(structured.choices[0].message.content),
+      structured.choices[0].message.content)
+as_object = oa.chat.completions.create(model="qv_r8", messages=messages, max_tokens=60, seed=4,
+                                       response_format={"type": "json_object"})
+check("openai response_format json_object finishes", as_object.choices[0].finish_reason in ("stop", "length"), as_object)
+constrained = lc.generate(PROMPT, adapter_id="all_r4", max_new_tokens=60, do_sample=True, seed=5,
+                          response_format={"type": "json_object", "schema": SCHEMA}, details=True)
+check("lorax response_format gives the schema's JSON", valid(constrained.generated_text), constrained.generated_text)
+try:
+    lc.generate(PROMPT, max_new_tokens=4, response_format={"type": "json_object", "schema": {"type": "no-such-type"}})
+    check("lorax uncompilable schema raises", False, "no exception")
+except lorax.errors.ValidationError as e:
+    check("lorax uncompilable schema raises", "response_format" in str(e), e)
+with_logprobs = oa.chat.completions.create(model="qv_r8", messages=messages, max_tokens=6, temperature=0,
+                                           logprobs=True, top_logprobs=3)
+content = with_logprobs.choices[0].logprobs.content
+check("openai chat logprobs: one entry per token, 3 alternatives each",
+      len(content) == 6 and all(len(c.top_logprobs) == 3 for c in content), content)
+check("openai chat logprobs: the greedy token is the most likely",
+      all(c.logprob == max(t.logprob for t in c.top_logprobs) for c in content), content)
+text_lp = oa.completions.create(model="qv_r8", prompt=PROMPT, max_tokens=8, temperature=0, logprobs=2).choices[0].logprobs
+check("openai completion logprobs equal lorax's", text_lp.token_logprobs == [t.logprob for t in lorax_tokens],
+      (text_lp.token_logprobs, [t.logprob for t in lorax_tokens]))
+
+scored = lc.generate(PROMPT, max_new_tokens=2, details=True, decoder_input_details=True)
+prefill = scored.details.prefill
+check("lorax decoder_input_details scores the prompt", len(prefill) > 1 and prefill[0].logprob is None
+      and all(t.logprob is not None and t.logprob <= 0 for t in prefill[1:]), prefill)
 
 failed = [name for name, ok in checks if not ok]
 print(f"{len(checks) - len(failed)}/{len(checks)} client checks passed")

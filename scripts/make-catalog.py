@@ -25,6 +25,37 @@ PUBLISHED = {
     "glue_cola", "glue_stsb", "glue_mrpc", "glue_qqp", "tldr_headline_gen", "tldr_content_gen", "drop",
 }
 
+# What an answer to the task must look like, for constrained decoding (the web app's "constrain to the task's output
+# format" switch, `loraland eval --constrained`): the label set the template names, or the JSON its example shows.
+NER_SCHEMA = {
+    "type": "object",
+    "properties": {k: {"type": "array", "items": {"type": "string"}} for k in
+                   ["person", "organization", "location", "miscellaneous"]},
+    "required": ["person", "organization", "location", "miscellaneous"],
+    "additionalProperties": False,
+}
+CONSTRAINTS = {
+    "customer_support": {"choice": ["replace card", "transfer money", "check balance", "order checks", "pay bill",
+                                    "reset password", "schedule appointment", "get branch hours",
+                                    "none of the above"]},
+    "dbpedia": {"choice": ["Company", "EducationalInstitution", "Artist", "Athlete", "OfficeHolder",
+                           "MeanOfTransportation", "Building", "NaturalPlace", "Village", "Animal", "Plant", "Album",
+                           "Film", "WrittenWork"]},
+    "glue_sst2": {"choice": ["0", "1"]},
+    "covid": {"choice": ["Extremely Positive", "Positive", "Neutral", "Negative", "Extremely Negative"]},
+    "jigsaw": {"choice": ["yes", "no"]},
+    "conllpp": {"json_schema": NER_SCHEMA},
+    "glue_mnli": {"choice": ["0", "1", "2"]},
+    "glue_qnli": {"choice": ["0", "1"]},
+    "glue_qqp": {"choice": ["0", "1"]},
+    "glue_mrpc": {"choice": ["0", "1"]},
+    "glue_stsb": {"regex": "[0-5](\\.[0-9]{1,2})?"},
+    "glue_cola": {"choice": ["0", "1"]},
+    "boolq": {"choice": ["yes", "no"]},
+    "winogrande": {"choice": ["1", "2"]},
+    "hellaswag": {"choice": ["0", "1", "2", "3"]},
+}
+
 EXAMPLES = {
     "customer_support": [
         {"text": "Hi, I lost my debit card yesterday and I need a new one sent to me as soon as possible."},
@@ -226,6 +257,7 @@ def main():
             "reference_prompt": template.format(**examples[0]),
             "adapters": {"embedded": task_id, "mistral-7b": f"predibase/{task_id}"},
             "published": task_id in PUBLISHED,
+            "constraint": CONSTRAINTS.get(task_id),
         })
     json.dump({"source": "predibase/lora_bakeoff tasks/ (commit 2ac88b9)", "tasks": tasks}, sys.stdout, indent=1,
               ensure_ascii=False)

@@ -46,6 +46,22 @@ pub struct Task {
     pub adapters: AdapterSources,
     /// Whether Predibase published the Mistral-7B adapter.
     pub published: bool,
+    /// What an answer must look like, for constrained decoding: the label set the template names, or the JSON its
+    /// example shows (`None` for free text).
+    #[serde(default)]
+    pub constraint: Option<OutputConstraint>,
+}
+
+/// The output format of a task, as constrained decoding takes it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputConstraint {
+    /// One of these labels.
+    Choice(Vec<String>),
+    /// Text matching this regular expression.
+    Regex(String),
+    /// A JSON value of this schema.
+    JsonSchema(serde_json::Value),
 }
 
 #[derive(Deserialize)]
@@ -201,6 +217,35 @@ mod tests {
             }
             assert_eq!(render(&t.template, &t.examples[0]).unwrap(), t.reference_prompt, "{}", t.id);
         }
+    }
+
+    #[test]
+    fn label_constraints_name_what_their_templates_ask_for() {
+        let constrained: Vec<&Task> = tasks().iter().filter(|t| t.constraint.is_some()).collect();
+        assert!(constrained.len() >= 14, "{} tasks with an output constraint", constrained.len());
+        for t in constrained {
+            match t.constraint.as_ref().expect("filtered") {
+                OutputConstraint::Choice(labels) => {
+                    assert!(labels.len() >= 2, "{}", t.id);
+                    let template = t.template.to_lowercase();
+                    for label in labels {
+                        assert!(template.contains(&label.to_lowercase()), "{}: {label:?} is not in the template", t.id);
+                    }
+                }
+                OutputConstraint::Regex(rx) => assert!(!rx.is_empty(), "{}", t.id),
+                OutputConstraint::JsonSchema(schema) => {
+                    // The NER schema's keys are the categories of the template's example output.
+                    for key in schema["required"].as_array().expect("required keys") {
+                        let key = key.as_str().expect("a string");
+                        assert!(t.template.contains(&format!("\"{key}\"")), "{}: {key}", t.id);
+                    }
+                }
+            }
+        }
+        assert_eq!(
+            task("conllpp").and_then(|t| t.constraint.as_ref()).map(std::mem::discriminant),
+            Some(std::mem::discriminant(&OutputConstraint::JsonSchema(serde_json::Value::Null)))
+        );
     }
 
     #[test]

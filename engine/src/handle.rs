@@ -4,6 +4,7 @@
 //! dropping the stream cancels the request.
 
 use crate::config::{EngineConfig, ModelInfo};
+use crate::constraint::{Grammars, Guide};
 use crate::registry::{AdapterId, AdapterSource, Catalog, Loader};
 use crate::request::{Event, Field, GenerateRequest, Limits, Prompt, SourceChoice};
 use crate::scheduler::{self, Command, Permit, Submission};
@@ -58,10 +59,13 @@ impl Engine {
             context,
             max_prompt_bytes: max_input_tokens.saturating_mul(tokenizer.max_token_bytes()),
             vocab_size: info.vocab_size,
+            max_choices: crate::request::MAX_CHOICES.min(config.max_batch_size),
         };
+        let grammars = Grammars::new(tokenizer.clone(), info.vocab_size, info.eos_token_ids.clone());
         Ok(EngineHandle {
             inner: Arc::new(Inner {
                 limits,
+                grammars,
                 tx: cmd_tx,
                 loader,
                 tokenizer,
@@ -76,6 +80,7 @@ impl Engine {
 
 struct Inner {
     limits: Limits,
+    grammars: Grammars,
     tx: mpsc::Sender<Command>,
     loader: Arc<Loader>,
     tokenizer: Tokenizer,
@@ -142,12 +147,14 @@ impl EngineHandle {
     }
 
     /// Checks `request` against the request contract ([`Limits`]: sampling ranges, stop sequences, the prompt's size
-    /// before tokenizing, its tokens after, the room it leaves in the context, the adapter id against the catalog)
-    /// and tokenizes it. Nothing is queued: [`EngineHandle::submit`] does that. Tokenizing is CPU work; callers on an
-    /// async runtime run a large prompt's `prepare` on a blocking thread.
+    /// before tokenizing, its tokens after, the room it leaves in the context, the adapter id against the catalog),
+    /// tokenizes it and compiles its output constraint. Nothing is queued: [`EngineHandle::submit`] does that.
+    /// Tokenizing and compiling are CPU work; callers on an async runtime run a large prompt's or a constrained
+    /// request's `prepare` on a blocking thread.
     pub fn prepare(&self, mut request: GenerateRequest) -> Result<Prepared> {
         let limits = &self.inner.limits;
         limits.check_fields(&request)?;
+        let guide = request.constraint.as_ref().map(|c| self.inner.grammars.compile(c)).transpose()?;
         let tokenizer = &self.inner.tokenizer;
         let mut prompt = match &request.prompt {
             Prompt::Tokens(ids) => ids.clone(),
@@ -172,17 +179,17 @@ impl EngineHandle {
                 SourceChoice::Hub => AdapterSource::Hub { repo: id.as_str().to_string() },
             }),
         };
-        Ok(Prepared { request, prompt, source })
+        Ok(Prepared { request, prompt, source, guide })
     }
 
     /// Admits a prepared request to the queue, or fails with [`Error::Overloaded`] when it is full (or
     /// [`Error::EngineStopped`]), and returns its event stream.
     pub fn submit(&self, prepared: Prepared) -> Result<GenerationStream> {
-        let Prepared { request, prompt, source } = prepared;
+        let Prepared { request, prompt, source, guide } = prepared;
         let cfg = &self.inner.config;
         let in_flight = &self.inner.in_flight;
         let waiting = in_flight.fetch_add(1, Ordering::SeqCst);
-        let permit = Permit(in_flight.clone());
+        let permit = Arc::new(Permit(in_flight.clone()));
         if waiting >= cfg.max_queue {
             return Err(Error::Overloaded { waiting });
         }
@@ -192,6 +199,7 @@ impl EngineHandle {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         EngineStats::add(&self.inner.stats.submitted, 1);
         let load = request.adapter.clone().zip(source.clone());
+        let choices = request.choices();
         let span = tracing::info_span!(
             "generation",
             adapter = request.adapter.as_ref().map_or("base", |id| id.as_str()),
@@ -201,6 +209,7 @@ impl EngineHandle {
             request,
             prompt,
             source,
+            guide,
             events: tx,
             _permit: permit,
             submitted: Instant::now(),
@@ -212,7 +221,7 @@ impl EngineHandle {
         if let Some((id, source)) = load {
             let _ = span.in_scope(|| self.inner.loader.ensure(&id, &source));
         }
-        Ok(GenerationStream { rx, ended: false })
+        Ok(GenerationStream { rx, ended: false, open: choices })
     }
 
     /// [`EngineHandle::prepare`], then [`EngineHandle::submit`].
@@ -233,6 +242,7 @@ pub struct Prepared {
     request: GenerateRequest,
     prompt: Vec<u32>,
     source: Option<AdapterSource>,
+    guide: Option<Guide>,
 }
 
 impl Prepared {
@@ -247,13 +257,16 @@ impl Prepared {
     }
 }
 
-/// The events of one request: zero or more [`Event::Token`], then [`Event::Finished`] (or an error). Dropping it
-/// cancels the request; its KV cache is freed at the next step. A stream never just stops: if the engine goes
-/// away before the last event, the stream's last item is [`Error::EngineStopped`].
+/// The events of one request: [`Event::Token`]s, and an [`Event::Finished`] for each continuation, the last
+/// event; or an error, which ends it. Dropping it cancels the request; its KV cache is freed at the next step. A
+/// stream never just stops: if the engine goes away before the last event, the stream's last item is
+/// [`Error::EngineStopped`].
 #[derive(Debug)]
 pub struct GenerationStream {
     rx: tokio::sync::mpsc::UnboundedReceiver<Result<Event>>,
     ended: bool,
+    /// Continuations not finished yet.
+    open: usize,
 }
 
 impl GenerationStream {
@@ -280,7 +293,12 @@ impl GenerationStream {
                 Some(Err(Error::EngineStopped))
             }
             Some(event) => {
-                self.ended = matches!(event, Ok(Event::Finished(_)) | Err(_));
+                match &event {
+                    Ok(Event::Finished(_)) => self.open = self.open.saturating_sub(1),
+                    Err(_) => self.open = 0,
+                    Ok(Event::Token(_)) => {}
+                }
+                self.ended = self.open == 0;
                 Some(event)
             }
         }

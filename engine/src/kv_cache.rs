@@ -157,6 +157,26 @@ impl KvCache {
         self.len = self.len.min(len);
     }
 
+    /// A copy of the cache that grows on its own (another continuation of the same prompt): the buffers are
+    /// copied, not shared, since positions are written in place.
+    pub fn fork(&self) -> Result<Self> {
+        let layers = (self.layers.iter())
+            .map(|layer| {
+                layer
+                    .as_ref()
+                    .map(|c| {
+                        let buffers = match &c.buffers {
+                            Buffers::Tensor { k, v } => Buffers::Tensor { k: k.copy()?, v: v.copy()? },
+                            Buffers::Host { k, v } => Buffers::Host { k: k.clone(), v: v.clone() },
+                        };
+                        Ok(LayerCache { buffers, capacity: c.capacity, len: c.len })
+                    })
+                    .transpose()
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { layers, len: self.len })
+    }
+
     /// Bytes held by the cache (its allocated capacity).
     pub fn bytes(&self) -> usize {
         self.layers

@@ -3,6 +3,7 @@
 
 pub mod adapter;
 pub mod config;
+pub mod constraint;
 pub mod error;
 pub mod handle;
 mod kernel;
@@ -30,8 +31,8 @@ pub use module::Module;
 pub use output::{Piece, TextOutput};
 pub use registry::{AdapterId, Catalog};
 pub use request::{
-    Event, Field, FinishReason, Finished, GenerateRequest, Limits, Prompt, PromptPart, SourceChoice, Timings,
-    TokenEvent,
+    Constraint, Event, Field, FinishReason, Finished, GenerateRequest, Limits, Prompt, PromptPart, SourceChoice,
+    Timings, TokenEvent,
 };
 pub use sampling::{Sampler, SamplingParams};
 pub use stats::EngineStats;

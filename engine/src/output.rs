@@ -77,6 +77,23 @@ impl TextOutput {
         Piece { text, finish }
     }
 
+    /// Ends the sequence for a reason of its caller's (its output constraint is complete): returns the text not
+    /// released yet (held back for a stop sequence that now cannot come, or the end of a character).
+    pub fn finish(&mut self, tokenizer: &Tokenizer) -> String {
+        if let Ok(Some(rest)) = self.stream.flush(tokenizer) {
+            self.text.push_str(&rest);
+        }
+        let rest = self.text[self.emitted..].to_string();
+        self.emitted = self.text.len();
+        rest
+    }
+
+    /// Ends the sequence between tokens (its output constraint allowed none): the text not released yet is dropped,
+    /// so that the whole text is what was streamed.
+    pub fn cut(&mut self) {
+        self.text.truncate(self.emitted);
+    }
+
     /// The whole text so far (stop sequences and special tokens left out).
     pub fn text(&self) -> &str {
         &self.text

@@ -21,6 +21,10 @@ pub const MAX_PENALTY: f32 = 2.0;
 pub const MAX_LOGIT_BIAS: usize = 1024;
 /// Largest bias of one token, either way (OpenAI's range).
 pub const MAX_LOGIT_BIAS_VALUE: f32 = 100.0;
+/// Most alternatives reported per token (OpenAI's `top_logprobs` range).
+pub const MAX_TOP_LOGPROBS: usize = 20;
+/// Most continuations of one prompt ([`GenerateRequest::n`]), within the batch size.
+pub const MAX_CHOICES: usize = 16;
 
 /// A prompt as text (tokenized with the model's tokenizer, BOS added if the model wants it), as token ids, or as
 /// parts whose text is either the prompt's own markup or content from someone else.
@@ -72,6 +76,23 @@ impl Prompt {
     }
 }
 
+/// What a constrained request's output must be.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Constraint {
+    /// Any JSON object (OpenAI's `{"type": "json_object"}`).
+    JsonObject,
+    /// A JSON value matching this JSON schema. JSON is written compact unless the schema sets llguidance's own
+    /// options (`"x-guidance": {"whitespace_flexible": true}`): a model could otherwise pad it with whitespace until
+    /// it runs out of tokens.
+    JsonSchema(serde_json::Value),
+    /// Text matching this regular expression, whole.
+    Regex(String),
+    /// Exactly one of these strings.
+    Choice(Vec<String>),
+    /// Text of this Lark grammar (llguidance's dialect, `start` the top rule).
+    Lark(String),
+}
+
 /// One generation request.
 #[derive(Clone, Debug, Default)]
 pub struct GenerateRequest {
@@ -92,6 +113,21 @@ pub struct GenerateRequest {
     pub adapter_source: SourceChoice,
     /// Stop sequences; generation ends before the first one and it is not returned.
     pub stop: Vec<String>,
+    /// What the output must match (JSON, a regex, a choice, a grammar), `None` for free text.
+    pub constraint: Option<Constraint>,
+    /// Score the prompt: [`Finished::prompt_logprobs`] (LoRAX `decoder_input_details`).
+    pub prompt_logprobs: bool,
+    /// Continuations of the prompt to generate (OpenAI's `n`; `None` is one). The prompt is prefilled once and
+    /// each continuation starts from a copy of its cache; continuation `c` samples with seed `seed + c`, so it is
+    /// the one a single request with that seed gets.
+    pub n: Option<usize>,
+}
+
+impl GenerateRequest {
+    /// How many continuations it asks for.
+    pub fn choices(&self) -> usize {
+        self.n.unwrap_or(1)
+    }
 }
 
 /// Where a request's adapter may come from.
@@ -133,6 +169,12 @@ pub enum Field {
     FrequencyPenalty,
     /// [`SamplingParams::logit_bias`].
     LogitBias,
+    /// [`SamplingParams::top_logprobs`].
+    TopLogprobs,
+    /// [`GenerateRequest::n`].
+    N,
+    /// [`GenerateRequest::constraint`].
+    Constraint,
 }
 
 impl Field {
@@ -151,6 +193,9 @@ impl Field {
             Self::PresencePenalty => "presence_penalty",
             Self::FrequencyPenalty => "frequency_penalty",
             Self::LogitBias => "logit_bias",
+            Self::TopLogprobs => "top_logprobs",
+            Self::N => "n",
+            Self::Constraint => "constraint",
         }
     }
 }
@@ -176,6 +221,8 @@ pub struct Limits {
     pub max_prompt_bytes: usize,
     /// The vocabulary's size (token ids must be below it).
     pub vocab_size: usize,
+    /// Most continuations of one request: [`MAX_CHOICES`], at most the batch size.
+    pub max_choices: usize,
 }
 
 impl Limits {
@@ -225,6 +272,13 @@ impl Limits {
                     format!("must be between -{max} and {max}, got {bias} for token {token}"),
                 );
             }
+        }
+        if s.top_logprobs > MAX_TOP_LOGPROBS {
+            let n = s.top_logprobs;
+            return invalid(Field::TopLogprobs, format!("must be between 0 and {MAX_TOP_LOGPROBS}, got {n}"));
+        }
+        if let Some(n) = request.n.filter(|n| !(1..=self.max_choices).contains(n)) {
+            return invalid(Field::N, format!("must be between 1 and {}, got {n}", self.max_choices));
         }
         let stop = &request.stop;
         if stop.len() > MAX_STOP_SEQUENCES {
@@ -297,6 +351,11 @@ pub struct TokenEvent {
     pub logprob: f32,
     /// Whether the token is a special (control) token.
     pub special: bool,
+    /// Which continuation it belongs to (`0..n`).
+    pub choice: usize,
+    /// The most likely tokens at this position with their log-probabilities, most likely first
+    /// ([`SamplingParams::top_logprobs`] of them; empty unless asked for).
+    pub top: Vec<(u32, f32)>,
 }
 
 /// Time spent by a request.
@@ -313,10 +372,15 @@ pub struct Timings {
 /// The end of a request.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Finished {
+    /// Which continuation ended (`0..n`).
+    pub choice: usize,
     /// Why it ended.
     pub reason: FinishReason,
     /// Tokens in the prompt.
     pub prompt_tokens: usize,
+    /// With [`GenerateRequest::prompt_logprobs`]: the log-probability of each prompt token after the first, given
+    /// the tokens before it (empty otherwise).
+    pub prompt_logprobs: Vec<f32>,
     /// Tokens generated.
     pub generated_tokens: usize,
     /// The whole generated text (special tokens and any stop sequence excluded).
@@ -325,7 +389,7 @@ pub struct Finished {
     pub timings: Timings,
 }
 
-/// What a generation stream yields: tokens, then one [`Event::Finished`].
+/// What a generation stream yields: tokens, then one [`Event::Finished`] per continuation.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
     /// A token.
@@ -344,15 +408,18 @@ pub enum FinishReason {
     Eos,
     /// A stop sequence appeared in the text.
     StopSequence,
+    /// The output constraint allowed no further token (a grammar that cannot go on, short of its end).
+    Constraint,
 }
 
 impl FinishReason {
-    /// The snake_case name (as serialized): `length`, `eos`, `stop_sequence`.
+    /// The snake_case name (as serialized): `length`, `eos`, `stop_sequence`, `constraint`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Length => "length",
             Self::Eos => "eos",
             Self::StopSequence => "stop_sequence",
+            Self::Constraint => "constraint",
         }
     }
 }

@@ -1,6 +1,6 @@
 //! Choosing the next token: greedy, or sampling with temperature, top-k and top-p, from a seeded generator so that
 //! a request with a seed is reproducible; the scores first adjusted by the repetition penalty (CTRL), OpenAI's
-//! presence and frequency penalties and a logit bias.
+//! presence and frequency penalties, a logit bias and an output constraint's mask of allowed tokens.
 
 use crate::kernel::{exp_shifted, sum_exp_shifted};
 use rand::rngs::StdRng;
@@ -25,6 +25,8 @@ pub struct SamplingParams {
     pub logit_bias: Vec<(u32, f32)>,
     /// Seed of the random generator.
     pub seed: u64,
+    /// Report this many most likely tokens with each chosen one (OpenAI's `top_logprobs`, 0 ..= 20).
+    pub top_logprobs: usize,
 }
 
 impl SamplingParams {
@@ -40,12 +42,15 @@ impl SamplingParams {
 }
 
 /// A token and its log-probability under the model's (unprocessed) distribution.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Sampled {
     /// The chosen token.
     pub token: u32,
     /// `log p(token)` from the raw logits.
     pub logprob: f32,
+    /// The [`SamplingParams::top_logprobs`] most likely tokens under the raw logits, most likely first, with their
+    /// log-probabilities (empty unless asked for).
+    pub top: Vec<(u32, f32)>,
 }
 
 /// Per-sequence sampler state.
@@ -68,12 +73,25 @@ impl Sampler {
     /// Without top-p nothing is sorted: top-k is a selection, and the draw walks the kept tokens in any order (the
     /// distribution is the same). Top-p sorts only the head of the distribution that holds the nucleus.
     pub fn sample(&mut self, logits: &[f32], prompt: &[u32], generated: &[u32]) -> Sampled {
-        let logprob_of = |token: u32| log_softmax_at(logits, token as usize);
-        let adjusted = self.adjust(logits, prompt, generated);
+        self.sample_within(logits, prompt, generated, None)
+    }
+
+    /// [`Sampler::sample`] among the tokens `allowed` only, when set: a bitset of 32-bit words (token `t` is bit
+    /// `t % 32` of word `t / 32`), an output constraint's mask, which must allow at least one token.
+    pub fn sample_within(
+        &mut self,
+        logits: &[f32],
+        prompt: &[u32],
+        generated: &[u32],
+        allowed: Option<&[u32]>,
+    ) -> Sampled {
+        let lse = log_sum_exp(logits);
+        let top = top_logprobs(logits, self.params.top_logprobs, lse);
+        let done = |token: u32| Sampled { token, logprob: logits[token as usize] - lse, top };
+        let adjusted = self.adjust(logits, prompt, generated, allowed);
         let scores = adjusted.as_deref().unwrap_or(logits);
         if self.params.is_greedy() {
-            let token = argmax(scores);
-            return Sampled { token, logprob: logprob_of(token) };
+            return done(argmax(scores));
         }
         let temperature = self.params.temperature.unwrap_or(1.0);
         // (token, score / temperature), then (token, unnormalised probability).
@@ -99,19 +117,19 @@ impl Sampler {
             })
             .or(cand.last())
             .map_or(0, |c| c.0);
-        Sampled { token, logprob: logprob_of(token) }
+        done(token)
     }
 }
 
 impl Sampler {
     /// The scores after the penalties and the bias, as vLLM and transformers apply them (repetition penalty over
-    /// prompt and output, presence and frequency penalties over the output only, then the bias), or `None` when
-    /// the request asks for none of them.
-    fn adjust(&self, logits: &[f32], prompt: &[u32], generated: &[u32]) -> Option<Vec<f32>> {
+    /// prompt and output, presence and frequency penalties over the output only, then the bias), and the tokens
+    /// not `allowed` ruled out, or `None` when the request asks for none of that.
+    fn adjust(&self, logits: &[f32], prompt: &[u32], generated: &[u32], allowed: Option<&[u32]>) -> Option<Vec<f32>> {
         let p = &self.params;
         let repetition = p.repetition_penalty.filter(|r| *r != 1.0);
         let penalties = p.presence_penalty != 0.0 || p.frequency_penalty != 0.0;
-        if repetition.is_none() && !penalties && p.logit_bias.is_empty() {
+        if repetition.is_none() && !penalties && p.logit_bias.is_empty() && allowed.is_none() {
             return None;
         }
         let mut scores = logits.to_vec();
@@ -137,6 +155,13 @@ impl Sampler {
         for &(token, bias) in &p.logit_bias {
             if let Some(s) = scores.get_mut(token as usize) {
                 *s += bias;
+            }
+        }
+        if let Some(words) = allowed {
+            for (t, s) in scores.iter_mut().enumerate() {
+                if words.get(t / 32).is_none_or(|w| w >> (t % 32) & 1 == 0) {
+                    *s = f32::NEG_INFINITY;
+                }
             }
         }
         Some(scores)
@@ -177,10 +202,35 @@ fn argmax(xs: &[f32]) -> u32 {
     xs.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1).then(b.0.cmp(&a.0))).map_or(0, |(i, _)| i as u32)
 }
 
-fn log_softmax_at(logits: &[f32], i: usize) -> f32 {
+fn log_sum_exp(logits: &[f32]) -> f32 {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let lse = sum_exp_shifted(logits, max).ln() + max;
-    logits[i] - lse
+    sum_exp_shifted(logits, max).ln() + max
+}
+
+/// The `n` most likely tokens under `logits` (whose log-sum-exp is `lse`), most likely first (ties by lower id).
+fn top_logprobs(logits: &[f32], n: usize, lse: f32) -> Vec<(u32, f32)> {
+    if n == 0 {
+        return Vec::new();
+    }
+    let mut all: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect();
+    let by_score = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+    let n = n.min(all.len());
+    if n < all.len() {
+        all.select_nth_unstable_by(n - 1, by_score);
+        all.truncate(n);
+    }
+    all.sort_unstable_by(by_score);
+    all.into_iter().map(|(t, l)| (t, l - lse)).collect()
+}
+
+/// `log p(token)` under `logits`.
+pub(crate) fn logprob_of(logits: &[f32], token: u32) -> f32 {
+    logits[token as usize] - log_sum_exp(logits)
+}
+
+#[cfg(test)]
+fn log_softmax_at(logits: &[f32], i: usize) -> f32 {
+    logprob_of(logits, i as u32)
 }
 
 #[cfg(test)]
@@ -240,6 +290,46 @@ mod tests {
         assert!(draws(vec![(7, 100.0)]).iter().all(|&t| t == 7));
         let greedy = SamplingParams { logit_bias: vec![(0, 3.0)], ..SamplingParams::greedy() };
         assert_eq!(Sampler::new(greedy).sample(&logits, &[], &[]).token, 0, "0 + 3 beats 2");
+    }
+
+    #[test]
+    fn a_mask_keeps_only_the_allowed_tokens_and_the_raw_logprob() {
+        let logits: Vec<f32> = (0..70).map(|i| (i % 9) as f32 * 0.4).collect();
+        // Tokens 3, 40 and 65 allowed: bits 3 of word 0, 8 of word 1, 1 of word 2.
+        let words = [1u32 << 3, 1 << 8, 1 << 1];
+        let allowed = [3u32, 40, 65];
+        for params in
+            [SamplingParams::greedy(), SamplingParams { temperature: Some(1.5), seed: 5, ..Default::default() }]
+        {
+            let mut s = Sampler::new(params.clone());
+            let picks: Vec<u32> =
+                (0..300).map(|_| s.sample_within(&logits, &[], &[], Some(&words[..])).token).collect();
+            assert!(picks.iter().all(|t| allowed.contains(t)), "{params:?}: {picks:?}");
+            if params.is_greedy() {
+                // 40 % 9 = 4 beats 3 and 65 % 9 = 2.
+                assert!(picks.iter().all(|&t| t == 40));
+            } else {
+                assert!(allowed.iter().all(|t| picks.contains(t)), "each allowed token comes up");
+            }
+        }
+        let out = Sampler::new(SamplingParams::greedy()).sample_within(&logits, &[], &[], Some(&words[..]));
+        assert_eq!(out.logprob, log_softmax_at(&logits, 40), "the log-probability is the model's, unmasked");
+    }
+
+    #[test]
+    fn top_logprobs_are_the_most_likely_tokens_in_order() {
+        let logits = [0.5f32, 3.0, -1.0, 3.0, 2.0];
+        let params = SamplingParams { top_logprobs: 3, ..SamplingParams::greedy() };
+        let out = Sampler::new(params).sample(&logits, &[], &[]);
+        let ids: Vec<u32> = out.top.iter().map(|t| t.0).collect();
+        assert_eq!(ids, vec![1, 3, 4], "ties by the lower id");
+        for (t, lp) in &out.top {
+            assert!((lp - log_softmax_at(&logits, *t as usize)).abs() < 1e-6);
+        }
+        assert_eq!(out.token, 1);
+        assert!(Sampler::new(SamplingParams::greedy()).sample(&logits, &[], &[]).top.is_empty());
+        let all = SamplingParams { top_logprobs: 20, ..SamplingParams::greedy() };
+        assert_eq!(Sampler::new(all).sample(&logits, &[], &[]).top.len(), 5, "no more than the vocabulary");
     }
 
     #[test]

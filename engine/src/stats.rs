@@ -27,6 +27,8 @@ pub struct EngineStats {
     pub last_adapter_load_us: AtomicU64,
     /// Forward steps run.
     pub steps: AtomicU64,
+    /// Prompt tokens run through the model (a prompt prefilled once for all its continuations counts once).
+    pub prefill_tokens: AtomicU64,
     /// Tokens generated.
     pub generated_tokens: AtomicU64,
     /// Requests admitted to the queue.

@@ -273,3 +273,44 @@ fn a_long_prompt_is_prefilled_in_chunks_of_the_step_budget() {
         }
     }
 }
+
+/// `n` continuations: the prompt is prefilled once, each continuation samples with seed + its index (so it is what
+/// a single request with that seed gets), and the stream ends after the last one's final event.
+#[test]
+fn n_continuations_share_one_prefill_and_each_equals_its_seed_alone() {
+    let engine = Engine::spawn(config(&fixture("tiny-llama/adapters"))).unwrap();
+    let prompt: Vec<u32> = (5..25).collect();
+    let sampled = |seed: u64, n: Option<usize>| GenerateRequest {
+        sampling: SamplingParams { temperature: Some(1.0), seed, ..Default::default() },
+        n,
+        ..request(&prompt, Some("all_r4"), 12)
+    };
+    let alone: Vec<Vec<u32>> =
+        (0..3).map(|c| collect(engine.generate(sampled(40 + c, None)).unwrap()).unwrap().0).collect();
+    assert!(alone[0] != alone[1] || alone[1] != alone[2], "different seeds give different runs");
+
+    let before = EngineStats::get(&engine.stats().prefill_tokens);
+    let mut stream = engine.generate(sampled(40, Some(3))).unwrap();
+    let mut tokens = vec![Vec::new(); 3];
+    let mut finished = Vec::new();
+    while let Some(event) = stream.blocking_next() {
+        match event.unwrap() {
+            Event::Token(t) => tokens[t.choice].push(t.id),
+            Event::Finished(f) => finished.push(f.choice),
+        }
+    }
+    finished.sort_unstable();
+    assert_eq!(finished, vec![0, 1, 2], "one final event per continuation, then the end");
+    assert_eq!(tokens, alone);
+    assert_eq!(EngineStats::get(&engine.stats().prefill_tokens) - before, prompt.len() as u64, "prefilled once");
+
+    // Out of range: refused by name.
+    for n in [0, 17] {
+        match engine.prepare(sampled(1, Some(n))) {
+            Err(Error::Invalid { field: engine::Field::N, reason }) => {
+                assert!(reason.contains("between 1 and 16"), "{reason}")
+            }
+            other => panic!("n = {n}: {other:?}"),
+        }
+    }
+}

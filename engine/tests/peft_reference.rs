@@ -118,3 +118,60 @@ fn bf16_adapters_are_held_in_bf16_and_read_exactly() {
         .collect();
     assert_eq!(logits[0], logits[1]);
 }
+
+/// Prompt log-probabilities through the engine (LoRAX's `decoder_input_details`), for the five reference rows at
+/// once, their prompts prefilled in chunks of a small step budget: each prompt token's log-probability equals the
+/// log-softmax of PEFT's logits at the position before it.
+#[test]
+fn prompt_logprobs_through_the_batcher_equal_peft_in_chunks() {
+    use engine::{AdapterId, Catalog, Engine, EngineConfig, Event, GenerateRequest, Prompt};
+    let reference = common::tiny_set_reference("tiny-llama");
+    let rows = token_rows(&reference["input_ids"]);
+    let logits = &reference["logits"];
+    let adapters: Vec<Option<&str>> =
+        vec![None, Some("qv_r8"), Some("all_r4"), Some("attn_r16_rslora"), Some("mlp_r2")];
+    let mut cfg = EngineConfig::new(common::fixture("tiny-llama/base"));
+    cfg.catalog =
+        Catalog { adapters_dir: Some(common::fixture("tiny-llama/adapters")), allow_hub: false, ..Default::default() };
+    cfg.max_batch_tokens = Some(11); // 24-token prompts over several steps, chunks crossing rows
+    let engine = Engine::spawn(cfg).unwrap();
+    let streams: Vec<_> = (rows.iter().zip(&adapters))
+        .map(|(ids, adapter)| {
+            engine
+                .generate(GenerateRequest {
+                    prompt: Prompt::Tokens(ids.clone()),
+                    adapter: adapter.map(|a| AdapterId::new(a).unwrap()),
+                    max_new_tokens: 2,
+                    prompt_logprobs: true,
+                    ..Default::default()
+                })
+                .unwrap()
+        })
+        .collect();
+    for (r, mut stream) in streams.into_iter().enumerate() {
+        let finished = loop {
+            match stream.blocking_next().unwrap().unwrap() {
+                Event::Finished(f) => break f,
+                Event::Token(_) => {}
+            }
+        };
+        let got = &finished.prompt_logprobs;
+        assert_eq!(got.len(), rows[r].len() - 1, "row {r}: one per prompt token after the first");
+        let row = candle_nn::ops::log_softmax(&logits.i(r).unwrap(), 1).unwrap().to_vec2::<f32>().unwrap();
+        for (j, lp) in got.iter().enumerate() {
+            let expected = row[j][rows[r][j + 1] as usize];
+            assert!((lp - expected).abs() < 1e-4, "row {r} ({:?}) token {}: {lp} vs {expected}", adapters[r], j + 1);
+        }
+    }
+    // Not asked for, not computed.
+    let plain = engine
+        .generate(GenerateRequest { prompt: Prompt::Tokens(rows[0].clone()), max_new_tokens: 1, ..Default::default() })
+        .unwrap();
+    let mut plain = plain;
+    let f = loop {
+        if let Event::Finished(f) = plain.blocking_next().unwrap().unwrap() {
+            break f;
+        }
+    };
+    assert!(f.prompt_logprobs.is_empty());
+}

@@ -117,6 +117,127 @@ async fn openai_logit_bias_bans_and_forces_tokens() {
     assert_eq!(status, 200, "{penalized}");
 }
 
+#[tokio::test]
+async fn constrained_output_and_logprobs_on_both_routes() {
+    let (addr, _st) = live().await;
+    let schema = json!({
+        "type": "object",
+        "properties": {"answer": {"enum": ["yes", "no"]}, "n": {"type": "integer", "minimum": 0, "maximum": 9}},
+        "required": ["answer", "n"],
+        "additionalProperties": false
+    });
+    let valid = |text: &str| {
+        let v: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text:?}"));
+        assert!(["yes", "no"].contains(&v["answer"].as_str().unwrap_or("")), "{text}");
+        assert!(v["n"].as_i64().is_some_and(|n| (0..=9).contains(&n)), "{text}");
+    };
+    // LoRAX's form, sampled (the tiny model's text is noise otherwise), with an adapter.
+    for seed in 0..3 {
+        let params = json!({"adapter_id": "qv_r8", "max_new_tokens": 60, "do_sample": true, "seed": seed,
+                            "response_format": {"type": "json_object", "schema": schema}, "details": true});
+        let (status, v) = post_json(addr, "/generate", &json!({"inputs": PROMPT, "parameters": params})).await;
+        assert_eq!(status, 200, "{v}");
+        valid(v["generated_text"].as_str().unwrap());
+        assert_eq!(v["details"]["finish_reason"], "eos_token");
+    }
+    // OpenAI's form, streamed: the deltas join to the object.
+    let models = reqwest::get(format!("http://{addr}/v1/models")).await.unwrap().json::<Value>().await.unwrap();
+    let base = models["data"][0]["id"].clone();
+    let chat = json!({"model": base, "messages": [{"role": "user", "content": "answer"}], "max_tokens": 60,
+                      "seed": 4, "stream": true, "logprobs": true, "top_logprobs": 2,
+                      "response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": schema}}});
+    let events = sse(addr, "/v1/chat/completions", &chat).await;
+    let chunks: Vec<Value> =
+        events.iter().filter(|(_, d)| d != "[DONE]").map(|(_, d)| serde_json::from_str(d).unwrap()).collect();
+    let content: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
+    valid(&content);
+    assert_eq!(chunks.last().unwrap()["choices"][0]["finish_reason"], "stop");
+    let entries: Vec<&Value> =
+        chunks.iter().filter_map(|c| c["choices"][0]["logprobs"]["content"].as_array()).flatten().collect();
+    let tokens: String = entries.iter().map(|e| e["token"].as_str().unwrap()).collect();
+    assert_eq!(tokens, content, "one logprobs entry per token, in order");
+    for e in &entries {
+        let top = e["top_logprobs"].as_array().unwrap();
+        assert_eq!(top.len(), 2);
+        assert!(top[0]["logprob"].as_f64() >= top[1]["logprob"].as_f64());
+        assert!(e["logprob"].as_f64().unwrap() <= 0.0);
+    }
+
+    // Completions' logprobs equal the LoRAX details' of the same greedy run; the greedy token is the top one.
+    let lorax = json!({"inputs": PROMPT, "parameters": {"max_new_tokens": 6, "details": true}});
+    let (_, greedy) = post_json(addr, "/generate", &lorax).await;
+    let body = json!({"model": base, "prompt": PROMPT, "max_tokens": 6, "temperature": 0, "logprobs": 3});
+    let (status, v) = post_json(addr, "/v1/completions", &body).await;
+    assert_eq!(status, 200, "{v}");
+    let lp = &v["choices"][0]["logprobs"];
+    let details = greedy["details"]["tokens"].as_array().unwrap();
+    let ours: Vec<f64> = lp["token_logprobs"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+    let theirs: Vec<f64> = details.iter().map(|t| t["logprob"].as_f64().unwrap()).collect();
+    assert_eq!(ours, theirs);
+    for (i, top) in lp["top_logprobs"].as_array().unwrap().iter().enumerate() {
+        let top = top.as_object().unwrap();
+        assert!((1..=4).contains(&top.len()), "{top:?}");
+        let best = top.values().map(|x| x.as_f64().unwrap()).fold(f64::MIN, f64::max);
+        assert_eq!(best, ours[i], "the greedy token is the most likely");
+    }
+    let offsets: Vec<u64> = lp["text_offset"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect();
+    assert_eq!(offsets[0], 0);
+    assert!(offsets.windows(2).all(|w| w[0] <= w[1]));
+}
+
+#[tokio::test]
+async fn n_choices_and_best_of_sample_each_choice_with_its_own_seed() {
+    let (addr, _st) = live().await;
+    let chat = |n: Option<u64>, seed: u64, stream: bool| {
+        json!({"model": "qv_r8", "messages": [{"role": "user", "content": "go"}], "max_tokens": 8, "seed": seed,
+               "n": n, "stream": stream, "stream_options": if stream { json!({"include_usage": true}) } else { Value::Null }})
+    };
+    let content = |v: &Value, i: usize| v["choices"][i]["message"]["content"].as_str().unwrap().to_string();
+    let (status, three) = post_json(addr, "/v1/chat/completions", &chat(Some(3), 20, false)).await;
+    assert_eq!(status, 200, "{three}");
+    let choices = three["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 3);
+    let mut total = 0;
+    for (i, c) in choices.iter().enumerate() {
+        assert_eq!(c["index"], i);
+        let (_, alone) = post_json(addr, "/v1/chat/completions", &chat(None, 20 + i as u64, false)).await;
+        assert_eq!(content(&three, i), content(&alone, 0), "choice {i} is seed {} alone", 20 + i);
+        total += alone["usage"]["completion_tokens"].as_u64().unwrap();
+    }
+    assert_eq!(three["usage"]["completion_tokens"], total);
+    // Streamed: each choice's deltas join to its text; usage and [DONE] come once, at the end.
+    let events = sse(addr, "/v1/chat/completions", &chat(Some(3), 20, true)).await;
+    assert_eq!(events.last().unwrap().1, "[DONE]");
+    let chunks: Vec<Value> = events[..events.len() - 1].iter().map(|(_, d)| serde_json::from_str(d).unwrap()).collect();
+    for i in 0..3 {
+        let text: String = (chunks.iter())
+            .filter(|c| c["choices"].as_array().is_some_and(|a| !a.is_empty()) && c["choices"][0]["index"] == i)
+            .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+            .collect();
+        assert_eq!(text, content(&three, i));
+    }
+    assert_eq!(chunks.last().unwrap()["usage"]["completion_tokens"], total);
+
+    // LoRAX best_of: the likeliest of the sequences, the others beside it; each seed replays its sequence.
+    let params = json!({"best_of": 3, "do_sample": true, "seed": 7, "max_new_tokens": 6, "details": true});
+    let (status, best) = post_json(addr, "/generate", &json!({"inputs": PROMPT, "parameters": params})).await;
+    assert_eq!(status, 200, "{best}");
+    let d = &best["details"];
+    let others = d["best_of_sequences"].as_array().unwrap();
+    assert_eq!(others.len(), 2);
+    let score = |tokens: &Value| tokens.as_array().unwrap().iter().map(|t| t["logprob"].as_f64().unwrap()).sum::<f64>();
+    let mut seeds = vec![d["seed"].as_u64().unwrap()];
+    for o in others {
+        assert!(score(&d["tokens"]) >= score(&o["tokens"]), "the chosen sequence is the likeliest");
+        seeds.push(o["seed"].as_u64().unwrap());
+    }
+    seeds.sort_unstable();
+    assert_eq!(seeds, vec![7, 8, 9]);
+    let replay = json!({"do_sample": true, "seed": d["seed"], "max_new_tokens": 6});
+    let (_, alone) = post_json(addr, "/generate", &json!({"inputs": PROMPT, "parameters": replay})).await;
+    assert_eq!(alone["generated_text"], best["generated_text"]);
+}
+
 struct Case {
     path: &'static str,
     content_type: Option<&'static str>,
@@ -180,7 +301,7 @@ fn bad_inputs() -> Vec<Case> {
         lorax(json!({"stop": [""]}), 422, "`parameters.stop` must not contain an empty string"),
         lorax(json!({"details": 1}), 422, "`parameters.details` invalid type"),
         lorax(json!({"truncate": 0}), 422, "`parameters.truncate` must be strictly positive"),
-        lorax(json!({"best_of": 2}), 422, "`parameters.best_of` is not supported"),
+        lorax(json!({"best_of": 0}), 422, "`parameters.best_of` must be strictly positive, got 0"),
         lorax(json!({"typical_p": 0.5}), 422, "`parameters.typical_p` is not supported"),
         lorax(json!({"watermark": true}), 422, "`parameters.watermark` is not supported"),
         lorax(json!({"merged_adapters": {"ids": ["a"]}}), 422, "`parameters.merged_adapters` is not supported"),
@@ -227,7 +348,20 @@ fn bad_inputs() -> Vec<Case> {
             status: 415,
             needle: "content-type: application/json",
         },
-        chat(json!({"n": 2}), 400, "only n=1 is supported"),
+        chat(json!({"n": 0}), 400, "`n` must be between 1 and 16, got 0"),
+        chat(json!({"n": 17}), 400, "`n` must be between 1 and 16, got 17"),
+        case(
+            "/generate",
+            json!({"inputs": PROMPT, "parameters": {"best_of": 2}}),
+            422,
+            "`parameters.best_of` above 1 needs sampling",
+        ),
+        case(
+            "/generate_stream",
+            json!({"inputs": PROMPT, "parameters": {"best_of": 2, "do_sample": true}}),
+            422,
+            "`parameters.best_of` above 1 is not supported when streaming",
+        ),
         chat(json!({"messages": []}), 400, "`messages` must not be empty"),
         chat(json!({"messages": [{"role": "wizard", "content": "x"}]}), 400, "`messages[0].role`"),
         chat(
@@ -251,7 +385,30 @@ fn bad_inputs() -> Vec<Case> {
         chat(json!({"logit_bias": {"5": 200}}), 400, "`logit_bias` must be between -100 and 100"),
         chat(json!({"logit_bias": {"99999999": 1}}), 400, "`logit_bias` token 99999999 is not in the vocabulary"),
         chat(json!({"logit_bias": [1, 2]}), 400, "`logit_bias` must be an object"),
-        chat(json!({"logprobs": true}), 400, "`logprobs` is not supported"),
+        chat(json!({"logprobs": "yes"}), 400, "`logprobs` must be a boolean"),
+        chat(json!({"top_logprobs": 3}), 400, "`top_logprobs` needs `logprobs` set to true"),
+        chat(json!({"logprobs": true, "top_logprobs": 21}), 400, "`top_logprobs` must be between 0 and 20, got 21"),
+        chat(json!({"response_format": {"type": "xml"}}), 400, "`response_format` type must be text, json_object"),
+        chat(json!({"response_format": "json"}), 400, "`response_format` must be an object with a string `type`"),
+        chat(
+            json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nope"}}}}),
+            400,
+            "`response_format` cannot be compiled",
+        ),
+        chat(json!({"response_format": {"type": "json_schema"}}), 400, "needs a `json_schema` object"),
+        chat(json!({"response_format": {"type": "choice", "choice": [1]}}), 400, "`choice` must be a list of strings"),
+        case(
+            "/generate",
+            json!({"inputs": PROMPT, "parameters": {"response_format": {"type": "regex", "regex": "(["}}}),
+            422,
+            "`parameters.response_format` cannot be compiled",
+        ),
+        case(
+            "/generate",
+            json!({"inputs": PROMPT, "parameters": {"response_format": {"type": "json_object", "schema": "{bad"}}}),
+            422,
+            "`parameters.response_format` `schema` is not valid JSON",
+        ),
         chat(json!({"tools": [{"type": "function"}]}), 400, "`tools` is not supported"),
         chat(json!({"model": "nope"}), 404, "the model `nope` does not exist"),
         chat(json!({"model": "../adapters"}), 400, "invalid adapter id"),
@@ -260,7 +417,8 @@ fn bad_inputs() -> Vec<Case> {
         case("/v1/chat/completions", json!({"model": "qv_r8"}), 400, "`messages` is required"),
         completion(json!({"prompt": ""}), 400, "`prompt` must not be empty"),
         completion(json!({"prompt": ["a", "b"]}), 400, "only one prompt per request"),
-        completion(json!({"logprobs": 5}), 400, "`logprobs` is not supported"),
+        completion(json!({"logprobs": 6}), 400, "`logprobs` must be between 0 and 5, got 6"),
+        completion(json!({"logprobs": true}), 400, "`logprobs` must be an integer"),
         completion(json!({"suffix": "end"}), 400, "`suffix` is not supported"),
         completion(json!({"seed": "x"}), 400, "`seed` invalid type"),
         Case {

@@ -33,6 +33,8 @@ async fn lorax_generate_with_details_prefill_and_full_text() {
     assert!(tokens.iter().all(|t| t["logprob"].as_f64().unwrap() <= 0.0));
     let prefill = d["prefill"].as_array().unwrap();
     assert_eq!(prefill.len(), d["prompt_tokens"].as_u64().unwrap() as usize);
+    assert!(prefill[0]["logprob"].is_null(), "nothing predicts the first prompt token");
+    assert!(prefill[1..].iter().all(|t| t["logprob"].as_f64().is_some_and(|lp| lp <= 0.0)), "{prefill:?}");
 
     let full = json!({"adapter_id": "qv_r8", "max_new_tokens": 6, "return_full_text": true});
     let r2 = post(&st, &opts(), "/generate", json!({"inputs": PROMPT, "parameters": full})).await.json();

@@ -360,6 +360,7 @@ pub fn finish_reason(r: engine::FinishReason) -> FinishReason {
         engine::FinishReason::Length => FinishReason::Length,
         engine::FinishReason::Eos => FinishReason::Eos,
         engine::FinishReason::StopSequence => FinishReason::StopSequence,
+        engine::FinishReason::Constraint => FinishReason::Constraint,
     }
 }
 

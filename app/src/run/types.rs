@@ -53,21 +53,26 @@ pub enum FinishReason {
     Eos,
     /// A stop sequence appeared in the text.
     StopSequence,
+    /// The output constraint allowed no further token.
+    Constraint,
 }
 
 impl FinishReason {
-    /// The stored name: `length`, `eos`, `stop_sequence`.
+    const ALL: [Self; 4] = [Self::Length, Self::Eos, Self::StopSequence, Self::Constraint];
+
+    /// The stored name: `length`, `eos`, `stop_sequence`, `constraint`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Length => "length",
             Self::Eos => "eos",
             Self::StopSequence => "stop_sequence",
+            Self::Constraint => "constraint",
         }
     }
 
     /// The reason with this stored name.
     pub fn parse(name: &str) -> Option<Self> {
-        [Self::Length, Self::Eos, Self::StopSequence].into_iter().find(|r| r.as_str() == name)
+        Self::ALL.into_iter().find(|r| r.as_str() == name)
     }
 }
 
@@ -250,7 +255,7 @@ mod tests {
             assert_eq!(PaneStatus::parse(s.as_str()), Some(s));
             assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
         }
-        for r in [FinishReason::Length, FinishReason::Eos, FinishReason::StopSequence] {
+        for r in FinishReason::ALL {
             assert_eq!(FinishReason::parse(r.as_str()), Some(r));
             assert_eq!(serde_json::to_value(r).unwrap(), r.as_str());
         }

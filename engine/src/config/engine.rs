@@ -83,6 +83,8 @@ pub struct Faults {
     pub nan_logits_for: Option<AdapterId>,
     /// Sleep this long in every step: a slow model, so that tests can act in the middle of a generation.
     pub step_delay: Option<Duration>,
+    /// Make every output constraint allow no token once its sequence has this many tokens (a grammar that dead-ends).
+    pub dead_end_after: Option<usize>,
 }
 
 /// An architecture and a seed for [`crate::Model::random`].
@@ -160,4 +162,6 @@ pub struct ModelInfo {
     pub device: String,
     /// Bytes of weights one decode step reads (see [`crate::Model::decode_weight_bytes`]).
     pub decode_weight_bytes: usize,
+    /// The tokens that end a sequence (the config's and the tokenizer's).
+    pub eos_token_ids: Vec<u32>,
 }

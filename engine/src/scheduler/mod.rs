@@ -10,10 +10,11 @@ mod queue;
 mod step;
 
 use crate::config::{EngineConfig, ModelInfo};
+use crate::constraint::Guide;
 use crate::output::{eos_tokens, TextOutput};
 use crate::registry::{AdapterId, AdapterSource, LoadDone, Loader, Residency};
 use crate::request::{Event, GenerateRequest};
-use crate::sampling::Sampler;
+use crate::sampling::{Sampler, SamplingParams};
 use crate::stats::EngineStats;
 use crate::{Error, KvCache, Model, Result, Tokenizer};
 use queue::{Queue, Room, Waiting};
@@ -41,9 +42,11 @@ pub(crate) struct Submission {
     pub request: GenerateRequest,
     pub prompt: Vec<u32>,
     pub source: Option<AdapterSource>,
+    /// The compiled output constraint, if any.
+    pub guide: Option<Guide>,
     pub events: Events,
-    /// Held for its `Drop`: frees the request's place in the queue when the request ends.
-    pub _permit: Permit,
+    /// Held for its `Drop`: frees the request's place in the queue when the request ends (all its continuations).
+    pub _permit: Arc<Permit>,
     pub submitted: Instant,
     /// The request's span, a child of its caller's: the engine's log lines about it go there.
     pub span: tracing::Span,
@@ -55,7 +58,10 @@ impl Waiting for Submission {
         &self.request.adapter
     }
     fn kv_need(&self) -> usize {
-        self.prompt.len() + self.request.max_new_tokens
+        (self.prompt.len() + self.request.max_new_tokens) * self.request.choices()
+    }
+    fn rows(&self) -> usize {
+        self.request.choices()
     }
     fn submitted(&self) -> Instant {
         self.submitted
@@ -70,9 +76,13 @@ pub(crate) enum Command {
     Shutdown,
 }
 
-/// A request in the running batch.
+/// A request in the running batch: one continuation of it.
 struct Seq {
     sub: Submission,
+    /// Which continuation this is (`0..n`).
+    choice: usize,
+    /// Continuations still to fork off this one when its prompt is prefilled (`n - 1` for the first, else 0).
+    forks_left: usize,
     cache: KvCache,
     /// Prompt tokens already through the model.
     prefilled: usize,
@@ -81,6 +91,8 @@ struct Seq {
     generated: Vec<u32>,
     sampler: Sampler,
     output: TextOutput,
+    /// Log-probabilities of the prompt's tokens after the first, as far as prefilled (when the request asks).
+    prompt_logprobs: Vec<f32>,
     started: Instant,
     first_token: Option<Instant>,
 }
@@ -132,6 +144,7 @@ pub(crate) fn run(
         vocab_size: model.config().vocab_size,
         dtype: format!("{:?}", model.dtype()).to_lowercase(),
         decode_weight_bytes: model.decode_weight_bytes(),
+        eos_token_ids: eos_tokens(model.config(), &tokenizer),
         device: if model.device().is_cpu() { "cpu".into() } else { format!("{:?}", model.device().location()) },
     };
     let done: LoadDone =
@@ -145,7 +158,7 @@ pub(crate) fn run(
     };
     let pinned: HashSet<AdapterId> = cfg.pinned.iter().cloned().collect();
     let residency = Residency::new(cfg.limits, model.config().num_hidden_layers, pinned);
-    let eos = eos_tokens(model.config(), &tokenizer);
+    let eos = info.eos_token_ids.clone();
     let mut s = Scheduler {
         model,
         tokenizer: tokenizer.clone(),
@@ -354,14 +367,20 @@ impl Scheduler {
         self.waiting.retain(|s| !s.events.is_closed());
     }
 
+    /// KV tokens the running sequences reserve, the continuations still to fork included.
     fn kv_reserved(&self) -> usize {
-        self.running.iter().map(|s| s.sub.prompt.len() + s.sub.request.max_new_tokens).sum()
+        self.running.iter().map(|s| (s.sub.prompt.len() + s.sub.request.max_new_tokens) * (1 + s.forks_left)).sum()
+    }
+
+    /// Rows of the batch in use, the continuations still to fork included.
+    fn rows_reserved(&self) -> usize {
+        self.running.iter().map(|s| 1 + s.forks_left).sum()
     }
 
     /// Admits waiting requests while the batch has rows and KV budget left (see [`Queue::admit`]).
     fn admit(&mut self) {
         let room = Room {
-            rows: self.cfg.max_batch_size.saturating_sub(self.running.len()),
+            rows: self.cfg.max_batch_size.saturating_sub(self.rows_reserved()),
             kv: self.cfg.max_kv_tokens.saturating_sub(self.kv_reserved()),
             batch_empty: self.running.is_empty(),
         };
@@ -379,16 +398,53 @@ impl Scheduler {
         let sampler = Sampler::new(sub.request.sampling.clone());
         let output = TextOutput::new(self.eos.clone(), sub.request.stop.clone(), sub.request.max_new_tokens);
         self.running.push(Seq {
+            choice: 0,
+            forks_left: sub.request.choices() - 1,
             cache: self.model.new_cache(),
             prefilled: 0,
             next: Vec::new(),
             generated: Vec::new(),
             sampler,
             output,
+            prompt_logprobs: Vec::new(),
             started: Instant::now(),
             first_token: None,
             sub,
         });
+    }
+
+    /// Continuation `choice` of running sequence `i`, whose prompt is prefilled and which has not sampled yet: a
+    /// copy of its cache, its own sampler (seed + `choice`) and text.
+    fn fork(&self, i: usize, choice: usize) -> Result<Seq> {
+        let s = &self.running[i];
+        let sub = Submission {
+            request: s.sub.request.clone(),
+            prompt: s.sub.prompt.clone(),
+            source: s.sub.source.clone(),
+            guide: s.sub.guide.clone(),
+            events: s.sub.events.clone(),
+            _permit: s.sub._permit.clone(),
+            submitted: s.sub.submitted,
+            span: s.sub.span.clone(),
+        };
+        let sampling = SamplingParams {
+            seed: sub.request.sampling.seed.wrapping_add(choice as u64),
+            ..sub.request.sampling.clone()
+        };
+        Ok(Seq {
+            choice,
+            forks_left: 0,
+            cache: s.cache.fork()?,
+            prefilled: s.prefilled,
+            next: Vec::new(),
+            generated: Vec::new(),
+            sampler: Sampler::new(sampling),
+            output: TextOutput::new(self.eos.clone(), sub.request.stop.clone(), sub.request.max_new_tokens),
+            prompt_logprobs: s.prompt_logprobs.clone(),
+            started: s.started,
+            first_token: None,
+            sub,
+        })
     }
 
     fn publish_gauges(&self) {

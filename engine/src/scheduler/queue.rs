@@ -13,8 +13,12 @@ pub(crate) trait Waiting {
     type Key: Ord + Clone;
     /// Its queue.
     fn key(&self) -> &Self::Key;
-    /// KV tokens it reserves once running (prompt + `max_new_tokens`).
+    /// KV tokens it reserves once running (prompt + `max_new_tokens`, for each continuation).
     fn kv_need(&self) -> usize;
+    /// Rows of the batch it takes once running (one per continuation).
+    fn rows(&self) -> usize {
+        1
+    }
     /// When it was submitted.
     fn submitted(&self) -> Instant;
 }
@@ -99,15 +103,16 @@ impl<R: Waiting> Queue<R> {
                     continue;
                 }
                 let queue = self.queues.get_mut(key).expect("key listed");
-                let need = queue.front().map_or(0, Waiting::kv_need);
-                if need > room.kv && !(room.batch_empty && admitted.is_empty()) {
+                let (need, rows) = queue.front().map_or((0, 1), |r| (r.kv_need(), r.rows()));
+                let alone = room.batch_empty && admitted.is_empty();
+                if (need > room.kv || rows > room.rows) && !alone {
                     continue;
                 }
                 let r = queue.pop_front().expect("queues are never empty");
                 if queue.is_empty() {
                     self.queues.remove(key);
                 }
-                room.rows -= 1;
+                room.rows = room.rows.saturating_sub(rows);
                 room.kv = room.kv.saturating_sub(need);
                 self.last = Some(key.clone());
                 admitted.push(r);

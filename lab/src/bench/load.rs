@@ -21,30 +21,38 @@ pub fn run(args: LoadBenchArgs) -> anyhow::Result<()> {
     let target = engine::Model::load(&args.model, &LoadOptions::default())?.adapter_target();
     let ids = write_adapters(tmp.path(), &target.config, total_k).context("writing random adapters")?;
     let (n, per, kind) = (args.streams, args.requests_per_stream, PromptKind::Words);
-    // The loads of a round (label, streams, requests per stream, adapters); the single stream is a base load too.
-    let mut loads: Vec<(String, usize, usize, &[AdapterId])> = Vec::new();
+    // The loads of a round (label, streams, requests per stream, adapters, whether odd streams are constrained);
+    // the single stream and the constrained load are base loads too.
+    let mut loads: Vec<(String, usize, usize, &[AdapterId], bool)> = Vec::new();
     if args.single_stream {
-        loads.push(("base, 1 stream".into(), 1, n * per, &[]));
+        loads.push(("base, 1 stream".into(), 1, n * per, &[], false));
     }
-    loads.push((format!("base, {n} streams"), n, per, &[]));
+    loads.push((format!("base, {n} streams"), n, per, &[], false));
     let mut first = 0;
     for &k in &args.adapters {
-        loads.push((format!("K={k} adapters, {n} streams"), n, per, &ids[first..first + k]));
+        loads.push((format!("K={k} adapters, {n} streams"), n, per, &ids[first..first + k], false));
         first += k;
     }
+    if args.constrained {
+        loads.push((format!("base, {n} streams, half to a JSON schema"), n, per, &[], true));
+    }
+    let schema = engine::Constraint::JsonSchema(super::workload::records_schema());
     let (mut rounds, mut adapter_loads, mut budget) = (Vec::new(), 0, 0);
     for round in 0..args.rounds {
         let engine = Engine::spawn(engine_config(&args, tmp.path(), n, total_k)?)?;
         budget = engine.config().step_token_budget();
-        run_load(&engine, kind, "warm-up", 1, 1, |_, _| None)?;
+        run_load(&engine, kind, "warm-up", 1, 1, |_, _, _| {})?;
         let mut outcomes: Vec<Option<Outcome>> = loads.iter().map(|_| None).collect();
         // Odd rounds run the loads in reverse, so that a steady drift weighs on both sides of each ratio.
         let order: Vec<usize> =
             if round % 2 == 0 { (0..loads.len()).collect() } else { (0..loads.len()).rev().collect() };
         for i in order {
-            let (label, streams, requests, ids) = &loads[i];
-            outcomes[i] = Some(run_load(&engine, kind, label, *streams, *requests, |s, j| {
-                (!ids.is_empty()).then(|| ids[(s + j * n) % ids.len()].clone())
+            let (label, streams, requests, ids, constrained) = &loads[i];
+            outcomes[i] = Some(run_load(&engine, kind, label, *streams, *requests, |s, j, req| {
+                req.adapter = (!ids.is_empty()).then(|| ids[(s + j * n) % ids.len()].clone());
+                if *constrained && s % 2 == 1 {
+                    req.constraint = Some(schema.clone());
+                }
             })?);
         }
         adapter_loads += engine::EngineStats::get(&engine.stats().adapter_loads);
@@ -88,7 +96,7 @@ pub fn run(args: LoadBenchArgs) -> anyhow::Result<()> {
         let (m, each) = per_round(0, &|one, base| base.tokens_per_s / one.tokens_per_s);
         p(&format!("- concurrency scaling, {n} streams / 1 stream, tokens/s: {m:.2}x ({each})"));
     }
-    for i in (0..loads.len()).filter(|&i| !loads[i].3.is_empty()) {
+    for i in (0..loads.len()).filter(|&i| !loads[i].3.is_empty() || loads[i].4) {
         let (t, t_each) = per_round(i, &|o, base| o.tokens_per_s / base.tokens_per_s);
         let (f, f_each) = per_round(i, &|o, base| pct(&o.ttft, 0.5) / pct(&base.ttft, 0.5));
         p(&format!("- {}: tokens/s {t:.2}x ({t_each}); TTFT p50 {f:.2}x ({f_each})", loads[i].0));

@@ -53,6 +53,10 @@ pub struct LoadBenchArgs {
     /// sides of a ratio measured minutes apart) with their median.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub rounds: u32,
+    /// Also run the base load with every other stream's output constrained to a JSON schema (a list of records
+    /// longer than any request, so both halves generate as many tokens) and give its tokens/s against the free one.
+    #[arg(long)]
+    pub constrained: bool,
     /// Concurrent streams to measure with `--random-model`.
     #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
     pub stream_counts: Vec<usize>,

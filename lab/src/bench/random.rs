@@ -44,14 +44,16 @@ pub fn run(args: &LoadBenchArgs) -> anyhow::Result<()> {
     print_line("| streams | adapters | tokens/s | vs base | TTFT p50 ms | TTFT p99 ms | decode step ms (ITL p50) | step / floor |");
     print_line("|---:|---|---:|---:|---:|---:|---:|---:|");
     // Warm-up (first kernels, first allocations), not reported.
-    run_load(&engine, kind, "warm-up", 1, 1, |_, _| None)?;
+    run_load(&engine, kind, "warm-up", 1, 1, |_, _, _| {})?;
     let one: &[AdapterId] = &ids[..1];
     for &n in &args.stream_counts {
         let loads: [(&str, Option<&[AdapterId]>); 3] =
             [("base only", None), ("one adapter", Some(one)), ("each a different one", Some(&ids))];
         let mut base_rate = None;
         for (label, adapters) in loads {
-            let o = run_load(&engine, kind, label, n, per, |i, j| adapters.map(|a| a[(i + j * n) % a.len()].clone()))?;
+            let o = run_load(&engine, kind, label, n, per, |i, j, req| {
+                req.adapter = adapters.map(|a| a[(i + j * n) % a.len()].clone());
+            })?;
             let base = *base_rate.get_or_insert(o.tokens_per_s);
             let step = pct(&o.itl, 0.5);
             print_line(&format!(

@@ -67,27 +67,47 @@ fn prompt(kind: PromptKind, rng: &mut rand::rngs::StdRng) -> Prompt {
     }
 }
 
-/// Runs `streams` closed-loop clients; stream `i` uses `adapter_of(i, j)` for its `j`-th request.
+/// The JSON schema of `bench load --constrained`: a list of 40 or more small records, longer than any request's
+/// `max_new_tokens`, so that constrained rows generate as many tokens as free ones and the ratio measures the
+/// masks alone.
+pub(crate) fn records_schema() -> serde_json::Value {
+    serde_json::json!({
+        "type": "array",
+        "minItems": 40,
+        "items": {
+            "type": "object",
+            "properties": {
+                "word": {"type": "string", "maxLength": 12},
+                "count": {"type": "integer", "minimum": 0, "maximum": 999},
+                "kind": {"enum": ["noun", "verb", "other"]}
+            },
+            "required": ["word", "count", "kind"],
+            "additionalProperties": false
+        }
+    })
+}
+
+/// Runs `streams` closed-loop clients; `shape(i, j, request)` sets the adapter (and anything else) of stream `i`'s
+/// `j`-th request.
 pub(crate) fn run_load(
     engine: &EngineHandle,
     kind: PromptKind,
     label: &str,
     streams: usize,
     per_stream: usize,
-    adapter_of: impl Fn(usize, usize) -> Option<AdapterId> + Sync,
+    shape: impl Fn(usize, usize, &mut GenerateRequest) + Sync,
 ) -> anyhow::Result<Outcome> {
     let start = Instant::now();
     let results: Vec<anyhow::Result<Vec<Sample>>> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..streams)
             .map(|i| {
-                let adapter_of = &adapter_of;
+                let shape = &shape;
                 scope.spawn(move || -> anyhow::Result<Vec<Sample>> {
                     let mut rng = rand::rngs::StdRng::seed_from_u64(i as u64);
                     let mut samples = Vec::new();
                     for j in 0..per_stream {
-                        let req = GenerateRequest {
+                        let mut req = GenerateRequest {
                             prompt: prompt(kind, &mut rng),
-                            adapter: adapter_of(i, j),
                             sampling: SamplingParams {
                                 temperature: Some(1.0),
                                 seed: (i * 1000 + j) as u64,
@@ -96,6 +116,7 @@ pub(crate) fn run_load(
                             max_new_tokens: rng.random_range(90..=110),
                             ..GenerateRequest::default()
                         };
+                        shape(i, j, &mut req);
                         let sent = Instant::now();
                         let mut stream = engine.generate(req)?;
                         let (mut last, mut ttft, mut itl, mut tokens) = (sent, None, Vec::new(), 0);

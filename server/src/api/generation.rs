@@ -41,7 +41,7 @@ pub fn submit(engine: &EngineHandle, prepared: Prepared) -> Result<Running, ApiE
     Ok(Running { stream, adapter })
 }
 
-/// Every token and the final summary of a generation.
+/// Every token and the final summary of one continuation of a generation.
 #[derive(Debug)]
 pub struct Collected {
     /// The tokens, in order.
@@ -50,19 +50,45 @@ pub struct Collected {
     pub finished: Finished,
 }
 
-/// Waits for the whole generation. Dropping the future (the client went away) cancels it.
-pub async fn collect(mut running: Running) -> Result<Collected, ApiError> {
-    let mut tokens = Vec::new();
+/// Waits for the whole generation: each continuation's tokens and summary, in the order of their index (one
+/// unless the request asked for `n`). Dropping the future (the client went away) cancels it.
+pub async fn collect_all(mut running: Running) -> Result<Vec<Collected>, ApiError> {
+    let mut tokens: Vec<Vec<TokenEvent>> = Vec::new();
+    let mut finished: Vec<Option<Finished>> = Vec::new();
     while let Some(event) = running.stream.next_event().await {
+        let choice = match &event {
+            Ok(Event::Token(t)) => t.choice,
+            Ok(Event::Finished(f)) => f.choice,
+            Err(_) => 0,
+        };
+        if tokens.len() <= choice {
+            tokens.resize_with(choice + 1, Vec::new);
+            finished.resize_with(choice + 1, || None);
+        }
         match event? {
-            Event::Token(t) => tokens.push(t),
-            Event::Finished(finished) => {
-                metrics::observe_generation(&running.adapter, &finished);
-                return Ok(Collected { tokens, finished });
+            Event::Token(t) => tokens[choice].push(t),
+            Event::Finished(f) => {
+                metrics::observe_generation(&running.adapter, &f);
+                finished[choice] = Some(f);
             }
         }
     }
-    Err(ApiError::internal("the engine closed a stream without a final event"))
+    (tokens.into_iter().zip(finished))
+        .map(|(tokens, finished)| {
+            let finished = finished.ok_or_else(|| ApiError::internal("a continuation ended without a final event"))?;
+            Ok(Collected { tokens, finished })
+        })
+        .collect::<Result<Vec<_>, ApiError>>()
+        .and_then(|all| match all.is_empty() {
+            true => Err(ApiError::internal("the engine closed a stream without a final event")),
+            false => Ok(all),
+        })
+}
+
+/// [`collect_all`] for a request of one continuation.
+pub async fn collect(running: Running) -> Result<Collected, ApiError> {
+    let mut all = collect_all(running).await?;
+    Ok(all.swap_remove(0))
 }
 
 /// Waits for the first event, so that a failure before the first token (an adapter that fails to load) is an
@@ -80,8 +106,9 @@ pub async fn first_event(running: &mut Running) -> Result<Event, ApiError> {
     }
 }
 
-/// The events of a generation whose first event has been read, as a stream that records the final event's
-/// metrics. Dropping the stream (the client disconnected) cancels the generation.
+/// The events of a generation whose first event has been read, to the stream's end (a final event per
+/// continuation), recording the final events' metrics. Dropping the stream (the client disconnected) cancels the
+/// generation.
 pub fn events(first: Event, running: Running) -> impl futures_util::Stream<Item = Result<Event, ApiError>> + Send {
     futures_util::stream::unfold((Some(first), Some(running)), |(first, running)| async move {
         if let Some(event) = first {
@@ -91,7 +118,7 @@ pub fn events(first: Event, running: Running) -> impl futures_util::Stream<Item 
         match running.stream.next_event().await? {
             Ok(Event::Finished(f)) => {
                 metrics::observe_generation(&running.adapter, &f);
-                Some((Ok(Event::Finished(f)), (None, None)))
+                Some((Ok(Event::Finished(f)), (None, Some(running))))
             }
             Ok(event) => Some((Ok(event), (None, Some(running)))),
             Err(e) => Some((Err(e.into()), (None, None))),

@@ -83,12 +83,10 @@ const WIRE: Wire = Wire {
 fn refuse_unsupported(p: &Parameters) -> Result<(), ApiError> {
     let set = [
         ("merged_adapters", p.merged_adapters.is_some(), "adapter merging"),
-        ("response_format", p.response_format.is_some(), "structured output"),
         ("typical_p", p.typical_p.is_some(), "typical sampling"),
         ("watermark", p.watermark, "watermarking"),
         ("ignore_eos_token", p.ignore_eos_token, "ignoring the end-of-sequence token"),
         ("return_k_alternatives", p.return_k_alternatives.is_some(), "alternative tokens"),
-        ("best_of", p.best_of.is_some_and(|n| n > 1), "best-of-n (only best_of=1)"),
     ];
     match set.into_iter().find(|(_, on, _)| *on) {
         Some((field, _, what)) => Err(ApiError::unsupported(&format!("parameters.{field}"), what)),
@@ -116,7 +114,21 @@ fn adapter(p: &Parameters) -> Result<(Option<AdapterId>, SourceChoice), ApiError
     Ok((Some(id), source))
 }
 
-async fn check(engine: &EngineHandle, body: GenerateBody) -> Result<Checked, ApiError> {
+/// `best_of` as a number of continuations: more than one needs sampling and a non-streaming route (as TGI).
+fn best_of(p: &Parameters, sampling: bool, streaming: bool) -> Result<Option<usize>, ApiError> {
+    let field = "parameters.best_of";
+    match p.best_of {
+        None | Some(1) => Ok(None),
+        Some(n) if n < 1 => Err(ApiError::invalid(field, format!("must be strictly positive, got {n}"))),
+        Some(_) if !sampling => {
+            Err(ApiError::invalid(field, "above 1 needs sampling (`do_sample`, or a temperature, top_k or top_p)"))
+        }
+        Some(_) if streaming => Err(ApiError::invalid(field, "above 1 is not supported when streaming")),
+        Some(n) => Ok(Some(params::count(n))),
+    }
+}
+
+async fn check(engine: &EngineHandle, body: GenerateBody, streaming: bool) -> Result<Checked, ApiError> {
     let p = body.parameters.unwrap_or_default();
     refuse_unsupported(&p)?;
     let (adapter, adapter_source) = adapter(&p)?;
@@ -129,6 +141,7 @@ async fn check(engine: &EngineHandle, body: GenerateBody) -> Result<Checked, Api
         seed: p.seed,
     };
     let (sampling, seed) = params::sampling(&input);
+    let n = best_of(&p, !sampling.is_greedy(), streaming)?;
     let request = GenerateRequest {
         prompt: Prompt::Text(body.inputs.clone()),
         adapter,
@@ -138,6 +151,9 @@ async fn check(engine: &EngineHandle, body: GenerateBody) -> Result<Checked, Api
         fit_context: p.max_new_tokens.is_none(),
         truncate: p.truncate.map(params::count),
         stop: p.stop.unwrap_or_default(),
+        constraint: params::response_format(p.response_format.as_ref(), "parameters.response_format")?,
+        prompt_logprobs: p.details && p.decoder_input_details,
+        n,
     };
     Ok(Checked {
         prepared: params::prepare(engine, request, &WIRE).await?,
@@ -164,8 +180,8 @@ impl From<&TokenEvent> for Token {
     }
 }
 
-/// A prompt token (`decoder_input_details`). The engine does not compute prompt log-probabilities, so `logprob`
-/// is always null (lorax-client's `InputToken.logprob` is optional).
+/// A prompt token (`decoder_input_details`), with its log-probability given the tokens before it (null for the
+/// first, as TGI).
 #[derive(Debug, Serialize)]
 pub struct InputToken {
     id: u32,
@@ -178,6 +194,20 @@ pub struct InputToken {
 pub struct Details {
     finish_reason: &'static str,
     prompt_tokens: usize,
+    generated_tokens: usize,
+    seed: Option<u64>,
+    prefill: Vec<InputToken>,
+    tokens: Vec<Token>,
+    /// With `best_of`: the other sequences.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    best_of_sequences: Option<Vec<BestOfSequence>>,
+}
+
+/// One of the sequences `best_of` generated and did not choose.
+#[derive(Debug, Serialize)]
+pub struct BestOfSequence {
+    generated_text: String,
+    finish_reason: &'static str,
     generated_tokens: usize,
     seed: Option<u64>,
     prefill: Vec<InputToken>,
@@ -215,26 +245,55 @@ pub fn finish_reason(reason: FinishReason) -> &'static str {
         FinishReason::Length => "length",
         FinishReason::Eos => "eos_token",
         FinishReason::StopSequence => "stop_sequence",
+        // lorax-client's reasons are a closed set: a grammar that cannot go on ends the sequence as EOS would.
+        FinishReason::Constraint => "eos_token",
     }
 }
 
-fn prefill(engine: &EngineHandle, ids: &[u32]) -> Vec<InputToken> {
+fn prefill(engine: &EngineHandle, ids: &[u32], logprobs: &[f32]) -> Vec<InputToken> {
     let tok = engine.tokenizer();
-    ids.iter().map(|&id| InputToken { id, text: tok.decode(&[id], false).unwrap_or_default(), logprob: None }).collect()
+    let logprob = |i: usize| i.checked_sub(1).and_then(|i| logprobs.get(i).copied());
+    (ids.iter().enumerate())
+        .map(|(i, &id)| InputToken { id, text: tok.decode(&[id], false).unwrap_or_default(), logprob: logprob(i) })
+        .collect()
 }
 
-fn answer(engine: &EngineHandle, checked: &Checked, done: Collected) -> GenerateResponse {
-    let f = done.finished;
-    let generated_text = if checked.return_full_text { format!("{}{}", checked.inputs, f.text) } else { f.text };
+/// The answer: the one sequence, or with `best_of` the one whose tokens are likeliest (the highest sum of
+/// log-probabilities), the others in `details.best_of_sequences`. Each reports the seed it was sampled with (the
+/// request's seed plus its index), which replays it alone.
+fn answer(engine: &EngineHandle, checked: &Checked, mut all: Vec<Collected>) -> GenerateResponse {
+    let score = |c: &Collected| c.tokens.iter().map(|t| f64::from(t.logprob)).sum::<f64>();
+    let best = (0..all.len()).max_by(|&a, &b| score(&all[a]).total_cmp(&score(&all[b])).then(b.cmp(&a))).unwrap_or(0);
+    let seed = |choice: usize| checked.seed.map(|s| s.wrapping_add(choice as u64));
+    let text = |t: String| if checked.return_full_text { format!("{}{t}", checked.inputs) } else { t };
+    let prefill = |f: &engine::Finished| match checked.decoder_input_details {
+        true => prefill(engine, checked.prepared.prompt(), &f.prompt_logprobs),
+        false => Vec::new(),
+    };
+    let chosen = all.remove(best);
+    let others = (!all.is_empty()).then(|| {
+        (all.into_iter())
+            .map(|c| BestOfSequence {
+                finish_reason: finish_reason(c.finished.reason),
+                generated_tokens: c.finished.generated_tokens,
+                seed: seed(c.finished.choice),
+                prefill: prefill(&c.finished),
+                tokens: c.tokens.iter().map(Token::from).collect(),
+                generated_text: text(c.finished.text),
+            })
+            .collect()
+    });
+    let f = chosen.finished;
     let details = checked.details.then(|| Details {
         finish_reason: finish_reason(f.reason),
         prompt_tokens: f.prompt_tokens,
         generated_tokens: f.generated_tokens,
-        seed: checked.seed,
-        prefill: if checked.decoder_input_details { prefill(engine, checked.prepared.prompt()) } else { Vec::new() },
-        tokens: done.tokens.iter().map(Token::from).collect(),
+        seed: seed(f.choice),
+        prefill: prefill(&f),
+        tokens: chosen.tokens.iter().map(Token::from).collect(),
+        best_of_sequences: others,
     });
-    GenerateResponse { generated_text, details }
+    GenerateResponse { generated_text: text(f.text), details }
 }
 
 fn labelled(mut res: Response, adapter: String) -> Response {
@@ -244,18 +303,18 @@ fn labelled(mut res: Response, adapter: String) -> Response {
 
 async fn generate_inner(state: &AppState, body: GenerateBody, as_list: bool) -> Result<Response, ApiError> {
     let engine = engine(state)?;
-    let checked = check(engine, body).await?;
+    let checked = check(engine, body, false).await?;
     let running = generation::submit(engine, checked.prepared.clone())?;
     let adapter = running.adapter.clone();
-    let done = generation::collect(running).await?;
-    let answer = answer(engine, &checked, done);
+    let all = generation::collect_all(running).await?;
+    let answer = answer(engine, &checked, all);
     let res = if as_list { Json(vec![answer]).into_response() } else { Json(answer).into_response() };
     Ok(labelled(res, adapter))
 }
 
 async fn stream_inner(state: &AppState, body: GenerateBody) -> Result<Response, ApiError> {
     let engine = engine(state)?;
-    let checked = check(engine, body).await?;
+    let checked = check(engine, body, true).await?;
     let mut running = generation::submit(engine, checked.prepared.clone())?;
     let first = generation::first_event(&mut running).await?;
     let adapter = running.adapter.clone();
@@ -348,7 +407,7 @@ mod tests {
     use http_body_util::BodyExt;
 
     fn token(id: u32, text: &str) -> Result<Event, ApiError> {
-        Ok(Event::Token(TokenEvent { id, text: text.into(), logprob: -0.5, special: false }))
+        Ok(Event::Token(TokenEvent { id, text: text.into(), logprob: -0.5, special: false, choice: 0, top: vec![] }))
     }
 
     async fn body_of(events: Vec<Result<Event, ApiError>>) -> String {

@@ -5,7 +5,8 @@
 //! tokenized on a blocking thread, off the async workers.
 
 use super::error::{ApiError, ErrorKind};
-use engine::{EngineHandle, Field, GenerateRequest, Prepared, SamplingParams};
+use engine::{Constraint, EngineHandle, Field, GenerateRequest, Prepared, SamplingParams};
+use serde_json::Value;
 
 /// Prompts with more bytes than this are tokenized on a blocking thread rather than on an async worker.
 pub const BLOCKING_PROMPT_BYTES: usize = 16 << 10;
@@ -49,6 +50,70 @@ pub fn sampling(input: &SamplingInput) -> (SamplingParams, Option<u64>) {
     (SamplingParams { temperature, top_k, top_p, repetition_penalty, seed, ..Default::default() }, Some(seed))
 }
 
+/// A `response_format` as the engine's [`Constraint`]; `field` is its wire name. Both APIs take the same shapes:
+/// - `{"type": "text"}` (or null): free text;
+/// - `{"type": "json_object"}`: any JSON object, or with `"schema"` (LoRAX's form, the schema as an object or as
+///   JSON text) a value of that schema;
+/// - `{"type": "json_schema", "json_schema": {"name", "schema", "strict"}}` (OpenAI's form);
+/// - `{"type": "regex", "regex": "..."}`, `{"type": "choice", "choice": ["a", "b"]}` and
+///   `{"type": "grammar", "grammar": "<Lark>"}` (the forms vLLM's guided decoding offers).
+pub fn response_format(value: Option<&Value>, field: &str) -> Result<Option<Constraint>, ApiError> {
+    let Some(value) = value.filter(|v| !v.is_null()) else { return Ok(None) };
+    let Some(kind) = value.get("type").and_then(Value::as_str) else {
+        return Err(ApiError::invalid(field, "must be an object with a string `type`"));
+    };
+    let text = |key: &str| -> Result<String, ApiError> {
+        match value.get(key) {
+            Some(Value::String(s)) => Ok(s.clone()),
+            _ => Err(ApiError::invalid(field, format!("of type {kind:?} needs a string `{key}`"))),
+        }
+    };
+    let schema = |schema: Option<&Value>| -> Result<Constraint, ApiError> {
+        let schema = match schema {
+            None | Some(Value::Null) => return Ok(Constraint::JsonObject),
+            Some(Value::String(s)) => serde_json::from_str(s)
+                .map_err(|e| ApiError::invalid(field, format!("`schema` is not valid JSON: {e}")))?,
+            Some(other) => other.clone(),
+        };
+        Ok(Constraint::JsonSchema(schema))
+    };
+    let constraint = match kind {
+        "text" => return Ok(None),
+        "json_object" => match value.get("schema") {
+            None | Some(Value::Null) => Constraint::JsonObject,
+            some => schema(some)?,
+        },
+        "json_schema" => {
+            let Some(spec) = value.get("json_schema").filter(|v| v.is_object()) else {
+                return Err(ApiError::invalid(field, "of type \"json_schema\" needs a `json_schema` object"));
+            };
+            match schema(spec.get("schema"))? {
+                // No schema: any JSON value.
+                Constraint::JsonObject => Constraint::JsonSchema(serde_json::json!({})),
+                c => c,
+            }
+        }
+        "regex" => Constraint::Regex(text("regex")?),
+        "grammar" => Constraint::Lark(text("grammar")?),
+        "choice" => match value.get("choice") {
+            Some(Value::Array(items)) => Constraint::Choice(
+                items
+                    .iter()
+                    .map(|v| v.as_str().map(str::to_string))
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(|| ApiError::invalid(field, "`choice` must be a list of strings"))?,
+            ),
+            _ => return Err(ApiError::invalid(field, "of type \"choice\" needs a `choice` list of strings")),
+        },
+        other => {
+            let reason =
+                format!("type must be text, json_object, json_schema, regex, choice or grammar, got {other:?}");
+            return Err(ApiError::invalid(field, reason));
+        }
+    };
+    Ok(Some(constraint))
+}
+
 /// A wire count (`max_new_tokens`, `truncate`) as the engine's `usize`: negative values become 0, which the
 /// engine refuses by name.
 pub fn count(value: i64) -> usize {
@@ -75,6 +140,7 @@ impl Wire {
             Field::Prompt => self.prompt.to_string(),
             Field::Adapter => self.adapter.to_string(),
             Field::MaxNewTokens => format!("{}{}", self.prefix, self.max_new_tokens),
+            Field::Constraint => format!("{}response_format", self.prefix),
             other => format!("{}{}", self.prefix, other.name()),
         }
     }
@@ -114,9 +180,9 @@ impl Wire {
 }
 
 /// Checks and tokenizes `request` through the engine's contract ([`EngineHandle::prepare`]), on a blocking thread
-/// when its prompt is large, and names any refusal with `wire`'s field names.
+/// when its prompt is large or its output constraint is to be compiled, and names any refusal with `wire`'s field names.
 pub async fn prepare(engine: &EngineHandle, request: GenerateRequest, wire: &Wire) -> Result<Prepared, ApiError> {
-    let prepared = if request.prompt.text_bytes() > BLOCKING_PROMPT_BYTES {
+    let prepared = if request.prompt.text_bytes() > BLOCKING_PROMPT_BYTES || request.constraint.is_some() {
         let engine = engine.clone();
         tokio::task::spawn_blocking(move || engine.prepare(request)).await.map_err(ApiError::internal)?
     } else {

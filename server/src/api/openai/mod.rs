@@ -41,13 +41,104 @@ struct Checked {
     echo: Option<String>,
     stream: bool,
     include_usage: bool,
+    /// Answer with each token's log-probability (and its `top_logprobs` most likely alternatives).
+    logprobs: bool,
+}
+
+/// Most alternatives of OpenAI's completions `logprobs` (chat's `top_logprobs` goes to the engine's 20).
+pub const MAX_COMPLETION_LOGPROBS: i64 = 5;
+
+/// Whether to return log-probabilities, and how many alternatives: chat's `logprobs: true` with `top_logprobs`,
+/// completions' `logprobs: <n>`.
+fn logprobs(r: &Request, route: Route) -> Result<(bool, usize), ApiError> {
+    let top = |n: i64, field: &str, max: i64| {
+        if (0..=max).contains(&n) {
+            Ok(n as usize)
+        } else {
+            Err(ApiError::invalid(field, format!("must be between 0 and {max}, got {n}")))
+        }
+    };
+    match route {
+        Route::Chat => {
+            let on = match &r.logprobs {
+                None | Some(serde_json::Value::Null) => false,
+                Some(serde_json::Value::Bool(b)) => *b,
+                Some(other) => return Err(ApiError::invalid("logprobs", format!("must be a boolean, got {other}"))),
+            };
+            match r.top_logprobs {
+                Some(n) if !on && n > 0 => Err(ApiError::invalid("top_logprobs", "needs `logprobs` set to true")),
+                Some(n) => Ok((on, top(n, "top_logprobs", engine::request::MAX_TOP_LOGPROBS as i64)?)),
+                None => Ok((on, 0)),
+            }
+        }
+        Route::Text => match &r.logprobs {
+            None | Some(serde_json::Value::Null) => Ok((false, 0)),
+            Some(serde_json::Value::Number(n)) if n.as_i64().is_some() => {
+                Ok((true, top(n.as_i64().unwrap_or(-1), "logprobs", MAX_COMPLETION_LOGPROBS)?))
+            }
+            Some(other) => Err(ApiError::invalid("logprobs", format!("must be an integer, got {other}"))),
+        },
+    }
+}
+
+/// OpenAI's `logprobs` of `tokens`: chat's `{"content": [{token, logprob, bytes, top_logprobs}]}`, or completions'
+/// `{tokens, token_logprobs, top_logprobs, text_offset}` with offsets counted from `offset` (bytes of text before
+/// these tokens in the choice's text).
+fn logprobs_json(
+    engine: &EngineHandle,
+    route: Route,
+    tokens: &[engine::TokenEvent],
+    offset: usize,
+) -> serde_json::Value {
+    use serde_json::json;
+    // A log-probability as its shortest f32 decimal (as the LoRAX route writes it), not the f64 widening's digits.
+    let lp = |x: f32| x.to_string().parse::<f64>().unwrap_or(f64::from(x));
+    let text = |id: u32| engine.tokenizer().decode(&[id], false).unwrap_or_default();
+    match route {
+        Route::Chat => {
+            let entry = |id: u32, logprob: f32| {
+                let token = text(id);
+                json!({"token": token, "logprob": lp(logprob), "bytes": token.as_bytes()})
+            };
+            let content: Vec<serde_json::Value> = tokens
+                .iter()
+                .map(|t| {
+                    let mut e = entry(t.id, t.logprob);
+                    e["top_logprobs"] = t.top.iter().map(|&(id, lp)| entry(id, lp)).collect();
+                    e
+                })
+                .collect();
+            json!({"content": content, "refusal": null})
+        }
+        Route::Text => {
+            let mut at = offset;
+            let mut offsets = Vec::with_capacity(tokens.len());
+            for t in tokens {
+                offsets.push(at);
+                at += t.text.len();
+            }
+            let top: Vec<serde_json::Value> = tokens
+                .iter()
+                .map(|t| {
+                    // As OpenAI: the chosen token is always among them.
+                    let mut alternatives = serde_json::Map::new();
+                    for &(id, logprob) in t.top.iter().chain([(t.id, t.logprob)].iter()) {
+                        alternatives.insert(text(id), json!(lp(logprob)));
+                    }
+                    serde_json::Value::Object(alternatives)
+                })
+                .collect();
+            json!({
+                "tokens": tokens.iter().map(|t| text(t.id)).collect::<Vec<_>>(),
+                "token_logprobs": tokens.iter().map(|t| lp(t.logprob)).collect::<Vec<_>>(),
+                "top_logprobs": top,
+                "text_offset": offsets,
+            })
+        }
+    }
 }
 
 fn refuse_unsupported(r: &Request, route: Route) -> Result<(), ApiError> {
-    let n = r.n.unwrap_or(1);
-    if n != 1 {
-        return Err(ApiError::invalid("n", format!("only n=1 is supported, got {n}")));
-    }
     let wrong_route: &[(&str, bool)] = match route {
         Route::Chat => &[("prompt", r.prompt.is_some()), ("echo", r.echo.is_some()), ("suffix", r.suffix.is_some())],
         Route::Text => &[("messages", r.messages.is_some()), ("tools", r.tools.is_some())],
@@ -57,19 +148,8 @@ fn refuse_unsupported(r: &Request, route: Route) -> Result<(), ApiError> {
         return Err(ApiError::invalid(field, format!("belongs to {other}, not this route")));
     }
     let unsupported = [
-        (
-            "logprobs",
-            r.logprobs.as_ref().is_some_and(|v| !v.is_null() && v != &serde_json::json!(false)),
-            "log-probabilities (use the LoRAX route with details)",
-        ),
-        ("top_logprobs", r.top_logprobs.is_some_and(|n| n > 0), "top log-probabilities"),
         ("tools", r.tools.is_some(), "tool calls"),
         ("tool_choice", r.tool_choice.is_some(), "tool calls"),
-        (
-            "response_format",
-            r.response_format.as_ref().is_some_and(|v| v.get("type").and_then(|t| t.as_str()) != Some("text")),
-            "structured output",
-        ),
         ("suffix", r.suffix.is_some(), "insertion (suffix)"),
         ("best_of", r.best_of.is_some_and(|n| n > 1), "best-of-n"),
     ];
@@ -186,6 +266,8 @@ async fn check(engine: &EngineHandle, r: Request, route: Route) -> Result<Checke
     sampling.presence_penalty = r.presence_penalty.unwrap_or(0.0);
     sampling.frequency_penalty = r.frequency_penalty.unwrap_or(0.0);
     sampling.logit_bias = logit_bias(r.logit_bias.as_ref())?;
+    let (want_logprobs, top_logprobs) = logprobs(&r, route)?;
+    sampling.top_logprobs = top_logprobs;
     let (max_field, asked) = match r.max_completion_tokens {
         Some(n) => ("max_completion_tokens", Some(n)),
         None => ("max_tokens", r.max_tokens),
@@ -221,6 +303,8 @@ async fn check(engine: &EngineHandle, r: Request, route: Route) -> Result<Checke
         max_new_tokens: asked.map_or(default, params::count),
         fit_context: asked.is_none(),
         stop: r.stop.map(Stop::into_vec).unwrap_or_default(),
+        constraint: params::response_format(r.response_format.as_ref(), "response_format")?,
+        n: r.n.map(params::count),
         ..GenerateRequest::default()
     };
     let wire = Wire { prefix: "", prompt: prompt_field, adapter: "model", max_new_tokens: max_field };
@@ -232,6 +316,7 @@ async fn check(engine: &EngineHandle, r: Request, route: Route) -> Result<Checke
         echo,
         stream: r.stream.unwrap_or(false),
         include_usage: r.stream_options.is_some_and(|o| o.include_usage),
+        logprobs: want_logprobs,
     })
 }
 
@@ -239,12 +324,23 @@ async fn check(engine: &EngineHandle, r: Request, route: Route) -> Result<Checke
 pub fn finish_reason(reason: FinishReason) -> &'static str {
     match reason {
         FinishReason::Length => "length",
-        FinishReason::Eos | FinishReason::StopSequence => "stop",
+        FinishReason::Eos | FinishReason::StopSequence | FinishReason::Constraint => "stop",
     }
 }
 
 fn now_secs() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// One choice of an answer or chunk: its index, its text (the message content or delta), the role (only on a
+/// chat answer and a choice's first delta), its finish reason and its tokens' log-probabilities.
+#[derive(Debug, Default)]
+struct Part {
+    index: usize,
+    text: Option<String>,
+    role: bool,
+    finish: Option<&'static str>,
+    logprobs: Option<serde_json::Value>,
 }
 
 /// The envelope of every answer and chunk of one request.
@@ -275,29 +371,29 @@ impl Envelope {
         }
     }
 
-    /// An answer or chunk; `text` is the message content (or delta), `role` only on the first chat delta.
-    fn json(
-        &self,
-        chunk: bool,
-        text: Option<String>,
-        role: bool,
-        finish: Option<&'static str>,
-        usage: Option<Option<Usage>>,
-    ) -> serde_json::Value {
+    /// An answer (`chunk` false) or chunk with these choices; `usage` is `Some(None)` for a null one.
+    fn json(&self, chunk: bool, parts: Vec<Part>, usage: Option<Option<Usage>>) -> serde_json::Value {
         let value = match self.route {
             Route::Chat => {
-                let msg = OutMessage { role: role.then_some("assistant"), content: text };
-                let (message, delta) = if chunk { (None, Some(msg)) } else { (Some(msg), None) };
-                let choices = vec![ChatChoice { index: 0, message, delta, logprobs: None, finish_reason: finish }];
+                let choices = (parts.into_iter())
+                    .map(|p| {
+                        let msg = OutMessage { role: p.role.then_some("assistant"), content: p.text };
+                        let (message, delta) = if chunk { (None, Some(msg)) } else { (Some(msg), None) };
+                        let index = p.index as u32;
+                        ChatChoice { index, message, delta, logprobs: p.logprobs, finish_reason: p.finish }
+                    })
+                    .collect();
                 serde_json::to_value(self.completion(chunk, choices, usage))
             }
             Route::Text => {
-                let choices = vec![TextChoice {
-                    index: 0,
-                    text: text.unwrap_or_default(),
-                    logprobs: None,
-                    finish_reason: finish,
-                }];
+                let choices = (parts.into_iter())
+                    .map(|p| TextChoice {
+                        index: p.index as u32,
+                        text: p.text.unwrap_or_default(),
+                        logprobs: p.logprobs,
+                        finish_reason: p.finish,
+                    })
+                    .collect();
                 serde_json::to_value(self.completion(chunk, choices, usage))
             }
         };
@@ -326,49 +422,110 @@ async fn complete(state: &AppState, body: Request, route: Route) -> Result<Respo
     let engine = engine(state)?;
     let checked = check(engine, body, route).await?;
     let envelope = Envelope::new(&checked);
+    let choices = checked.prepared.request().choices();
     let mut running = generation::submit(engine, checked.prepared.clone())?;
     let adapter = running.adapter.clone();
     let mut res = if checked.stream {
         let first = generation::first_event(&mut running).await?;
-        let events = stream_events(generation::events(first, running), envelope, checked.include_usage, checked.echo);
-        sse::response(events)
+        let logprobs = checked.logprobs.then(|| engine.clone());
+        let events = generation::events(first, running);
+        let options = StreamShape { choices, include_usage: checked.include_usage, echo: checked.echo, logprobs };
+        sse::response(stream_events(events, envelope, options))
     } else {
-        let done = generation::collect(running).await?;
-        let f = done.finished;
-        let text = format!("{}{}", checked.echo.unwrap_or_default(), f.text);
-        let usage = Usage::new(f.prompt_tokens, f.generated_tokens);
-        Json(envelope.json(false, Some(text), true, Some(finish_reason(f.reason)), Some(Some(usage)))).into_response()
+        let all = generation::collect_all(running).await?;
+        let echo = checked.echo.unwrap_or_default();
+        let prompt_tokens = all[0].finished.prompt_tokens;
+        let usage = Usage::new(prompt_tokens, all.iter().map(|c| c.finished.generated_tokens).sum());
+        let parts = (all.into_iter().enumerate())
+            .map(|(index, done)| Part {
+                index,
+                logprobs: checked.logprobs.then(|| logprobs_json(engine, route, &done.tokens, echo.len())),
+                text: Some(format!("{echo}{}", done.finished.text)),
+                role: true,
+                finish: Some(finish_reason(done.finished.reason)),
+            })
+            .collect();
+        Json(envelope.json(false, parts, Some(Some(usage)))).into_response()
     };
     res.extensions_mut().insert(AdapterLabel(adapter));
     Ok(res)
 }
 
-/// OpenAI chunks from engine events: a first chunk with the role (chat) or echoed prompt (completions), one per
-/// token with text, a last one with the finish reason, the usage chunk if asked, and `[DONE]`. A failure ends the
-/// stream with an `error` event in OpenAI's shape.
+/// How a stream is written.
+struct StreamShape {
+    /// Continuations (OpenAI's `n`).
+    choices: usize,
+    /// End with a usage chunk.
+    include_usage: bool,
+    /// The prompt, echoed first (completions).
+    echo: Option<String>,
+    /// With log-probabilities (the engine names the tokens).
+    logprobs: Option<EngineHandle>,
+}
+
+/// OpenAI chunks from engine events: a first chunk per choice with the role (chat) or echoed prompt
+/// (completions), one per token with text, one per choice with its finish reason, then the usage chunk if asked,
+/// and `[DONE]` once every choice has finished. With log-probabilities, each chunk carries those of its choice's
+/// tokens since its last chunk (a token whose text is held back goes with the next). A failure ends the stream
+/// with an `error` event in OpenAI's shape.
 fn stream_events(
     events: impl futures_util::Stream<Item = Result<Event, ApiError>> + Send + 'static,
     env: Envelope,
-    include_usage: bool,
-    echo: Option<String>,
+    options: StreamShape,
 ) -> impl futures_util::Stream<Item = Result<SseEvent, Infallible>> + Send + 'static {
+    let StreamShape { choices, include_usage, echo, logprobs } = options;
     let usage_field = include_usage.then_some(None);
-    let opening = match env.route {
-        Route::Chat => Some(env.json(true, Some(String::new()), true, None, usage_field)),
-        Route::Text => echo.map(|e| env.json(true, Some(e), false, None, usage_field)),
+    let echo_len = echo.as_ref().map_or(0, String::len);
+    let opening: Vec<serde_json::Value> = (0..choices)
+        .filter_map(|index| match env.route {
+            Route::Chat => Some(Part { index, text: Some(String::new()), role: true, ..Part::default() }),
+            Route::Text => echo.clone().map(|e| Part { index, text: Some(e), ..Part::default() }),
+        })
+        .map(|part| env.json(true, vec![part], usage_field))
+        .collect();
+    let head = futures_util::stream::iter(opening.into_iter().map(|v| sse::json_event(&v)));
+    // Per choice: the tokens whose log-probabilities are not sent yet, and the bytes of text before them.
+    let mut pending: Vec<Vec<engine::TokenEvent>> = vec![Vec::new(); choices];
+    let mut offsets = vec![echo_len; choices];
+    let (mut open, mut generated) = (choices, 0);
+    let mut take_logprobs = move |c: usize, pending: &mut Vec<Vec<engine::TokenEvent>>| {
+        let engine = logprobs.as_ref()?;
+        let tokens = std::mem::take(pending.get_mut(c)?);
+        let json = logprobs_json(engine, env.route, &tokens, offsets[c]);
+        offsets[c] += tokens.iter().map(|t| t.text.len()).sum::<usize>();
+        Some(json)
     };
-    let head = futures_util::stream::iter(opening.map(|v| sse::json_event(&v)));
     let body = events.map(move |event| {
         let out: Vec<SseEvent> = match event {
-            Ok(Event::Token(t)) if t.text.is_empty() => Vec::new(),
-            Ok(Event::Token(t)) => vec![sse::json_event(&env.json(true, Some(t.text), false, None, usage_field))],
-            Ok(Event::Finished(f)) => {
-                let mut out =
-                    vec![sse::json_event(&env.json(true, None, false, Some(finish_reason(f.reason)), usage_field))];
-                if include_usage {
-                    out.push(sse::json_event(&env.usage_chunk(Usage::new(f.prompt_tokens, f.generated_tokens))));
+            Ok(Event::Token(t)) if t.text.is_empty() => {
+                if let Some(p) = pending.get_mut(t.choice) {
+                    p.push(t);
                 }
-                out.push(SseEvent::default().data("[DONE]"));
+                Vec::new()
+            }
+            Ok(Event::Token(t)) => {
+                let (index, text) = (t.choice, t.text.clone());
+                if let Some(p) = pending.get_mut(index) {
+                    p.push(t);
+                }
+                let logprobs = take_logprobs(index, &mut pending);
+                let part = Part { index, text: Some(text), logprobs, ..Part::default() };
+                vec![sse::json_event(&env.json(true, vec![part], usage_field))]
+            }
+            Ok(Event::Finished(f)) => {
+                let index = f.choice;
+                let held = pending.get(index).is_some_and(|p| !p.is_empty());
+                let logprobs = if held { take_logprobs(index, &mut pending) } else { None };
+                let part = Part { index, finish: Some(finish_reason(f.reason)), logprobs, ..Part::default() };
+                let mut out = vec![sse::json_event(&env.json(true, vec![part], usage_field))];
+                open = open.saturating_sub(1);
+                generated += f.generated_tokens;
+                if open == 0 {
+                    if include_usage {
+                        out.push(sse::json_event(&env.usage_chunk(Usage::new(f.prompt_tokens, generated))));
+                    }
+                    out.push(SseEvent::default().data("[DONE]"));
+                }
                 out
             }
             Err(e) => vec![sse::error_event(&e, Flavor::OpenAi)],
@@ -416,9 +573,17 @@ mod tests {
     #[tokio::test]
     async fn an_error_after_tokens_ends_the_stream_with_an_openai_error_event() {
         let env = Envelope { id: "chatcmpl-1".into(), created: 0, model: "m".into(), route: Route::Chat };
-        let token = Ok(Event::Token(TokenEvent { id: 1, text: "hi".into(), logprob: -0.1, special: false }));
+        let token = Ok(Event::Token(TokenEvent {
+            id: 1,
+            text: "hi".into(),
+            logprob: -0.1,
+            special: false,
+            choice: 0,
+            top: vec![],
+        }));
         let events = vec![token, Err(ApiError::internal("forward step failed"))];
-        let stream = stream_events(futures_util::stream::iter(events), env, false, None);
+        let options = StreamShape { choices: 1, include_usage: false, echo: None, logprobs: None };
+        let stream = stream_events(futures_util::stream::iter(events), env, options);
         let bytes = sse::response(stream).into_response().into_body().collect().await.unwrap().to_bytes();
         let body = String::from_utf8(bytes.to_vec()).unwrap();
         let blocks: Vec<&str> = body.split("\n\n").filter(|b| !b.is_empty()).collect();
