@@ -137,3 +137,23 @@ test("without JavaScript a plain form submit runs the comparison and shows the f
   }
   await context.close();
 });
+
+test("playground: the constrain switch holds the base model to the task's labels beside the adapter", async ({ page }) => {
+  await page.goto("/a/glue_sst2");
+  await waitForHydration(page);
+  const constrain = page.getByLabel(/Constrain the base model to the task's output format: 0 \/ 1/);
+  await expect(constrain).not.toBeChecked();
+  await constrain.check();
+  await page.getByLabel("Max new tokens").fill("8");
+  await page.getByRole("button", { name: "Run" }).click();
+  for (const i of [0, 1]) {
+    await expect(page.locator(`section.pane[data-pane="${i}"]`)).toHaveAttribute("data-status", "done");
+  }
+  // Pane 1 is the base model: exactly one of the task's labels, ended as soon as it is complete.
+  await expect(page.locator('section.pane[data-pane="1"] .pane-text')).toHaveText(/^[01]$/);
+  await expect(page.locator('section.pane[data-pane="1"] .pane-timings')).toHaveText(/^1 tokens? · /);
+  // A task whose answer is free text has no switch.
+  await page.goto("/a/legal");
+  await waitForHydration(page);
+  await expect(page.getByLabel(/Constrain the base model/)).toHaveCount(0);
+});

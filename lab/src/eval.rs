@@ -6,7 +6,7 @@ use crate::local;
 use crate::tasks::{self, Generator, Split};
 use anyhow::{bail, Context};
 use clap::Args;
-use engine::{AdapterId, EngineConfig, GenerateRequest, LoadOptions, Prompt, SamplingParams};
+use engine::{AdapterId, Constraint, EngineConfig, GenerateRequest, LoadOptions, Prompt, SamplingParams};
 use serde::Serialize;
 use server::args::QuantArg;
 use std::path::PathBuf;
@@ -44,6 +44,10 @@ pub struct EvalArgs {
     /// Also write the results as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Also score the base model with its output held to the task's format (the catalog's label set or JSON
+    /// schema, by constrained decoding): a fairer baseline than free text for tasks whose answer is a label.
+    #[arg(long)]
+    pub constrained: bool,
 }
 
 /// One task's scores, in percent.
@@ -59,6 +63,8 @@ pub struct TaskScore {
     pub base: f64,
     /// With the task's adapter, if one was found.
     pub adapter: Option<f64>,
+    /// The base model held to the task's output format (`--constrained`, tasks that have one).
+    pub base_constrained: Option<f64>,
 }
 
 /// A test example, tokenized once: its prompt ids and the expected answer.
@@ -89,8 +95,8 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let folders: Vec<PathBuf> = dirs.iter().flatten().cloned().collect();
     let mut config = EngineConfig::new(&args.model);
     config.load = LoadOptions { quant: args.quant.into(), ..Default::default() };
-    // A chunk's rows (base and adapter per example) in one batch, their prompts prefilled in one step.
-    let rows = 2 * args.batch.max(1);
+    // A chunk's rows (base, adapter and constrained base per example) in one batch, prefilled in one step.
+    let rows = if args.constrained { 3 } else { 2 } * args.batch.max(1);
     config.max_batch_size = rows;
     // A chunk's requests, and the last chunk's until the engine thread has dropped them.
     config.max_queue = config.max_queue.max(2 * rows);
@@ -122,11 +128,13 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         if test.is_empty() {
             continue;
         }
-        let (mut base, mut tuned) = (0.0, 0.0);
+        let constraint = args.constrained.then(|| g.task().constraint.as_ref().map(constraint_of)).flatten();
+        let (mut base, mut tuned, mut held) = (0.0, 0.0, 0.0);
         for chunk in test.chunks(args.batch.max(1)) {
-            let (b, t) = score_chunk(&engine, g, chunk, adapter.as_ref())?;
-            base += b;
-            tuned += t;
+            let s = score_chunk(&engine, g, chunk, adapter.as_ref(), constraint.as_ref())?;
+            base += s.base;
+            tuned += s.adapter;
+            held += s.base_constrained;
         }
         let n = test.len().max(1) as f64;
         let s = TaskScore {
@@ -135,6 +143,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
             examples: test.len(),
             base: 100.0 * base / n,
             adapter: adapter.as_ref().map(|_| 100.0 * tuned / n),
+            base_constrained: constraint.as_ref().map(|_| 100.0 * held / n),
         };
         tracing::info!("{}: base {:.1}, adapter {:?}", s.task, s.base, s.adapter.map(|a| (a * 10.0).round() / 10.0));
         scores.push(s);
@@ -159,54 +168,104 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Scores of one chunk of examples, greedy, every example on the base model and on `adapter` (if any), together.
+/// A task's output format as the engine's constraint.
+fn constraint_of(c: &catalog::OutputConstraint) -> Constraint {
+    match c {
+        catalog::OutputConstraint::Choice(labels) => Constraint::Choice(labels.clone()),
+        catalog::OutputConstraint::Regex(rx) => Constraint::Regex(rx.clone()),
+        catalog::OutputConstraint::JsonSchema(schema) => Constraint::JsonSchema(schema.clone()),
+    }
+}
+
+/// Summed scores of one chunk of examples.
+struct ChunkScores {
+    base: f64,
+    adapter: f64,
+    base_constrained: f64,
+}
+
+/// Scores of one chunk of examples, greedy, every example on the base model, on `adapter` (if any) and on the
+/// base model held to `constraint` (if any), together in one batch.
 fn score_chunk(
     engine: &local::Local,
     gen: &Generator,
     chunk: &[Item],
     adapter: Option<&AdapterId>,
-) -> anyhow::Result<(f64, f64)> {
+    constraint: Option<&Constraint>,
+) -> anyhow::Result<ChunkScores> {
+    let rows: Vec<(Option<&AdapterId>, Option<&Constraint>)> = std::iter::once((None, None))
+        .chain(adapter.map(|a| (Some(a), None)))
+        .chain(constraint.map(|c| (None, Some(c))))
+        .collect();
     let mut requests = Vec::new();
     for item in chunk {
-        for adapter in std::iter::once(None).chain(adapter.map(Some)) {
+        for &(adapter, constraint) in &rows {
             requests.push(GenerateRequest {
                 prompt: Prompt::Tokens(item.prompt.clone()),
                 adapter: adapter.cloned(),
                 sampling: SamplingParams::greedy(),
                 max_new_tokens: gen.max_new_tokens,
+                constraint: constraint.cloned(),
                 ..Default::default()
             });
         }
     }
     let outputs = engine.run(requests)?;
-    let rows = if adapter.is_some() { 2 } else { 1 };
-    let (mut base, mut tuned) = (0.0, 0.0);
-    for (item, outs) in chunk.iter().zip(outputs.chunks(rows)) {
-        base += gen.metric.score(&outs[0].text, &item.expected);
-        if let Some(o) = outs.get(1) {
-            tuned += gen.metric.score(&o.text, &item.expected);
+    let mut sums = ChunkScores { base: 0.0, adapter: 0.0, base_constrained: 0.0 };
+    for (item, outs) in chunk.iter().zip(outputs.chunks(rows.len())) {
+        for (&(adapter, constraint), out) in rows.iter().zip(outs) {
+            let score = gen.metric.score(&out.text, &item.expected);
+            match (adapter, constraint) {
+                (Some(_), _) => sums.adapter += score,
+                (None, Some(_)) => sums.base_constrained += score,
+                (None, None) => sums.base += score,
+            }
         }
     }
-    Ok((base, tuned))
+    Ok(sums)
 }
 
-/// The study-style table: per task base vs fine-tuned and the gain, then the averages over tasks with an adapter.
+/// The study-style table: per task base vs fine-tuned and the gain, then the averages over tasks with an adapter;
+/// with `--constrained` scores, a column of the base model held to the task's format.
 pub fn markdown(scores: &[TaskScore]) -> String {
-    let mut out = String::from("| task | metric | n | base | fine-tuned | gain |\n|---|---|---:|---:|---:|---:|\n");
+    let held = scores.iter().any(|s| s.base_constrained.is_some());
+    let mut out = match held {
+        true => String::from(
+            "| task | metric | n | base | base, constrained | fine-tuned | gain |\n|---|---|---:|---:|---:|---:|---:|\n",
+        ),
+        false => String::from("| task | metric | n | base | fine-tuned | gain |\n|---|---|---:|---:|---:|---:|\n"),
+    };
     for s in scores {
         let (tuned, gain) = match s.adapter {
             Some(a) => (format!("{a:.1}"), format!("{:+.1}", a - s.base)),
             None => ("-".into(), "-".into()),
         };
-        out.push_str(&format!("| {} | {} | {} | {:.1} | {tuned} | {gain} |\n", s.task, s.metric, s.examples, s.base));
+        let constrained = match (held, s.base_constrained) {
+            (false, _) => String::new(),
+            (true, Some(c)) => format!(" {c:.1} |"),
+            (true, None) => " - |".into(),
+        };
+        out.push_str(&format!(
+            "| {} | {} | {} | {:.1} |{constrained} {tuned} | {gain} |\n",
+            s.task, s.metric, s.examples, s.base
+        ));
     }
     let tuned: Vec<&TaskScore> = scores.iter().filter(|s| s.adapter.is_some()).collect();
     if !tuned.is_empty() {
         let n = tuned.len() as f64;
         let base = tuned.iter().map(|s| s.base).sum::<f64>() / n;
         let ft = tuned.iter().filter_map(|s| s.adapter).sum::<f64>() / n;
+        // The constrained average is over the tasks that have a format, beside their own free base.
+        let constrained = match held {
+            true => {
+                let both: Vec<&&TaskScore> = tuned.iter().filter(|s| s.base_constrained.is_some()).collect();
+                let c = both.iter().filter_map(|s| s.base_constrained).sum::<f64>() / both.len().max(1) as f64;
+                format!(" {c:.1} ({} tasks) |", both.len())
+            }
+            false => String::new(),
+        };
         out.push_str(&format!(
-            "| **average** ({} tasks) | | | {base:.1} | {ft:.1} | {:+.1} |\n",
+            "| **average** ({} tasks) | | | {base:.1} |{constrained} {ft:.1} | {:+.1} |\n",
             tuned.len(),
             ft - base
         ));
@@ -226,10 +285,17 @@ mod tests {
             examples: 10,
             base,
             adapter,
+            base_constrained: None,
         };
         let t = markdown(&[s("a", 10.0, Some(70.0)), s("b", 30.0, Some(50.0)), s("c", 90.0, None)]);
         assert!(t.contains("| a | accuracy | 10 | 10.0 | 70.0 | +60.0 |"), "{t}");
         assert!(t.contains("| c | accuracy | 10 | 90.0 | - | - |"), "{t}");
         assert!(t.contains("| **average** (2 tasks) | | | 20.0 | 60.0 | +40.0 |"), "{t}");
+        let held = TaskScore { base_constrained: Some(40.0), ..s("a", 10.0, Some(70.0)) };
+        let t = markdown(&[held, s("b", 30.0, Some(50.0))]);
+        assert!(t.contains("| base | base, constrained | fine-tuned |"), "{t}");
+        assert!(t.contains("| a | accuracy | 10 | 10.0 | 40.0 | 70.0 | +60.0 |"), "{t}");
+        assert!(t.contains("| b | accuracy | 10 | 30.0 | - | 50.0 | +20.0 |"), "{t}");
+        assert!(t.contains("| **average** (2 tasks) | | | 20.0 | 40.0 (1 tasks) | 60.0 | +40.0 |"), "{t}");
     }
 }

@@ -61,6 +61,7 @@ fn train_writes_a_peft_folder_and_eval_scores_it() {
         batch: 4,
         quant: QuantArg::Keep,
         json: Some(json.clone()),
+        constrained: true,
     };
     eval::run(args).unwrap();
     let result: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
@@ -73,7 +74,11 @@ fn train_writes_a_peft_folder_and_eval_scores_it() {
         assert_eq!(t["adapter"].is_number(), expected_adapter, "{t}");
         assert!((0.0..=100.0).contains(&t["base"].as_f64().unwrap()), "{t}");
         assert!(t["examples"].as_u64().unwrap() > 0, "{t}");
+        // The base model held to the task's format, for the tasks that have one.
+        let has_format = catalog::task(t["task"].as_str().unwrap()).unwrap().constraint.is_some();
+        assert_eq!(t["base_constrained"].is_number(), has_format, "{t}");
     }
+    assert!(tasks.iter().any(|t| t["base_constrained"].is_number()), "some scored task has a format");
 }
 
 #[test]

@@ -2,6 +2,9 @@
 //! visitor's session (the browser then opens `/runs/{id}/stream`, see [`crate::run`]); `run_form` is the same
 //! without JavaScript, answered to the end; `get_run` and `list_runs` read runs back for `/r/:id` and `/history`;
 //! `stop_run` stops a run's generations; `count_tokens` counts a prompt's tokens for the preview.
+// `run_form`'s arguments are the HTML form's fields, by name (one struct would rename them `form[...]`); the
+// server macro's code for them is in this module too.
+#![allow(clippy::too_many_arguments)]
 
 use crate::run::types::{RunPage, RunRequest, RunView};
 use leptos::prelude::*;
@@ -26,10 +29,13 @@ pub async fn run_form(
     temperature: f32,
     top_p: f32,
     seed: u64,
+    constrained: Option<String>,
 ) -> Result<String, ServerFnError> {
     let state = expect_context::<crate::state::AppState>();
     let panes = panes.into_iter().map(|p| (p != "base").then_some(p)).collect();
-    let params = crate::run::types::RunParams { max_new_tokens, temperature, top_p, seed };
+    // A checkbox is sent only when checked.
+    let constrained = constrained.is_some();
+    let params = crate::run::types::RunParams { max_new_tokens, temperature, top_p, seed, constrained };
     let request = RunRequest { task, inputs, params, panes };
     let id = crate::run::check::store_checked(&state, &request).await?;
     crate::run::stream::run_to_end(&state, &id).await.map_err(ServerFnError::new)?;

@@ -42,6 +42,16 @@ impl PaneSpec {
     }
 }
 
+/// What a task's output constraint allows, in a few words for the form.
+fn constraint_label(c: &catalog::OutputConstraint) -> String {
+    match c {
+        catalog::OutputConstraint::Choice(labels) if labels.len() <= 6 => labels.join(" / "),
+        catalog::OutputConstraint::Choice(labels) => format!("one of {} labels", labels.len()),
+        catalog::OutputConstraint::Regex(rx) => format!("text matching {rx}"),
+        catalog::OutputConstraint::JsonSchema(_) => "JSON of the task's schema".into(),
+    }
+}
+
 /// The panes of a task's playground: its adapter, then the base model.
 pub fn panes_of(task: &Task) -> Vec<PaneSpec> {
     vec![PaneSpec::task(task), PaneSpec::base()]
@@ -58,6 +68,7 @@ pub fn TaskPlayground(task: &'static Task, panes: Vec<PaneSpec>) -> AnyView {
     let temperature = RwSignal::new(RunParams::default().temperature);
     let top_p = RwSignal::new(RunParams::default().top_p);
     let seed = RwSignal::new(RunParams::default().seed);
+    let constrained = RwSignal::new(RunParams::default().constrained);
     let prompt = Memo::new(move |_| values.with(|v| catalog::render(&task.template, v)));
     let tokens = Resource::new(
         move || prompt.get().ok(),
@@ -88,6 +99,7 @@ pub fn TaskPlayground(task: &'static Task, panes: Vec<PaneSpec>) -> AnyView {
                     temperature: temperature.get_untracked(),
                     top_p: top_p.get_untracked(),
                     seed: seed.get_untracked(),
+                    constrained: constrained.get_untracked(),
                 },
                 panes: adapters.clone(),
             };
@@ -224,6 +236,14 @@ pub fn TaskPlayground(task: &'static Task, panes: Vec<PaneSpec>) -> AnyView {
                         prop:value=move || seed.get().to_string()
                         on:input=move |ev| seed.set(event_target_value(&ev).parse().unwrap_or(0))/>
                 </label>
+                {task.constraint.as_ref().map(|c| view! {
+                    <label for="constrained" class="constrain">
+                        <input id="constrained" name="constrained" type="checkbox"
+                            prop:checked=move || constrained.get()
+                            on:change=move |ev| constrained.set(event_target_checked(&ev))/>
+                        "Constrain the base model to the task's output format: " {constraint_label(c)}
+                    </label>
+                })}
             </fieldset>
             <div class="actions">
                 // With JavaScript the click streams the run here (the router would otherwise take the submit);

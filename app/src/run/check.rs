@@ -86,17 +86,59 @@ pub fn pane_request(
     } else {
         SamplingParams { top_p: (params.top_p != 1.0).then_some(params.top_p), ..SamplingParams::greedy() }
     };
+    let constraint = match (params.constrained, adapter.is_none()) {
+        (true, true) => Some(
+            task.constraint
+                .as_ref()
+                .map(output_constraint)
+                .ok_or_else(|| format!("the task `{}` has no output format to constrain to", task.id))?,
+        ),
+        _ => None,
+    };
     Ok(GenerateRequest {
         prompt: Prompt::Parts { parts, add_bos: true },
         adapter,
         sampling,
         max_new_tokens: params.max_new_tokens as usize,
+        constraint,
         ..GenerateRequest::default()
     })
+}
+
+/// A task's output format as the engine's constraint.
+pub fn output_constraint(c: &catalog::OutputConstraint) -> engine::Constraint {
+    match c {
+        catalog::OutputConstraint::Choice(labels) => engine::Constraint::Choice(labels.clone()),
+        catalog::OutputConstraint::Regex(rx) => engine::Constraint::Regex(rx.clone()),
+        catalog::OutputConstraint::JsonSchema(schema) => engine::Constraint::JsonSchema(schema.clone()),
+    }
 }
 
 /// The engine request of `pane` of a stored run.
 pub fn stored_pane_request(run: &RunView, adapter: Option<&str>) -> Result<GenerateRequest, String> {
     let task = run.task.as_deref().ok_or("this run has no task")?;
     pane_request(task, &run.inputs, &run.params, adapter)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_constrain_switch_holds_the_base_panes_to_the_tasks_format_and_leaves_adapters_free() {
+        let task = catalog::task("glue_sst2").expect("in the catalog");
+        let params = RunParams { constrained: true, ..RunParams::default() };
+        let base = pane_request(&task.id, &task.examples[0], &params, None).unwrap();
+        assert_eq!(base.constraint, Some(engine::Constraint::Choice(vec!["0".into(), "1".into()])));
+        let tuned = pane_request(&task.id, &task.examples[0], &params, Some("glue_sst2")).unwrap();
+        assert_eq!(tuned.constraint, None, "the adapter runs as it was trained");
+        let free = pane_request(&task.id, &task.examples[0], &RunParams::default(), None).unwrap();
+        assert_eq!(free.constraint, None);
+        let ner = catalog::task("conllpp").expect("in the catalog");
+        let json = pane_request(&ner.id, &ner.examples[0], &params, None).unwrap();
+        assert!(matches!(json.constraint, Some(engine::Constraint::JsonSchema(_))));
+        let legal = catalog::task("legal").expect("in the catalog");
+        let refused = pane_request(&legal.id, &legal.examples[0], &params, None).unwrap_err();
+        assert!(refused.contains("has no output format"), "{refused}");
+    }
 }

@@ -21,11 +21,15 @@ pub struct RunParams {
     pub top_p: f32,
     /// Seed of the sampler.
     pub seed: u64,
+    /// Hold the base model's panes to the task's output format (its label set or JSON schema, see
+    /// `catalog::Task::constraint`); adapter panes run free, as they were trained.
+    #[serde(default)]
+    pub constrained: bool,
 }
 
 impl Default for RunParams {
     fn default() -> Self {
-        Self { max_new_tokens: 64, temperature: 0.0, top_p: 1.0, seed: 0 }
+        Self { max_new_tokens: 64, temperature: 0.0, top_p: 1.0, seed: 0, constrained: false }
     }
 }
 
