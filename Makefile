@@ -49,8 +49,10 @@ lint:
 	RUSTFLAGS="$(LEPTOS_RUSTFLAGS)" cargo clippy --workspace --exclude frontend --all-targets -- -D warnings
 	RUSTFLAGS="--cfg erase_components" cargo clippy -p frontend --target wasm32-unknown-unknown -- -D warnings
 
+## Unit and integration tests; the database tests run on SQLite and on a throw-away PostgreSQL (Debian's, installed
+## if missing) that scripts/with-postgres.sh starts on a free loopback port.
 unit: spm-fixture
-	$(TEST_ENV) cargo test --workspace --exclude frontend
+	$(TEST_ENV) scripts/with-postgres.sh cargo test --workspace --exclude frontend
 
 ## The real OpenAI and LoRAX Python clients (from PyPI) against the release server.
 clients: site

@@ -12,6 +12,8 @@ pub mod components;
 #[cfg(feature = "ssr")]
 pub mod context;
 #[cfg(feature = "ssr")]
+pub mod db;
+#[cfg(feature = "ssr")]
 pub mod limits;
 pub mod pages;
 pub mod run;

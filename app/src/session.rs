@@ -4,9 +4,9 @@
 //! client address. Server-side only.
 
 use crate::context::{ClientAddr, Refusal};
+use crate::db::Db;
 use crate::limits::SESSIONS_PER_MINUTE;
 use crate::state::AppState;
-use sqlx::SqlitePool;
 
 /// The cookie's name.
 pub const COOKIE: &str = "loraland_session";
@@ -23,10 +23,10 @@ pub fn set_cookie(id: &str, secure: bool) -> String {
 }
 
 /// The stored session named by the cookie in `headers`, if any.
-pub async fn from_headers(db: &SqlitePool, headers: &axum::http::HeaderMap) -> sqlx::Result<Option<String>> {
+pub async fn from_headers(db: &Db, headers: &axum::http::HeaderMap) -> sqlx::Result<Option<String>> {
     let cookie = headers.get(axum::http::header::COOKIE).and_then(|v| v.to_str().ok()).and_then(from_cookie_header);
     match cookie {
-        Some(id) => sqlx::query_scalar("SELECT id FROM sessions WHERE id = ?").bind(id).fetch_optional(db).await,
+        Some(id) => sqlx::query_scalar("SELECT id FROM sessions WHERE id = $1").bind(id).fetch_optional(db).await,
         None => Ok(None),
     }
 }
@@ -72,8 +72,8 @@ pub async fn record_view(state: &AppState, run: &str) -> Result<(), Refusal> {
 }
 
 /// Stores that `session` opened `run`.
-pub async fn note_view(db: &SqlitePool, session: &str, run: &str) -> sqlx::Result<()> {
-    sqlx::query("INSERT OR IGNORE INTO run_views (session_id, run_id, opened_at) VALUES (?, ?, ?)")
+pub async fn note_view(db: &Db, session: &str, run: &str) -> sqlx::Result<()> {
+    sqlx::query("INSERT INTO run_views (session_id, run_id, opened_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
         .bind(session)
         .bind(run)
         .bind(crate::context::now_ms())
@@ -83,8 +83,8 @@ pub async fn note_view(db: &SqlitePool, session: &str, run: &str) -> sqlx::Resul
 }
 
 /// Whether `session` has opened `run`.
-pub async fn has_viewed(db: &SqlitePool, session: &str, run: &str) -> sqlx::Result<bool> {
-    let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM run_views WHERE session_id = ? AND run_id = ?")
+pub async fn has_viewed(db: &Db, session: &str, run: &str) -> sqlx::Result<bool> {
+    let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM run_views WHERE session_id = $1 AND run_id = $2")
         .bind(session)
         .bind(run)
         .fetch_optional(db)
@@ -93,9 +93,9 @@ pub async fn has_viewed(db: &SqlitePool, session: &str, run: &str) -> sqlx::Resu
 }
 
 /// Inserts a new session and returns its id.
-pub async fn create_session(db: &SqlitePool) -> sqlx::Result<String> {
+pub async fn create_session(db: &Db) -> sqlx::Result<String> {
     let id = uuid::Uuid::new_v4().to_string();
-    sqlx::query("INSERT INTO sessions (id, created_at) VALUES (?, ?)")
+    sqlx::query("INSERT INTO sessions (id, created_at) VALUES ($1, $2)")
         .bind(&id)
         .bind(crate::context::now_ms())
         .execute(db)
@@ -104,7 +104,7 @@ pub async fn create_session(db: &SqlitePool) -> sqlx::Result<String> {
 }
 
 /// Number of stored sessions.
-pub async fn count_sessions(db: &SqlitePool) -> sqlx::Result<i64> {
+pub async fn count_sessions(db: &Db) -> sqlx::Result<i64> {
     sqlx::query_scalar("SELECT COUNT(*) FROM sessions").fetch_one(db).await
 }
 
@@ -121,13 +121,29 @@ mod tests {
         assert!(set_cookie("abc", true).ends_with("; Secure"));
     }
 
-    #[sqlx::test(migrations = "../migrations")]
-    async fn sessions_are_created_and_counted_and_views_recorded(db: SqlitePool) {
-        assert_eq!(count_sessions(&db).await.unwrap(), 0);
-        let a = create_session(&db).await.unwrap();
-        let b = create_session(&db).await.unwrap();
-        assert_ne!(a, b);
-        assert_eq!(count_sessions(&db).await.unwrap(), 2);
-        assert!(!has_viewed(&db, &a, "no-run").await.unwrap());
+    #[tokio::test]
+    async fn sessions_are_created_and_counted_and_views_recorded() {
+        for (_, db) in crate::db::test_databases().await {
+            assert_eq!(count_sessions(&db).await.unwrap(), 0);
+            let a = create_session(&db).await.unwrap();
+            let b = create_session(&db).await.unwrap();
+            assert_ne!(a, b);
+            assert_eq!(count_sessions(&db).await.unwrap(), 2);
+            assert!(!has_viewed(&db, &a, "no-run").await.unwrap());
+            // A view is stored once, however often the run is opened; an unknown run is refused by its key.
+            let inputs = [("sentence".to_string(), "ok".to_string())].into();
+            let req = crate::run::types::RunRequest {
+                task: "glue_sst2".into(),
+                inputs,
+                params: Default::default(),
+                panes: vec![None, None],
+            };
+            let run = crate::run::store::insert_run(&db, &a, &req, "p").await.unwrap();
+            note_view(&db, &b, &run).await.unwrap();
+            note_view(&db, &b, &run).await.unwrap();
+            assert!(has_viewed(&db, &b, &run).await.unwrap());
+            assert!(!has_viewed(&db, &a, &run).await.unwrap());
+            assert!(note_view(&db, &b, "no-run").await.is_err(), "a foreign key holds the view to its run");
+        }
     }
 }

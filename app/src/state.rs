@@ -2,18 +2,18 @@
 //! holding the process's database pool, engine, generations in flight and limits.
 
 use crate::context::EngineSlot;
+use crate::db::Db;
 use crate::limits::{ClientLimits, SessionLimiter};
 use crate::run::executor::Executor;
 use axum::extract::FromRef;
 use leptos::prelude::LeptosOptions;
-use sqlx::SqlitePool;
 use std::sync::Arc;
 
 /// What a request handler or server function can reach on the server.
 #[derive(Clone, FromRef)]
 pub struct AppState {
     /// The one connection pool of the process.
-    pub db: SqlitePool,
+    pub db: Db,
     /// Leptos' site options (paths of the WASM bundle, site address).
     pub leptos: LeptosOptions,
     /// Display name of the loaded base model.
@@ -30,7 +30,7 @@ pub struct AppState {
 
 impl AppState {
     /// State around `db` and `engine`, with default limits.
-    pub fn new(db: SqlitePool, leptos: LeptosOptions, model_name: &str, engine: EngineSlot) -> Self {
+    pub fn new(db: Db, leptos: LeptosOptions, model_name: &str, engine: EngineSlot) -> Self {
         Self {
             db,
             leptos,

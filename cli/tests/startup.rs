@@ -196,10 +196,10 @@ async fn a_pane_cut_off_by_kill_9_is_interrupted_with_its_text_and_runs_again() 
     let res = client.get(format!("{base}/runs/{id}/stream")).header("cookie", &cookie).send().await.unwrap();
     let mut events = eventsource_stream::Eventsource::eventsource(res.bytes_stream());
     let db = server::db::connect(&format!("sqlite://{}", data.path().join("loraland.db").display())).await.unwrap();
-    let row = |db: sqlx::SqlitePool| {
+    let row = |db: server::db::Db| {
         let id = id.clone();
         async move {
-            sqlx::query_as::<_, (String, String)>("SELECT status, text FROM outputs WHERE run_id = ?")
+            sqlx::query_as::<_, (String, String)>("SELECT status, text FROM outputs WHERE run_id = $1")
                 .bind(id)
                 .fetch_one(&db)
                 .await

@@ -30,11 +30,12 @@ pub struct ServeConfig {
     #[arg(long, env = "LORALAND_ADDR")]
     pub addr: Option<SocketAddr>,
 
-    /// Folder for the SQLite database and the downloaded default model.
+    /// Folder for the default SQLite database and the downloaded default model.
     #[arg(long, env = "LORALAND_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
 
-    /// SQLite database URL [default: sqlite://<data-dir>/loraland.db].
+    /// Database URL: `sqlite://<file>` (one process), or `postgres://<user>:<password>@<host>/<database>`, which
+    /// any number of replicas share [default: sqlite://<data-dir>/loraland.db].
     #[arg(long, env = "LORALAND_DATABASE_URL")]
     pub database_url: Option<String>,
 

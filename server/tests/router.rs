@@ -112,7 +112,7 @@ async fn a_run_gets_a_session_cookie_streams_both_panes_and_is_stored() {
 
     // Stored, and listed in this session's history only.
     let stored: Vec<(String, String, i64)> =
-        sqlx::query_as("SELECT status, finish_reason, generated_tokens FROM outputs WHERE run_id = ? ORDER BY pane")
+        sqlx::query_as("SELECT status, finish_reason, generated_tokens FROM outputs WHERE run_id = $1 ORDER BY pane")
             .bind(&id)
             .fetch_all(&st.db)
             .await

@@ -69,7 +69,7 @@ fn status_of(events: &[Value], pane: i64) -> Value {
 }
 
 async fn pane_row(st: &app::state::AppState, id: &str, pane: i64) -> (String, String, Option<String>) {
-    sqlx::query_as("SELECT status, text, error FROM outputs WHERE run_id = ? AND pane = ?")
+    sqlx::query_as("SELECT status, text, error FROM outputs WHERE run_id = $1 AND pane = $2")
         .bind(id)
         .bind(pane)
         .fetch_one(&st.db)
@@ -107,7 +107,7 @@ async fn seventy_opens_of_a_four_pane_run_cause_four_generations() {
         all.push(open.await.unwrap());
     }
     assert_eq!(submitted(&st) - before, 4 + 1, "four panes and the API request, nothing else");
-    let stored: Vec<String> = sqlx::query_scalar("SELECT text FROM outputs WHERE run_id = ? ORDER BY pane")
+    let stored: Vec<String> = sqlx::query_scalar("SELECT text FROM outputs WHERE run_id = $1 ORDER BY pane")
         .bind(&id)
         .fetch_all(&st.db)
         .await

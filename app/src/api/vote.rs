@@ -45,17 +45,19 @@ pub async fn win_rates() -> Result<Vec<WinRate>, ServerFnError> {
 pub(crate) mod ssr {
     //! The SQL behind votes.
     use super::WinRate;
-    use sqlx::{Row, SqlitePool};
+    use crate::db::Db;
+    use sqlx::Row;
 
     /// Stores a vote after checking that the run has that pane and more than one.
-    pub async fn vote(db: &SqlitePool, run: &str, session: &str, pane: i64) -> Result<(), String> {
-        let panes: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM outputs WHERE run_id = ?").bind(run).fetch_one(db).await.map_err(
-                |e| {
-                    tracing::error!("counting panes: {e}");
-                    "the server could not read its database".to_string()
-                },
-            )?;
+    pub async fn vote(db: &Db, run: &str, session: &str, pane: i64) -> Result<(), String> {
+        let panes: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outputs WHERE run_id = $1")
+            .bind(run)
+            .fetch_one(db)
+            .await
+            .map_err(|e| {
+                tracing::error!("counting panes: {e}");
+                "the server could not read its database".to_string()
+            })?;
         if panes == 0 {
             return Err(format!("no run {run}"));
         }
@@ -66,7 +68,7 @@ pub(crate) mod ssr {
             return Err(format!("pane {pane} is not in this run (it has {panes})"));
         }
         sqlx::query(
-            "INSERT INTO votes (run_id, session_id, pane, created_at) VALUES (?, ?, ?, ?) \
+            "INSERT INTO votes (run_id, session_id, pane, created_at) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (run_id, session_id) DO UPDATE SET pane = excluded.pane, created_at = excluded.created_at",
         )
         .bind(run)
@@ -83,9 +85,9 @@ pub(crate) mod ssr {
     }
 
     /// Wins and votes per adapter.
-    pub async fn win_rates(db: &SqlitePool) -> sqlx::Result<Vec<WinRate>> {
+    pub async fn win_rates(db: &Db) -> sqlx::Result<Vec<WinRate>> {
         let rows = sqlx::query(
-            "SELECT o.adapter_id AS adapter, COUNT(*) AS votes, SUM(v.pane = o.pane) AS wins \
+            "SELECT o.adapter_id AS adapter, COUNT(*) AS votes, SUM(CASE WHEN v.pane = o.pane THEN 1 ELSE 0 END) AS wins \
              FROM votes v JOIN outputs o ON o.run_id = v.run_id \
              WHERE o.adapter_id IS NOT NULL GROUP BY o.adapter_id ORDER BY o.adapter_id",
         )
@@ -105,9 +107,15 @@ pub(crate) mod ssr {
         use crate::session::create_session;
         use std::collections::BTreeMap;
 
-        #[sqlx::test(migrations = "../migrations")]
-        async fn votes_replace_per_session_and_count_toward_win_rates(db: SqlitePool) {
-            let (a, b) = (create_session(&db).await.unwrap(), create_session(&db).await.unwrap());
+        #[tokio::test]
+        async fn votes_replace_per_session_and_count_toward_win_rates() {
+            for (_, db) in crate::db::test_databases().await {
+                votes(&db).await;
+            }
+        }
+
+        async fn votes(db: &Db) {
+            let (a, b) = (create_session(db).await.unwrap(), create_session(db).await.unwrap());
             let inputs: BTreeMap<String, String> = [("sentence".to_string(), "ok".to_string())].into();
             let req = RunRequest {
                 task: "glue_sst2".into(),
@@ -115,17 +123,17 @@ pub(crate) mod ssr {
                 params: RunParams::default(),
                 panes: vec![Some("glue_sst2".into()), None],
             };
-            let run = insert_run(&db, &a, &req, "p").await.unwrap();
-            vote(&db, &run, &a, 1).await.unwrap();
-            vote(&db, &run, &a, 0).await.unwrap(); // replaces
-            vote(&db, &run, &b, 1).await.unwrap();
-            let rates = win_rates(&db).await.unwrap();
+            let run = insert_run(db, &a, &req, "p").await.unwrap();
+            vote(db, &run, &a, 1).await.unwrap();
+            vote(db, &run, &a, 0).await.unwrap(); // replaces
+            vote(db, &run, &b, 1).await.unwrap();
+            let rates = win_rates(db).await.unwrap();
             assert_eq!(rates, [WinRate { adapter: "glue_sst2".into(), votes: 2, wins: 1 }]);
-            assert!(vote(&db, &run, &a, 2).await.unwrap_err().contains("pane 2 is not in this run"));
-            assert!(vote(&db, "nope", &a, 0).await.unwrap_err().contains("no run"));
+            assert!(vote(db, &run, &a, 2).await.unwrap_err().contains("pane 2 is not in this run"));
+            assert!(vote(db, "nope", &a, 0).await.unwrap_err().contains("no run"));
             let solo = RunRequest { panes: vec![None], ..req };
-            let one = insert_run(&db, &a, &solo, "p").await.unwrap();
-            assert!(vote(&db, &one, &a, 0).await.unwrap_err().contains("nothing to compare"));
+            let one = insert_run(db, &a, &solo, "p").await.unwrap();
+            assert!(vote(db, &one, &a, 0).await.unwrap_err().contains("nothing to compare"));
         }
     }
 }

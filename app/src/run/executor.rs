@@ -9,10 +9,10 @@
 use super::store;
 use super::types::{FinishReason, PaneEvent, PaneStatus, PaneTimings, PaneView};
 use crate::context::EngineSlot;
+use crate::db::Db;
 use crate::limits::{ClientPermit, LimitError};
 use engine::{Event, Field, GenerateRequest};
 use futures_util::stream::{self, BoxStream, StreamExt};
-use sqlx::SqlitePool;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -151,7 +151,7 @@ impl Executor {
     /// (`permit`); without one the pane says so and stays pending.
     pub fn watch_or_start(
         &self,
-        (db, engine): (&SqlitePool, &EngineSlot),
+        (db, engine): (&Db, &EngineSlot),
         key: PaneKey,
         adapter: Option<String>,
         request: impl FnOnce() -> PaneRequest,
@@ -215,7 +215,7 @@ impl Executor {
 
 /// One pane's generation task.
 struct Generation {
-    db: SqlitePool,
+    db: Db,
     engine: EngineSlot,
     /// The executor's panes, to forget this one once it has ended.
     panes: Arc<Mutex<HashMap<PaneKey, Arc<Live>>>>,

@@ -4,8 +4,8 @@ use super::types::{
     FinishReason, PaneStatus, PaneTimings, PaneView, RunPage, RunParams, RunRequest, RunSummary, RunView, HISTORY_PAGE,
 };
 use crate::context::now_ms;
-use sqlx::sqlite::SqliteRow;
-use sqlx::{Row, SqlitePool};
+use crate::db::{Backend, Db, DbRow};
+use sqlx::Row;
 
 /// A stored run and the session that made it.
 #[derive(Clone, Debug)]
@@ -17,11 +17,11 @@ pub struct StoredRun {
 }
 
 /// Inserts the run and one pending row per pane.
-pub async fn insert_run(db: &SqlitePool, session: &str, r: &RunRequest, prompt: &str) -> sqlx::Result<String> {
+pub async fn insert_run(db: &Db, session: &str, r: &RunRequest, prompt: &str) -> sqlx::Result<String> {
     let id = uuid::Uuid::new_v4().to_string();
     let mut tx = db.begin().await?;
     sqlx::query(
-        "INSERT INTO runs (id, session_id, task_id, inputs, prompt, params, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO runs (id, session_id, task_id, inputs, prompt, params, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
     .bind(&id)
     .bind(session)
@@ -34,7 +34,7 @@ pub async fn insert_run(db: &SqlitePool, session: &str, r: &RunRequest, prompt: 
     .await?;
     for (i, adapter) in r.panes.iter().enumerate() {
         sqlx::query(
-            "INSERT INTO outputs (run_id, pane, adapter_id, status, updated_at) VALUES (?, ?, ?, 'pending', ?)",
+            "INSERT INTO outputs (run_id, pane, adapter_id, status, updated_at) VALUES ($1, $2, $3, 'pending', $4)",
         )
         .bind(&id)
         .bind(i as i64)
@@ -48,10 +48,10 @@ pub async fn insert_run(db: &SqlitePool, session: &str, r: &RunRequest, prompt: 
 }
 
 /// Marks a pane as generating from scratch (its text cleared).
-pub async fn begin_pane(db: &SqlitePool, run: &str, pane: i64) -> sqlx::Result<()> {
+pub async fn begin_pane(db: &Db, run: &str, pane: i64) -> sqlx::Result<()> {
     sqlx::query(
         "UPDATE outputs SET status = 'running', text = '', finish_reason = NULL, error = NULL, generated_tokens = NULL, \
-         ttft_ms = NULL, tokens_per_s = NULL, updated_at = ? WHERE run_id = ? AND pane = ?",
+         ttft_ms = NULL, tokens_per_s = NULL, updated_at = $1 WHERE run_id = $2 AND pane = $3",
     )
     .bind(now_ms())
     .bind(run)
@@ -62,8 +62,8 @@ pub async fn begin_pane(db: &SqlitePool, run: &str, pane: i64) -> sqlx::Result<(
 }
 
 /// Stores a generating pane's text so far.
-pub async fn save_text(db: &SqlitePool, run: &str, pane: i64, text: &str) -> sqlx::Result<()> {
-    sqlx::query("UPDATE outputs SET text = ?, updated_at = ? WHERE run_id = ? AND pane = ? AND status = 'running'")
+pub async fn save_text(db: &Db, run: &str, pane: i64, text: &str) -> sqlx::Result<()> {
+    sqlx::query("UPDATE outputs SET text = $1, updated_at = $2 WHERE run_id = $3 AND pane = $4 AND status = 'running'")
         .bind(text)
         .bind(now_ms())
         .bind(run)
@@ -74,11 +74,11 @@ pub async fn save_text(db: &SqlitePool, run: &str, pane: i64, text: &str) -> sql
 }
 
 /// Stores a pane's end (or, for a transient failure, its return to `pending`).
-pub async fn finish_pane(db: &SqlitePool, run: &str, p: &PaneView) -> sqlx::Result<()> {
+pub async fn finish_pane(db: &Db, run: &str, p: &PaneView) -> sqlx::Result<()> {
     let t = p.timings;
     sqlx::query(
-        "UPDATE outputs SET text = ?, status = ?, finish_reason = ?, error = ?, generated_tokens = ?, ttft_ms = ?, \
-         tokens_per_s = ?, updated_at = ? WHERE run_id = ? AND pane = ?",
+        "UPDATE outputs SET text = $1, status = $2, finish_reason = $3, error = $4, generated_tokens = $5, ttft_ms = $6, \
+         tokens_per_s = $7, updated_at = $8 WHERE run_id = $9 AND pane = $10",
     )
     .bind(&p.text)
     .bind(p.status.as_str())
@@ -95,18 +95,30 @@ pub async fn finish_pane(db: &SqlitePool, run: &str, p: &PaneView) -> sqlx::Resu
     Ok(())
 }
 
-/// After a restart: panes left `running` by the previous process are `interrupted` (their text so far is kept).
-pub async fn interrupt_running(db: &SqlitePool) -> sqlx::Result<u64> {
-    let done = sqlx::query("UPDATE outputs SET status = 'interrupted', updated_at = ? WHERE status = 'running'")
-        .bind(now_ms())
-        .execute(db)
-        .await?;
+/// At start: panes that no process generates any more are `interrupted` (their text so far is kept). A SQLite
+/// database belongs to one process, so every pane left `running` was its previous run's. Postgres is shared by
+/// replicas that may be generating right now: only the panes whose row has not been written for
+/// [`STALE_AFTER`](super::stream::STALE_AFTER) are cut off (a stream that follows a pane marks it so, too, once it
+/// goes stale).
+pub async fn interrupt_running(db: &Db) -> sqlx::Result<u64> {
+    let before = match Backend::of_pool(db) {
+        Backend::Sqlite => i64::MAX,
+        Backend::Postgres => now_ms() - super::stream::STALE_AFTER.as_millis() as i64,
+    };
+    let done = sqlx::query(
+        "UPDATE outputs SET status = 'interrupted', updated_at = $1 \
+         WHERE status = 'running' AND COALESCE(updated_at, 0) < $2",
+    )
+    .bind(now_ms())
+    .bind(before)
+    .execute(db)
+    .await?;
     Ok(done.rows_affected())
 }
 
 /// The session that made `run`.
-pub async fn owner(db: &SqlitePool, run: &str) -> sqlx::Result<Option<String>> {
-    sqlx::query_scalar("SELECT session_id FROM runs WHERE id = ?").bind(run).fetch_optional(db).await
+pub async fn owner(db: &Db, run: &str) -> sqlx::Result<Option<String>> {
+    sqlx::query_scalar("SELECT session_id FROM runs WHERE id = $1").bind(run).fetch_optional(db).await
 }
 
 /// The columns [`pane_of`] reads (a macro, so that queries stay literal strings).
@@ -116,7 +128,7 @@ macro_rules! pane_columns {
     };
 }
 
-fn pane_of(r: &SqliteRow) -> PaneView {
+fn pane_of(r: &DbRow) -> PaneView {
     let timings = r.get::<Option<i64>, _>("generated_tokens").map(|generated_tokens| PaneTimings {
         generated_tokens,
         ttft_ms: r.get::<Option<f64>, _>("ttft_ms").unwrap_or(0.0),
@@ -134,8 +146,8 @@ fn pane_of(r: &SqliteRow) -> PaneView {
 }
 
 /// One pane as stored, and when its row was last written (Unix milliseconds).
-pub async fn load_pane(db: &SqlitePool, run: &str, pane: i64) -> sqlx::Result<Option<(PaneView, i64)>> {
-    let row = sqlx::query(concat!("SELECT ", pane_columns!(), " FROM outputs WHERE run_id = ? AND pane = ?"))
+pub async fn load_pane(db: &Db, run: &str, pane: i64) -> sqlx::Result<Option<(PaneView, i64)>> {
+    let row = sqlx::query(concat!("SELECT ", pane_columns!(), " FROM outputs WHERE run_id = $1 AND pane = $2"))
         .bind(run)
         .bind(pane)
         .fetch_optional(db)
@@ -144,21 +156,21 @@ pub async fn load_pane(db: &SqlitePool, run: &str, pane: i64) -> sqlx::Result<Op
 }
 
 /// A run with its panes.
-pub async fn load_run(db: &SqlitePool, id: &str) -> sqlx::Result<Option<RunView>> {
+pub async fn load_run(db: &Db, id: &str) -> sqlx::Result<Option<RunView>> {
     Ok(load_stored(db, id).await?.map(|r| r.view))
 }
 
 /// A run with its panes and its owner.
-pub async fn load_stored(db: &SqlitePool, id: &str) -> sqlx::Result<Option<StoredRun>> {
+pub async fn load_stored(db: &Db, id: &str) -> sqlx::Result<Option<StoredRun>> {
     let Some(row) =
-        sqlx::query("SELECT id, session_id, task_id, inputs, prompt, params, created_at FROM runs WHERE id = ?")
+        sqlx::query("SELECT id, session_id, task_id, inputs, prompt, params, created_at FROM runs WHERE id = $1")
             .bind(id)
             .fetch_optional(db)
             .await?
     else {
         return Ok(None);
     };
-    let panes = sqlx::query(concat!("SELECT ", pane_columns!(), " FROM outputs WHERE run_id = ? ORDER BY pane"))
+    let panes = sqlx::query(concat!("SELECT ", pane_columns!(), " FROM outputs WHERE run_id = $1 ORDER BY pane"))
         .bind(id)
         .fetch_all(db)
         .await?
@@ -178,13 +190,13 @@ pub async fn load_stored(db: &SqlitePool, id: &str) -> sqlx::Result<Option<Store
 }
 
 /// A page of a session's runs, newest first.
-pub async fn list_runs(db: &SqlitePool, session: &str, page: i64) -> sqlx::Result<RunPage> {
+pub async fn list_runs(db: &Db, session: &str, page: i64) -> sqlx::Result<RunPage> {
     let rows = sqlx::query(
         "SELECT r.id, r.task_id, substr(r.prompt, 1, 160) AS excerpt, r.created_at, \
            (SELECT COUNT(*) FROM outputs o WHERE o.run_id = r.id) AS panes, \
            (SELECT COUNT(*) FROM outputs o WHERE o.run_id = r.id AND o.status IN ('done', 'error', 'cancelled')) \
              AS finished \
-         FROM runs r WHERE r.session_id = ? ORDER BY r.created_at DESC, r.rowid DESC LIMIT ? OFFSET ?",
+         FROM runs r WHERE r.session_id = $1 ORDER BY r.created_at DESC, r.rowid DESC LIMIT $2 OFFSET $3",
     )
     .bind(session)
     .bind(HISTORY_PAGE + 1)
@@ -213,31 +225,43 @@ mod tests {
     use crate::session::create_session;
     use std::collections::BTreeMap;
 
-    #[sqlx::test(migrations = "../migrations")]
-    async fn history_pages_newest_first_and_per_session(db: SqlitePool) {
-        let me = create_session(&db).await.unwrap();
-        let other = create_session(&db).await.unwrap();
+    #[tokio::test]
+    async fn history_pages_newest_first_and_per_session() {
+        for (_, db) in crate::db::test_databases().await {
+            history_pages(&db).await;
+        }
+    }
+
+    async fn history_pages(db: &Db) {
+        let me = create_session(db).await.unwrap();
+        let other = create_session(db).await.unwrap();
         let inputs: BTreeMap<String, String> = [("question".to_string(), "1+1?".to_string())].into();
         let req = RunRequest { task: "gsm8k".into(), inputs, params: RunParams::default(), panes: vec![None] };
         let mut mine = Vec::new();
         for i in 0..(HISTORY_PAGE + 5) {
-            mine.push(insert_run(&db, &me, &req, &format!("prompt {i}")).await.unwrap());
+            mine.push(insert_run(db, &me, &req, &format!("prompt {i}")).await.unwrap());
         }
-        insert_run(&db, &other, &req, "not mine").await.unwrap();
-        let first = list_runs(&db, &me, 0).await.unwrap();
+        insert_run(db, &other, &req, "not mine").await.unwrap();
+        let first = list_runs(db, &me, 0).await.unwrap();
         assert_eq!(first.runs.len(), HISTORY_PAGE as usize);
         assert!(first.more);
         assert_eq!(first.runs[0].id, *mine.last().unwrap(), "newest first");
-        let second = list_runs(&db, &me, 1).await.unwrap();
+        let second = list_runs(db, &me, 1).await.unwrap();
         assert_eq!(second.runs.len(), 5);
         assert!(!second.more);
         assert_eq!(second.runs[4].id, mine[0]);
         assert!(first.runs.iter().chain(&second.runs).all(|r| r.excerpt != "not mine" && r.panes == 1));
     }
 
-    #[sqlx::test(migrations = "../migrations")]
-    async fn a_pane_streams_into_its_row_ends_there_and_a_restart_interrupts_it(db: SqlitePool) {
-        let session = create_session(&db).await.unwrap();
+    #[tokio::test]
+    async fn a_pane_streams_into_its_row_ends_there_and_a_restart_interrupts_it() {
+        for (backend, db) in crate::db::test_databases().await {
+            pane_rows(backend, &db).await;
+        }
+    }
+
+    async fn pane_rows(backend: Backend, db: &Db) {
+        let session = create_session(db).await.unwrap();
         let inputs: BTreeMap<String, String> = [("sentence".to_string(), "a fine film".to_string())].into();
         let req = RunRequest {
             task: "glue_sst2".into(),
@@ -245,16 +269,16 @@ mod tests {
             params: RunParams::default(),
             panes: vec![Some("glue_sst2".into()), None],
         };
-        let id = insert_run(&db, &session, &req, "the prompt").await.unwrap();
-        let run = load_stored(&db, &id).await.unwrap().unwrap();
+        let id = insert_run(db, &session, &req, "the prompt").await.unwrap();
+        let run = load_stored(db, &id).await.unwrap().unwrap();
         assert_eq!((run.session.as_str(), run.view.prompt.as_str()), (session.as_str(), "the prompt"));
         assert_eq!(run.view.inputs["sentence"], "a fine film");
         assert_eq!(run.view.panes.len(), 2);
         assert_eq!(run.view.panes[0].adapter.as_deref(), Some("glue_sst2"));
         assert_eq!(run.view.panes[1].status, PaneStatus::Pending);
-        begin_pane(&db, &id, 1).await.unwrap();
-        save_text(&db, &id, 1, "1 2").await.unwrap();
-        let (pane, _) = load_pane(&db, &id, 1).await.unwrap().unwrap();
+        begin_pane(db, &id, 1).await.unwrap();
+        save_text(db, &id, 1, "1 2").await.unwrap();
+        let (pane, _) = load_pane(db, &id, 1).await.unwrap().unwrap();
         assert_eq!((pane.status, pane.text.as_str()), (PaneStatus::Running, "1 2"));
         let done = PaneView {
             text: "1 2 3".into(),
@@ -263,15 +287,26 @@ mod tests {
             timings: Some(PaneTimings { generated_tokens: 3, ttft_ms: 12.5, tokens_per_s: Some(30.0) }),
             ..pane
         };
-        finish_pane(&db, &id, &done).await.unwrap();
-        assert_eq!(load_run(&db, &id).await.unwrap().unwrap().panes[1], done);
-        // A pane the previous process left running is interrupted, with its text.
-        begin_pane(&db, &id, 0).await.unwrap();
-        save_text(&db, &id, 0, "par").await.unwrap();
-        assert_eq!(interrupt_running(&db).await.unwrap(), 1);
-        let (cut, _) = load_pane(&db, &id, 0).await.unwrap().unwrap();
+        finish_pane(db, &id, &done).await.unwrap();
+        assert_eq!(load_run(db, &id).await.unwrap().unwrap().panes[1], done);
+        // A pane the previous process left running is interrupted, with its text: on SQLite at once, on Postgres
+        // (whose other replicas may be generating it) once its row has gone stale.
+        begin_pane(db, &id, 0).await.unwrap();
+        save_text(db, &id, 0, "par").await.unwrap();
+        if backend == Backend::Postgres {
+            assert_eq!(interrupt_running(db).await.unwrap(), 0, "a fresh row is another replica's");
+            let stale = now_ms() - super::super::stream::STALE_AFTER.as_millis() as i64 - 1;
+            sqlx::query("UPDATE outputs SET updated_at = $1 WHERE run_id = $2")
+                .bind(stale)
+                .bind(&id)
+                .execute(db)
+                .await
+                .unwrap();
+        }
+        assert_eq!(interrupt_running(db).await.unwrap(), 1);
+        let (cut, _) = load_pane(db, &id, 0).await.unwrap().unwrap();
         assert_eq!((cut.status, cut.text.as_str()), (PaneStatus::Interrupted, "par"));
-        assert!(load_run(&db, "no-such-run").await.unwrap().is_none());
-        assert_eq!(owner(&db, &id).await.unwrap().as_deref(), Some(session.as_str()));
+        assert!(load_run(db, "no-such-run").await.unwrap().is_none());
+        assert_eq!(owner(db, &id).await.unwrap().as_deref(), Some(session.as_str()));
     }
 }

@@ -29,7 +29,11 @@ pub fn engine_config() -> engine::EngineConfig {
 
 /// App state with a loaded engine (`None`: the model is still "loading").
 pub async fn state(engine: Option<engine::EngineConfig>) -> AppState {
-    let db = db::connect("sqlite::memory:").await.unwrap();
+    state_on(db::connect("sqlite::memory:").await.unwrap(), engine).await
+}
+
+/// App state over `db` (several replicas can share a Postgres one).
+pub async fn state_on(db: db::Db, engine: Option<engine::EngineConfig>) -> AppState {
     let leptos = LeptosOptions::builder().output_name("loraland").site_root("target/site").site_pkg_dir("pkg").build();
     let slot = app::context::EngineSlot::default();
     if let Some(cfg) = engine {
