@@ -35,5 +35,5 @@ pub use request::{
     Timings, TokenEvent,
 };
 pub use sampling::{Sampler, SamplingParams};
-pub use stats::EngineStats;
+pub use stats::{AdapterActivity, EngineStats};
 pub use tokenizer::{ChatMessage, TokenStream, Tokenizer};

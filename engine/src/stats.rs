@@ -2,6 +2,7 @@
 //! loop's liveness (a heartbeat at every iteration, and whether the thread has stopped).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Gauges (current values) and counters (totals since start).
@@ -37,6 +38,20 @@ pub struct EngineStats {
     pub adapter_load_timeouts: AtomicU64,
     /// The batching loop's heartbeat.
     pub liveness: Liveness,
+    /// Which adapters are resident and which are waited for, by name.
+    pub adapters: Mutex<AdapterActivity>,
+}
+
+/// The adapters a load balancer routes by (the Gateway API Inference Extension's LoRA affinity): those resident,
+/// which serve a request at once, and those that requests wait for (not resident yet). Sorted, for stable output.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AdapterActivity {
+    /// Adapters resident now.
+    pub resident: Vec<String>,
+    /// Adapters that waiting requests need and that are not resident.
+    pub waited_for: Vec<String>,
+    /// Most adapters resident at once.
+    pub max_resident: usize,
 }
 
 /// The batching loop's heartbeat: it beats at the top of every iteration, and an idle loop wakes to beat at least
@@ -78,6 +93,11 @@ impl Liveness {
 }
 
 impl EngineStats {
+    /// The adapters resident and waited for, as the batching loop last published them.
+    pub fn adapter_activity(&self) -> AdapterActivity {
+        self.adapters.lock().map(|a| a.clone()).unwrap_or_default()
+    }
+
     /// Reads a value.
     pub fn get(v: &AtomicU64) -> u64 {
         v.load(Ordering::Relaxed)

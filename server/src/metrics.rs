@@ -1,6 +1,10 @@
 //! Prometheus metrics through the `metrics` facade and its Prometheus exporter: HTTP requests by route, status and
 //! adapter; generation counts, tokens, time to first token, queue time and duration by adapter; and, read at each
-//! scrape, the engine's gauges (running, waiting, batch size, KV tokens, adapter cache).
+//! scrape, the engine's gauges (running, waiting, batch size, KV tokens, adapter cache). Beside ours, the metrics
+//! of the Gateway API Inference Extension's model-server protocol under vLLM's names, which its endpoint picker
+//! reads by default: `vllm:num_requests_waiting`, `vllm:num_requests_running`, `vllm:kv_cache_usage_perc` (and
+//! its older name `vllm:gpu_cache_usage_perc`), a fraction from 0 to 1, and `vllm:lora_requests_info` (see
+//! [`lora_info`]).
 
 use engine::{EngineHandle, EngineStats, Finished};
 use metrics::{counter, gauge, histogram};
@@ -79,7 +83,58 @@ pub fn render(engine: Option<&EngineHandle>) -> String {
         gauge!("loraland_engine_up").set(if engine.health() == engine::Health::Ok { 1.0 } else { 0.0 });
     }
     handle.run_upkeep();
-    handle.render()
+    let mut text = handle.render();
+    if let Some(engine) = engine {
+        text.push_str(&inference_extension(engine, now_seconds()));
+    }
+    text
+}
+
+/// The model-server protocol's metrics, read from `engine` now. Written by hand rather than through the
+/// process-wide recorder: they are this engine's values at this scrape, and `vllm:lora_requests_info`'s labels
+/// change at each one (a recorder would keep every old set).
+pub fn inference_extension(engine: &EngineHandle, now: f64) -> String {
+    let s = engine.stats();
+    let model = escape(&engine.model_info().name);
+    let kv = EngineStats::get(&s.kv_tokens) as f64 / engine.config().max_kv_tokens.max(1) as f64;
+    let mut out = String::new();
+    for (name, help, value) in [
+        (
+            "vllm:num_requests_waiting",
+            "Number of requests waiting to be processed.",
+            EngineStats::get(&s.waiting) as f64,
+        ),
+        ("vllm:num_requests_running", "Number of requests in the running batch.", EngineStats::get(&s.running) as f64),
+        ("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", kv),
+        ("vllm:gpu_cache_usage_perc", "KV-cache usage (the older name). 1 means 100 percent usage.", kv),
+    ] {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{model_name=\"{model}\"}} {value}\n"));
+    }
+    out + &lora_info(&s.adapter_activity(), now)
+}
+
+/// `vllm:lora_requests_info`, as vLLM writes it and the inference extension's LoRA affinity reads it: one sample
+/// whose labels are the adapters resident (`running_lora_adapters`: they serve a request without a load), those
+/// that waiting requests need (`waiting_lora_adapters`), comma-separated, and the most that can be resident
+/// (`max_lora`); its value is when it was written (Unix seconds), so that the picker takes the newest.
+pub fn lora_info(a: &engine::AdapterActivity, now: f64) -> String {
+    format!(
+        "# HELP vllm:lora_requests_info Running stats on LoRA requests.\n\
+         # TYPE vllm:lora_requests_info gauge\n\
+         vllm:lora_requests_info{{max_lora=\"{}\",running_lora_adapters=\"{}\",waiting_lora_adapters=\"{}\"}} {now}\n",
+        a.max_resident,
+        escape(&a.resident.join(",")),
+        escape(&a.waited_for.join(",")),
+    )
+}
+
+/// A Prometheus label value.
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+fn now_seconds() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// This process's resident memory (Linux: `VmRSS` of /proc/self/status).
@@ -88,4 +143,27 @@ fn resident_memory_bytes() -> Option<u64> {
     let kb: u64 =
         status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().strip_suffix("kB")?.trim().parse().ok()?;
     Some(kb * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lora_info_is_one_sample_with_the_protocols_labels() {
+        let a = engine::AdapterActivity {
+            resident: vec!["glue_sst2".into(), "qv_r8".into()],
+            waited_for: vec!["we\"ird".into()],
+            max_resident: 8,
+        };
+        let text = lora_info(&a, 1700000000.5);
+        let samples: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+        assert_eq!(
+            samples,
+            [
+                r#"vllm:lora_requests_info{max_lora="8",running_lora_adapters="glue_sst2,qv_r8",waiting_lora_adapters="we\"ird"} 1700000000.5"#
+            ]
+        );
+        assert!(text.contains("# TYPE vllm:lora_requests_info gauge\n"));
+    }
 }

@@ -356,3 +356,57 @@ async fn health_reports_a_stalled_and_a_stopped_engine() {
     let h = get(&st, "/health").await;
     assert_eq!((h.status, h.json()["status"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("stopped")));
 }
+
+/// The inference extension's signals, as its endpoint picker reads them: with one resident place and a long
+/// generation on `qv_r8`, a request for `all_r4` waits, and `/metrics` says so under vLLM's names.
+#[tokio::test]
+async fn metrics_carry_the_inference_extensions_queue_kv_and_lora_signals() {
+    use engine::{AdapterId, GenerateRequest, Prompt, SamplingParams};
+    let mut cfg = engine_config();
+    cfg.limits.max_adapters = 1;
+    cfg.faults.step_delay = Some(Duration::from_millis(20));
+    let st = state(Some(cfg)).await;
+    let engine = st.engine.get().unwrap().clone();
+    let request = |adapter: &str, max_new_tokens| GenerateRequest {
+        prompt: Prompt::Tokens(vec![1, 2, 3, 4]),
+        adapter: Some(AdapterId::new(adapter).unwrap()),
+        sampling: SamplingParams::greedy(),
+        max_new_tokens,
+        ..GenerateRequest::default()
+    };
+    let mut long = engine.generate(request("qv_r8", 150)).unwrap();
+    // Running: its first token is out.
+    let long = tokio::task::spawn_blocking(move || {
+        long.blocking_next().unwrap().unwrap();
+        long
+    })
+    .await
+    .unwrap();
+    let waiting = engine.generate(request("all_r4", 2)).unwrap();
+    let sample = |text: &str, name: &str| -> String {
+        text.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("no {name} in:\n{text}")).to_string()
+    };
+    let mut text = String::new();
+    for _ in 0..200 {
+        text = get(&st, "/metrics").await.text;
+        if sample(&text, "vllm:num_requests_waiting").ends_with(" 1") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(sample(&text, "vllm:num_requests_waiting"), r#"vllm:num_requests_waiting{model_name="base"} 1"#);
+    assert_eq!(sample(&text, "vllm:num_requests_running"), r#"vllm:num_requests_running{model_name="base"} 1"#);
+    let kv: f64 = sample(&text, "vllm:kv_cache_usage_perc").rsplit(' ').next().unwrap().parse().unwrap();
+    let expected = (4 + 150) as f64 / engine.config().max_kv_tokens as f64;
+    assert!((kv - expected).abs() < 1e-9, "KV usage {kv}, expected {expected}");
+    assert!(text.contains(&format!(r#"vllm:gpu_cache_usage_perc{{model_name="base"}} {kv}"#)), "{text}");
+    let info = sample(&text, "vllm:lora_requests_info");
+    let (labels, value) = info.rsplit_once(' ').unwrap();
+    assert_eq!(
+        labels,
+        r#"vllm:lora_requests_info{max_lora="1",running_lora_adapters="qv_r8",waiting_lora_adapters="all_r4"}"#
+    );
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    assert!((now - value.parse::<f64>().unwrap()).abs() < 60.0, "the value is when it was written: {value}");
+    drop((long, waiting));
+}

@@ -7,6 +7,10 @@ use crate::context::now_ms;
 use crate::db::{Backend, Db, DbRow};
 use sqlx::Row;
 
+/// A pane whose row has not been written for this long while `running` was cut off with its process (a generating
+/// pane's text is written every [`FLUSH_EVERY`](super::executor::FLUSH_EVERY)).
+pub const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// A stored run and the session that made it.
 #[derive(Clone, Debug)]
 pub struct StoredRun {
@@ -98,12 +102,12 @@ pub async fn finish_pane(db: &Db, run: &str, p: &PaneView) -> sqlx::Result<()> {
 /// At start: panes that no process generates any more are `interrupted` (their text so far is kept). A SQLite
 /// database belongs to one process, so every pane left `running` was its previous run's. Postgres is shared by
 /// replicas that may be generating right now: only the panes whose row has not been written for
-/// [`STALE_AFTER`](super::stream::STALE_AFTER) are cut off (a stream that follows a pane marks it so, too, once it
+/// [`STALE_AFTER`] are cut off (a stream that follows a pane marks it so, too, once it
 /// goes stale).
 pub async fn interrupt_running(db: &Db) -> sqlx::Result<u64> {
     let before = match Backend::of_pool(db) {
         Backend::Sqlite => i64::MAX,
-        Backend::Postgres => now_ms() - super::stream::STALE_AFTER.as_millis() as i64,
+        Backend::Postgres => now_ms() - STALE_AFTER.as_millis() as i64,
     };
     let done = sqlx::query(
         "UPDATE outputs SET status = 'interrupted', updated_at = $1 \
@@ -295,7 +299,7 @@ mod tests {
         save_text(db, &id, 0, "par").await.unwrap();
         if backend == Backend::Postgres {
             assert_eq!(interrupt_running(db).await.unwrap(), 0, "a fresh row is another replica's");
-            let stale = now_ms() - super::super::stream::STALE_AFTER.as_millis() as i64 - 1;
+            let stale = now_ms() - STALE_AFTER.as_millis() as i64 - 1;
             sqlx::query("UPDATE outputs SET updated_at = $1 WHERE run_id = $2")
                 .bind(stale)
                 .bind(&id)

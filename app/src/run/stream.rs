@@ -5,7 +5,7 @@
 //! else sees it as stored). Opening the stream never starts a second generation of a pane.
 
 use super::executor::PaneKey;
-use super::store;
+use super::store::{self, STALE_AFTER};
 use super::types::{PaneEvent, PaneStatus, PaneView, RunView};
 use crate::context::ClientAddr;
 use crate::state::AppState;
@@ -19,8 +19,6 @@ use std::time::Duration;
 
 /// How often a pane generated elsewhere is read back from the database.
 pub const FOLLOW_EVERY: Duration = Duration::from_millis(400);
-/// A pane whose row has not been written for this long while `running` was cut off with its process.
-pub const STALE_AFTER: Duration = Duration::from_secs(20);
 
 /// The handler.
 pub async fn run_events(

@@ -452,5 +452,22 @@ impl Scheduler {
         EngineStats::set(&self.stats.waiting, self.waiting.len() as u64);
         EngineStats::set(&self.stats.kv_tokens, self.kv_reserved() as u64);
         EngineStats::set(&self.stats.adapters_resident, self.residency.len() as u64);
+        let mut resident: Vec<String> = self.residency.entries().map(|(id, _)| id.to_string()).collect();
+        resident.sort();
+        let residency = &self.residency;
+        let mut waited_for: Vec<String> = self
+            .waiting
+            .fronts()
+            .filter_map(|s| s.request.adapter.as_ref())
+            .filter(|id| residency.slot(id).is_none())
+            .map(|id| id.to_string())
+            .collect();
+        waited_for.sort();
+        waited_for.dedup();
+        if let Ok(mut a) = self.stats.adapters.lock() {
+            if a.resident != resident || a.waited_for != waited_for || a.max_resident != self.cfg.limits.max_adapters {
+                *a = crate::stats::AdapterActivity { resident, waited_for, max_resident: self.cfg.limits.max_adapters };
+            }
+        }
     }
 }
