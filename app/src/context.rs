@@ -31,7 +31,7 @@ impl EngineSlot {
     }
 }
 
-/// The address of the client a request came from: the peer's, or with `--trust-proxy` the first of
+/// The address of the client a request came from: the peer's, or with `--trust-proxy` the last of
 /// `X-Forwarded-For`. The server's router puts it in every request's extensions; limits are kept per address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ClientAddr(pub IpAddr);

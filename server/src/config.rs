@@ -121,8 +121,9 @@ pub struct ServeConfig {
     #[arg(long, env = "LORALAND_SESSION_CONCURRENCY", default_value_t = app::limits::DEFAULT_CONCURRENT_PER_SESSION)]
     pub session_concurrency: usize,
 
-    /// Take the client's address from the first entry of X-Forwarded-For (behind a reverse proxy that sets it);
-    /// otherwise the peer's address is the client's. Per-client limits are kept per address.
+    /// Take the client's address from the last entry of X-Forwarded-For, the one the reverse proxy in front
+    /// appends (nginx's `$proxy_add_x_forwarded_for`); otherwise the peer's address is the client's. Per-client
+    /// limits are kept per address.
     #[arg(long, env = "LORALAND_TRUST_PROXY")]
     pub trust_proxy: bool,
 

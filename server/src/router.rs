@@ -53,9 +53,10 @@ pub fn router_with(state: AppState, options: &HttpOptions) -> Router {
         .with_state(state)
 }
 
-/// Puts the request's [`ClientAddr`] in its extensions: the peer's address, or with `--trust-proxy` the first
-/// address of `X-Forwarded-For` (the client as the reverse proxy saw it). Without a peer (tests driving the router
-/// in-process), the unspecified address.
+/// Puts the request's [`ClientAddr`] in its extensions: the peer's address, or with `--trust-proxy` the last
+/// address of `X-Forwarded-For`, the one the reverse proxy in front of us appended: the client as it saw it. The
+/// entries before it are whatever the client sent, so a client cannot pick its address (and its limits) with them.
+/// Without a peer (tests driving the router in-process), the unspecified address.
 async fn client_addr(
     axum::extract::State(trust_proxy): axum::extract::State<bool>,
     mut req: axum::extract::Request,
@@ -64,7 +65,7 @@ async fn client_addr(
     let peer = req.extensions().get::<axum::extract::ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
     let forwarded = || {
         let header = req.headers().get("x-forwarded-for")?.to_str().ok()?;
-        header.split(',').next()?.trim().parse::<IpAddr>().ok()
+        header.rsplit(',').next()?.trim().parse::<IpAddr>().ok()
     };
     let addr = trust_proxy.then(forwarded).flatten().or(peer).unwrap_or(IpAddr::from([0, 0, 0, 0]));
     req.extensions_mut().insert(ClientAddr(addr));

@@ -531,7 +531,7 @@ async fn disconnect_cancels_generation_and_a_full_queue_is_429() {
 }
 
 /// One client over its limits gets 429 with `Retry-After` and the limit named, while another client (another
-/// address, here through a trusted proxy's X-Forwarded-For) is served; a server function's body over the limit is
+/// address, here the last entry of a trusted proxy's X-Forwarded-For) is served; a server function's body over the limit is
 /// 413 too.
 #[tokio::test]
 async fn a_client_over_its_limits_gets_429_and_others_are_served() {
@@ -575,6 +575,9 @@ async fn a_client_over_its_limits_gets_429_and_others_are_served() {
         body["error"].as_str().unwrap().starts_with("rate limit: at most 3 generation requests a minute"),
         "{body}"
     );
+    // The client is the entry the proxy appended, the last: what a client writes before it changes nothing.
+    assert_eq!(send("10.0.0.3, 10.0.0.1", 2).await.unwrap().status(), 429, "a forged first entry is not the client");
+    assert_eq!(send("10.0.0.1, 10.0.0.3", 2).await.unwrap().status(), 200, "the last entry is");
     // Bodies over the limit are refused on every route, the pages' server functions included.
     let big = "x".repeat(8192);
     let fn_res = client.post(format!("http://{addr}/api/count_tokens")).json(&json!({"text": big})).send().await;
