@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs a command with a throw-away PostgreSQL server: Debian's `postgresql` (installed if missing), a new cluster in
 # a temporary folder, listening on a free loopback port, stopped and deleted when the command ends. The command
-# sees its URL in LORALAND_TEST_POSTGRES (a superuser's, so the tests can create a database each).
+# sees its URL in LORALAND_TEST_POSTGRES (a superuser's, so the tests can create a database each). The server also
+# takes TLS (a self-signed certificate made here), for the tests of `sslmode=require`.
 #
 #   scripts/with-postgres.sh cargo test -p app
 set -euo pipefail
@@ -34,9 +35,14 @@ stop() {
 trap stop EXIT
 "${AS[@]}" "$BIN/initdb" -D "$DIR/data" -U loraland --auth=trust -E UTF8 --no-sync >"$DIR/initdb.log" 2>&1 \
   || { cat "$DIR/initdb.log"; exit 1; }
+openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=localhost -keyout "$DIR/server.key" \
+  -out "$DIR/server.crt" >"$DIR/openssl.log" 2>&1 || { cat "$DIR/openssl.log"; exit 1; }
+chmod 600 "$DIR/server.key"
+[ "$(id -u)" = 0 ] && chown postgres: "$DIR/server.key" "$DIR/server.crt"
 # No durability for a throw-away cluster; room for the tests' parallel pools.
 "${AS[@]}" "$BIN/pg_ctl" -D "$DIR/data" -l "$DIR/server.log" -w -o \
-  "-h 127.0.0.1 -p $PORT -k $DIR -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300" \
+  "-h 127.0.0.1 -p $PORT -k $DIR -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300 \
+  -c ssl=on -c ssl_cert_file=$DIR/server.crt -c ssl_key_file=$DIR/server.key" \
   start >/dev/null || { cat "$DIR/server.log"; exit 1; }
 export LORALAND_TEST_POSTGRES="postgres://loraland@127.0.0.1:$PORT/postgres"
 echo "==> PostgreSQL $("$BIN/postgres" --version | awk '{print $3}') on 127.0.0.1:$PORT for the tests ($DIR)"

@@ -128,13 +128,18 @@ pub async fn test_databases() -> Vec<(Backend, Db)> {
 /// A new, migrated database on the Postgres server at `server`.
 #[doc(hidden)]
 pub async fn fresh_postgres(server: &str) -> Db {
+    connect_with(&new_postgres_database(server).await, 4).await.expect("the new test database")
+}
+
+/// The URL of a new, empty database on the Postgres server at `server`.
+async fn new_postgres_database(server: &str) -> String {
     sqlx::any::install_default_drivers();
     let name = format!("t_{}", uuid::Uuid::new_v4().simple());
     let admin = AnyPoolOptions::new().max_connections(1).connect(server).await.expect("the test Postgres server");
     admin.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).await.expect("CREATE DATABASE");
     admin.close().await;
     let (base, _) = server.rsplit_once('/').expect("a postgres://host/database URL");
-    connect_with(&format!("{base}/{name}"), 4).await.expect("the new test database")
+    format!("{base}/{name}")
 }
 
 #[cfg(test)]
@@ -183,6 +188,23 @@ mod tests {
             assert_eq!(Backend::of_pool(db), *backend);
             assert_eq!(schema(*backend, db).await, expected, "{backend:?}'s schema differs from SQLite's");
         }
+    }
+
+    /// A managed PostgreSQL takes TLS only: `sslmode=require` encrypts, `verify-full` also checks the certificate
+    /// (here a self-signed one that no root vouches for, so it is refused).
+    #[tokio::test]
+    async fn postgres_connections_take_tls() {
+        let Some((_, db)) = test_databases().await.into_iter().find(|(b, _)| *b == Backend::Postgres) else { return };
+        db.close().await;
+        let url = new_postgres_database(&std::env::var("LORALAND_TEST_POSTGRES").unwrap()).await;
+        let tls = connect(&format!("{url}?sslmode=require")).await.expect("a TLS connection");
+        let ssl: bool = sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            .fetch_one(&tls)
+            .await
+            .unwrap();
+        assert!(ssl, "the connection is encrypted");
+        let err = connect(&format!("{url}?sslmode=verify-full")).await.unwrap_err();
+        assert!(format!("{err:#}").starts_with("cannot open database postgres://"), "{err:#}");
     }
 
     #[tokio::test]
