@@ -128,7 +128,8 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         if test.is_empty() {
             continue;
         }
-        let constraint = args.constrained.then(|| g.task().constraint.as_ref().map(constraint_of)).flatten();
+        let constraint =
+            args.constrained.then(|| g.task().constraint.as_ref().map(app::run::check::output_constraint)).flatten();
         let (mut base, mut tuned, mut held) = (0.0, 0.0, 0.0);
         for chunk in test.chunks(args.batch.max(1)) {
             let s = score_chunk(&engine, g, chunk, adapter.as_ref(), constraint.as_ref())?;
@@ -166,15 +167,6 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(())
-}
-
-/// A task's output format as the engine's constraint.
-fn constraint_of(c: &catalog::OutputConstraint) -> Constraint {
-    match c {
-        catalog::OutputConstraint::Choice(labels) => Constraint::Choice(labels.clone()),
-        catalog::OutputConstraint::Regex(rx) => Constraint::Regex(rx.clone()),
-        catalog::OutputConstraint::JsonSchema(schema) => Constraint::JsonSchema(schema.clone()),
-    }
 }
 
 /// Summed scores of one chunk of examples.
