@@ -42,6 +42,10 @@ pub struct HttpBenchArgs {
     /// Seconds from the start after which memory is taken as warmed up.
     #[arg(long, default_value_t = 10)]
     pub warmup: u64,
+    /// Also write the summary as JSON to this file (for scripts: requests, statuses, errors with and without a
+    /// retry hint, req/s, tokens/s, latency percentiles).
+    #[arg(long)]
+    pub json: Option<std::path::PathBuf>,
 }
 
 /// `loraland bench abuse` options.
@@ -68,9 +72,12 @@ fn prompt(rng: &mut rand::rngs::StdRng) -> String {
 }
 
 struct Done {
+    /// The HTTP status; 0 when no answer came (refused, reset, cut off mid-body).
     status: u16,
     latency: Duration,
     tokens: usize,
+    /// The answer said when to retry (`Retry-After`).
+    retry_hint: bool,
 }
 
 /// The server's resident memory, from its `/metrics`.
@@ -120,15 +127,24 @@ async fn http(args: HttpBenchArgs) -> anyhow::Result<()> {
                             .header("x-forwarded-for", format!("10.{}.{}.{}", u / 65536 % 256, u / 256 % 256, u % 256));
                     }
                     let t0 = Instant::now();
-                    let (status, tokens) = match req.send().await {
+                    let (status, tokens, retry_hint) = match req.send().await {
                         Ok(res) => {
                             let status = res.status().as_u16();
-                            let v: Value = res.json().await.unwrap_or_default();
-                            (status, v["details"]["generated_tokens"].as_u64().unwrap_or(0) as usize)
+                            let retry_hint = res.headers().contains_key(reqwest::header::RETRY_AFTER);
+                            match res.json::<Value>().await {
+                                Ok(v) => (
+                                    status,
+                                    v["details"]["generated_tokens"].as_u64().unwrap_or(0) as usize,
+                                    retry_hint,
+                                ),
+                                // A success whose body did not arrive whole is no success.
+                                Err(_) if status == 200 => (0, 0, false),
+                                Err(_) => (status, 0, retry_hint),
+                            }
                         }
-                        Err(_) => (0, 0),
+                        Err(_) => (0, 0, false),
                     };
-                    done.push(Done { status, latency: t0.elapsed(), tokens });
+                    done.push(Done { status, latency: t0.elapsed(), tokens, retry_hint });
                     tokio::time::sleep(think).await;
                 }
                 done
@@ -151,11 +167,16 @@ async fn http(args: HttpBenchArgs) -> anyhow::Result<()> {
     if let Some(bytes) = rss(&client, &url).await {
         memory.push((wall, bytes));
     }
-    report(&args, &all, wall, &memory);
+    let summary = report(&args, &all, wall, &memory);
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&summary)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
     Ok(())
 }
 
-fn report(args: &HttpBenchArgs, all: &[Done], wall: f64, memory: &[(f64, f64)]) {
+/// Prints the table and gives the same figures as JSON.
+fn report(args: &HttpBenchArgs, all: &[Done], wall: f64, memory: &[(f64, f64)]) -> Value {
     let p = |s: &str| crate::print_line(s);
     let mut by_status: BTreeMap<u16, usize> = BTreeMap::new();
     for d in all {
@@ -166,6 +187,7 @@ fn report(args: &HttpBenchArgs, all: &[Done], wall: f64, memory: &[(f64, f64)]) 
     latency.sort();
     let tokens: usize = ok.iter().map(|d| d.tokens).sum();
     let errors = all.len() - ok.len();
+    let hinted = all.iter().filter(|d| d.status != 200 && d.retry_hint).count();
     p(&format!(
         "## bench http: {} users, {} s, think {} s, {}",
         args.users,
@@ -174,11 +196,11 @@ fn report(args: &HttpBenchArgs, all: &[Done], wall: f64, memory: &[(f64, f64)]) 
         if args.adapters.is_empty() { "base model".to_string() } else { format!("{} adapters", args.adapters.len()) }
     ));
     p("");
-    p("| requests | errors | statuses | req/s | generated tokens/s | latency p50 s | p95 s | p99 s |");
-    p("|---:|---:|---|---:|---:|---:|---:|---:|");
+    p("| requests | errors | with Retry-After | statuses | req/s | generated tokens/s | latency p50 s | p95 s | p99 s |");
+    p("|---:|---:|---:|---|---:|---:|---:|---:|---:|");
     let statuses: Vec<String> = by_status.iter().map(|(s, n)| format!("{s}: {n}")).collect();
     p(&format!(
-        "| {} | {errors} | {} | {:.2} | {:.1} | {:.2} | {:.2} | {:.2} |",
+        "| {} | {errors} | {hinted} | {} | {:.2} | {:.1} | {:.2} | {:.2} | {:.2} |",
         all.len(),
         statuses.join(", "),
         all.len() as f64 / wall,
@@ -201,6 +223,16 @@ fn report(args: &HttpBenchArgs, all: &[Done], wall: f64, memory: &[(f64, f64)]) 
             warm.len()
         ));
     }
+    json!({
+        "requests": all.len(),
+        "statuses": by_status.iter().map(|(s, n)| (s.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
+        "errors": errors,
+        "errors_with_retry_hint": hinted,
+        "wall_seconds": wall,
+        "requests_per_second": all.len() as f64 / wall,
+        "tokens_per_second": tokens as f64 / wall,
+        "latency_seconds": {"p50": pct(&latency, 0.5), "p95": pct(&latency, 0.95), "p99": pct(&latency, 0.99)},
+    })
 }
 
 /// One abuse case's outcome.
