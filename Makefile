@@ -14,8 +14,8 @@ endif
 # Two cores here: keep candle's matmuls to one thread in tests so test binaries running side by side don't fight.
 TEST_ENV := RAYON_NUM_THREADS=1 RUSTFLAGS="$(LEPTOS_RUSTFLAGS)"
 
-.PHONY: serve site test tools test-deps fmt lint unit clients e2e fetch-model spm-fixture adapters cuda-toolchain \
-	cuda-check gpu-bundle clean
+.PHONY: serve site test tools test-deps fmt lint unit clients e2e scale-out k8s-check fetch-model spm-fixture adapters \
+	cuda-toolchain cuda-check gpu-bundle clean
 
 ## Build the site in release mode and serve it (fetches the default model on first start).
 serve: tools test-deps-npm
@@ -28,8 +28,9 @@ site: tools test-deps-npm
 	cargo leptos build --release
 
 ## Everything CI runs: formatting, lints, unit and integration tests, the release site with the Python API
-## clients and the browser tests against it, the CUDA compile check.
-test: tools test-deps fmt lint site fetch-model spm-fixture unit clients e2e cuda-check
+## clients and the browser tests against it, the nginx deployment of three replicas, the Kubernetes manifests'
+## schemas, the CUDA compile check.
+test: tools test-deps fmt lint site fetch-model spm-fixture unit clients e2e scale-out k8s-check cuda-check
 
 tools:
 	@scripts/install-tools.sh
@@ -61,6 +62,16 @@ clients: site
 ## The browser tests (Playwright, Debian's Chromium) against the release server.
 e2e: site
 	scripts/e2e.sh
+
+## deploy/nginx on this machine: three release replicas, one PostgreSQL and Debian's nginx on free loopback ports;
+## checks routing around loading and killed replicas, runs followed across replicas, and prints the throughput at
+## three replicas against one (SCALE_OUT_ARGS="--duration 60" for the README's figures).
+scale-out: site fetch-model
+	scripts/scale-out.sh $(SCALE_OUT_ARGS)
+
+## deploy/k8s validated offline against the Kubernetes and InferencePool schemas.
+k8s-check:
+	scripts/check-k8s.sh
 
 ## Fetch the default model into data/models (the engine's SmolLM2 tests need it).
 fetch-model: site
