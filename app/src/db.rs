@@ -203,8 +203,9 @@ mod tests {
             .await
             .unwrap();
         assert!(ssl, "the connection is encrypted");
-        let err = connect(&format!("{url}?sslmode=verify-full")).await.unwrap_err();
-        assert!(format!("{err:#}").starts_with("cannot open database postgres://"), "{err:#}");
+        let err = format!("{:#}", connect(&format!("{url}?sslmode=verify-full")).await.unwrap_err());
+        assert!(err.starts_with("cannot open database postgres://"), "{err}");
+        assert!(err.to_lowercase().contains("certificate"), "the cause is the certificate: {err}");
     }
 
     #[tokio::test]

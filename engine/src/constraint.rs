@@ -186,7 +186,14 @@ impl Guide {
     /// The tokens allowed next; an error when none is (the grammar dead-ended) or the matcher failed.
     pub(crate) fn mask(&mut self) -> MaskOutcome {
         let mask = self.matcher.compute_mask_or_eos().map_err(|e| short(&e.to_string()))?;
-        if (0..self.vocab_size as u32).all(|t| !mask.is_allowed(t)) {
+        // A word at a time; bit by bit only for a mask wider than the model's vocabulary (tokens past it do not
+        // count: they cannot be sampled).
+        let none = if mask.len() <= self.vocab_size {
+            mask.is_zero()
+        } else {
+            (0..self.vocab_size as u32).all(|t| !mask.is_allowed(t))
+        };
+        if none {
             return Err("the output constraint allows no next token".into());
         }
         Ok(Mask(mask))
