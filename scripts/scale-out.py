@@ -280,12 +280,14 @@ def check_cross_replica(d):
     c = d.replicas[2] if len(d.replicas) > 2 else b
     long_run = {**RUN, "params": {**RUN["params"], "max_new_tokens": 200}}
     run_id, cookie = start_run(a, run=long_run)
-    # A's stream starts the generation; once a pane is writing there, B opens the run and follows it.
+    # A's stream starts the generation; once A has claimed both panes and one still generates, B opens the run and
+    # follows it. (Opened while a pane was still pending, B could claim that pane itself: one generation each way.)
     on_a = {}
     t = threading.Thread(target=lambda: on_a.update(ev=events(a, run_id, cookie)))
     t.start()
-    running = f"SELECT COUNT(*) FROM outputs WHERE run_id = '{run_id}' AND status = 'running'"
-    d.wait("the run generating on A", lambda: int(d.psql(running)) >= 1, timeout=60)
+    claimed = (f"SELECT COUNT(*) FILTER (WHERE status = 'pending') = 0 AND COUNT(*) FILTER (WHERE status = 'running') "
+               f">= 1 FROM outputs WHERE run_id = '{run_id}'")
+    d.wait("both panes claimed by A, one generating", lambda: d.psql(claimed) == "t", timeout=60)
     b_before = admitted(b)
     on_b = events(b, run_id, cookie)
     t.join()

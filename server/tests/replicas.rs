@@ -146,3 +146,45 @@ async fn a_run_started_on_one_replica_streams_is_voted_on_and_listed_through_ano
     assert_eq!(page.status(), 200);
     assert!(page.text().await.unwrap().contains("a fine , funny film ."));
 }
+
+/// Two replicas that open a new run's stream at the same moment both read its panes as pending; the database
+/// claim gives each pane to one of them, and the other follows it: one generation per pane, the same text on both.
+#[tokio::test]
+async fn replicas_opening_a_new_run_at_once_generate_each_pane_once() {
+    let Some(db) = postgres().await else { return };
+    let mut replicas = Vec::new();
+    for _ in 0..2 {
+        let mut cfg = engine_config();
+        cfg.max_input_tokens = 200;
+        cfg.faults.step_delay = Some(Duration::from_millis(20));
+        let st = state_on(db.clone(), Some(cfg)).await;
+        replicas.push((listen(st.clone(), HttpOptions::default()).await, st));
+    }
+    let [(a, sa), (b, sb)] = [replicas.remove(0), replicas.remove(0)];
+    for round in 0..3 {
+        let body = json!({"request": {
+            "task": "glue_sst2",
+            "inputs": {"sentence": format!("round {round} : a fine , funny film .")},
+            "params": {"max_new_tokens": 16, "temperature": 0.0, "top_p": 1.0, "seed": 0},
+            "panes": ["qv_r8", null],
+        }});
+        let res = reqwest::Client::new()
+            .post(format!("http://{a}/api/start_run"))
+            .header("accept", "application/json")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        let cookie = res.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
+        let id: String = res.json().await.unwrap();
+        let before = submitted(&sa) + submitted(&sb);
+        let (on_a, on_b) = tokio::join!(events(a, &id, &cookie), events(b, &id, &cookie));
+        assert_eq!(submitted(&sa) + submitted(&sb) - before, 2, "round {round}: one generation per pane");
+        for pane in 0..2 {
+            assert_eq!(status(&on_a, pane)["status"], "done", "{on_a:?}");
+            assert_eq!(status(&on_b, pane)["status"], "done", "{on_b:?}");
+            assert_eq!(text(&on_a, pane), text(&on_b, pane), "round {round}, pane {pane}");
+        }
+    }
+}

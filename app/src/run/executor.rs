@@ -237,8 +237,17 @@ enum Outcome {
 impl Generation {
     async fn run(self, request: PaneRequest) {
         let Self { db, key, .. } = &self;
-        if let Err(e) = store::begin_pane(db, &key.run, key.pane).await {
-            tracing::error!(run = %key.run, pane = key.pane, "cannot mark the pane running: {e}");
+        match store::claim_pane(db, &key.run, key.pane).await {
+            Ok(true) => {}
+            // Another replica read the row as pending at the same moment and claimed it first: follow it.
+            Ok(false) => {
+                tracing::info!(run = %key.run, pane = key.pane, "another process generates the pane; following it");
+                let end = self.relay().await;
+                self.live.end(end);
+                self.forget_after(KEEP_ENDED);
+                return;
+            }
+            Err(e) => tracing::error!(run = %key.run, pane = key.pane, "cannot mark the pane running: {e}"),
         }
         let outcome = self.drive(request).await;
         let (shown, stored, keep) = match outcome {
@@ -253,12 +262,40 @@ impl Generation {
             tracing::error!(run = %key.run, pane = key.pane, "storing the pane's end: {e}");
         }
         self.live.end(shown);
-        // Kept a while, for streams that read the pane's row before it ended (see the module docs).
-        let (panes, key) = (self.panes.clone(), key.clone());
+        self.forget_after(keep);
+    }
+
+    /// Kept a while after its end, for streams that read the pane's row before it ended (see the module docs).
+    fn forget_after(&self, keep: Duration) {
+        let (panes, key) = (self.panes.clone(), self.key.clone());
         tokio::spawn(async move {
             tokio::time::sleep(keep).await;
             panes.lock().expect("not poisoned").remove(&key);
         });
+    }
+
+    /// The pane as the process that claimed it writes its row: its text into this pane's watchers, to its end.
+    async fn relay(&self) -> PaneView {
+        let mut rows = store::follow_row(self.db.clone(), self.key.run.clone(), self.key.pane, 0);
+        let mut end = None;
+        while let Some(event) = rows.next().await {
+            match event {
+                PaneEvent::Text { text, .. } => self.live.push(&text),
+                PaneEvent::Status { status, finish_reason, error, timings, .. } => {
+                    let text = self.live.text();
+                    end = Some(PaneView {
+                        pane: self.key.pane,
+                        adapter: self.adapter.clone(),
+                        text,
+                        status,
+                        finish_reason,
+                        error,
+                        timings,
+                    });
+                }
+            }
+        }
+        end.unwrap_or_else(|| self.view(PaneStatus::Interrupted, self.live.text(), None, None))
     }
 
     fn view(

@@ -1,15 +1,19 @@
 //! The SQL of runs: a run and one row per pane; a pane's text written while it streams, and its end.
 
 use super::types::{
-    FinishReason, PaneStatus, PaneTimings, PaneView, RunPage, RunParams, RunRequest, RunSummary, RunView, HISTORY_PAGE,
+    FinishReason, PaneEvent, PaneStatus, PaneTimings, PaneView, RunPage, RunParams, RunRequest, RunSummary, RunView,
+    HISTORY_PAGE,
 };
 use crate::context::now_ms;
 use crate::db::{Backend, Db, DbRow};
+use futures_util::stream::{self, BoxStream, StreamExt};
 use sqlx::Row;
 
 /// A pane whose row has not been written for this long while `running` was cut off with its process (a generating
 /// pane's text is written every [`FLUSH_EVERY`](super::executor::FLUSH_EVERY)).
 pub const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(20);
+/// How often a pane generated elsewhere is read back from the database.
+pub const FOLLOW_EVERY: std::time::Duration = std::time::Duration::from_millis(400);
 
 /// A stored run and the session that made it.
 #[derive(Clone, Debug)]
@@ -51,18 +55,55 @@ pub async fn insert_run(db: &Db, session: &str, r: &RunRequest, prompt: &str) ->
     Ok(id)
 }
 
-/// Marks a pane as generating from scratch (its text cleared).
-pub async fn begin_pane(db: &Db, run: &str, pane: i64) -> sqlx::Result<()> {
-    sqlx::query(
+/// Claims a pending pane for a generation in this process: marks it running from scratch (its text cleared).
+/// False when it is no longer pending: another process (a replica that read the row at the same moment) claimed
+/// it first, and generates it.
+pub async fn claim_pane(db: &Db, run: &str, pane: i64) -> sqlx::Result<bool> {
+    let claimed = sqlx::query(
         "UPDATE outputs SET status = 'running', text = '', finish_reason = NULL, error = NULL, generated_tokens = NULL, \
-         ttft_ms = NULL, tokens_per_s = NULL, updated_at = $1 WHERE run_id = $2 AND pane = $3",
+         ttft_ms = NULL, tokens_per_s = NULL, updated_at = $1 WHERE run_id = $2 AND pane = $3 AND status = 'pending'",
     )
     .bind(now_ms())
     .bind(run)
     .bind(pane)
     .execute(db)
     .await?;
-    Ok(())
+    Ok(claimed.rows_affected() == 1)
+}
+
+/// A pane another process generates, read back from its row every [`FOLLOW_EVERY`] from byte `sent` of its text
+/// until it ends: the new text, then its status. A row that stops being written while `running` (its process
+/// died) is stored and ends as `interrupted`.
+pub fn follow_row(db: Db, run: String, pane: i64, sent: usize) -> BoxStream<'static, PaneEvent> {
+    let rest = stream::unfold(Some((db, run, sent)), move |st| async move {
+        let (db, run, sent) = st?;
+        loop {
+            tokio::time::sleep(FOLLOW_EVERY).await;
+            let Ok(Some((p, updated))) = load_pane(&db, &run, pane).await else {
+                return Some((vec![], None));
+            };
+            let mut out = Vec::new();
+            if p.text.len() > sent && p.text.is_char_boundary(sent) {
+                out.push(PaneEvent::Text { pane, text: p.text[sent..].to_string() });
+            }
+            let sent = p.text.len().max(sent);
+            let stale = now_ms() - updated > STALE_AFTER.as_millis() as i64;
+            if p.status.is_final() || p.status != PaneStatus::Running {
+                out.push(PaneEvent::status_of(&p));
+                return Some((out, None));
+            }
+            if stale {
+                let cut = PaneView { status: PaneStatus::Interrupted, ..p };
+                let _ = finish_pane(&db, &run, &cut).await;
+                out.push(PaneEvent::status_of(&cut));
+                return Some((out, None));
+            }
+            if !out.is_empty() {
+                return Some((out, Some((db, run, sent))));
+            }
+        }
+    });
+    rest.flat_map(stream::iter).boxed()
 }
 
 /// Stores a generating pane's text so far.
@@ -280,7 +321,8 @@ mod tests {
         assert_eq!(run.view.panes.len(), 2);
         assert_eq!(run.view.panes[0].adapter.as_deref(), Some("glue_sst2"));
         assert_eq!(run.view.panes[1].status, PaneStatus::Pending);
-        begin_pane(db, &id, 1).await.unwrap();
+        assert!(claim_pane(db, &id, 1).await.unwrap());
+        assert!(!claim_pane(db, &id, 1).await.unwrap(), "a running pane is not claimed twice");
         save_text(db, &id, 1, "1 2").await.unwrap();
         let (pane, _) = load_pane(db, &id, 1).await.unwrap().unwrap();
         assert_eq!((pane.status, pane.text.as_str()), (PaneStatus::Running, "1 2"));
@@ -295,7 +337,7 @@ mod tests {
         assert_eq!(load_run(db, &id).await.unwrap().unwrap().panes[1], done);
         // A pane the previous process left running is interrupted, with its text: on SQLite at once, on Postgres
         // (whose other replicas may be generating it) once its row has gone stale.
-        begin_pane(db, &id, 0).await.unwrap();
+        assert!(claim_pane(db, &id, 0).await.unwrap());
         save_text(db, &id, 0, "par").await.unwrap();
         if backend == Backend::Postgres {
             assert_eq!(interrupt_running(db).await.unwrap(), 0, "a fresh row is another replica's");

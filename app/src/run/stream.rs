@@ -5,7 +5,7 @@
 //! else sees it as stored). Opening the stream never starts a second generation of a pane.
 
 use super::executor::PaneKey;
-use super::store::{self, STALE_AFTER};
+use super::store;
 use super::types::{PaneEvent, PaneStatus, PaneView, RunView};
 use crate::context::ClientAddr;
 use crate::state::AppState;
@@ -15,10 +15,6 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, BoxStream, StreamExt};
 use std::convert::Infallible;
-use std::time::Duration;
-
-/// How often a pane generated elsewhere is read back from the database.
-pub const FOLLOW_EVERY: Duration = Duration::from_millis(400);
 
 /// The handler.
 pub async fn run_events(
@@ -106,40 +102,11 @@ fn replay(p: &PaneView) -> BoxStream<'static, PaneEvent> {
     stream::iter(text.into_iter().chain([PaneEvent::status_of(p)])).boxed()
 }
 
-/// A pane another process generates, read back from its row until it ends; a row that stops being written while
-/// `running` (its process died) ends as `interrupted`.
+/// A pane another process generates: its text so far, then its row followed to the end (see
+/// [`store::follow_row`]).
 fn follow(state: AppState, key: PaneKey, seen: PaneView) -> BoxStream<'static, PaneEvent> {
-    let head = replay_text(&seen);
     let sent = seen.text.len();
-    let rest = stream::unfold(Some((state, key, sent)), |st| async move {
-        let (state, key, sent) = st?;
-        loop {
-            tokio::time::sleep(FOLLOW_EVERY).await;
-            let Ok(Some((p, updated))) = store::load_pane(&state.db, &key.run, key.pane).await else {
-                return Some((vec![], None));
-            };
-            let mut out = Vec::new();
-            if p.text.len() > sent && p.text.is_char_boundary(sent) {
-                out.push(PaneEvent::Text { pane: key.pane, text: p.text[sent..].to_string() });
-            }
-            let sent = p.text.len().max(sent);
-            let stale = crate::context::now_ms() - updated > STALE_AFTER.as_millis() as i64;
-            if p.status.is_final() || p.status != PaneStatus::Running {
-                out.push(PaneEvent::status_of(&p));
-                return Some((out, None));
-            }
-            if stale {
-                let cut = PaneView { status: PaneStatus::Interrupted, ..p };
-                let _ = store::finish_pane(&state.db, &key.run, &cut).await;
-                out.push(PaneEvent::status_of(&cut));
-                return Some((out, None));
-            }
-            if !out.is_empty() {
-                return Some((out, Some((state, key, sent))));
-            }
-        }
-    });
-    head.chain(rest.flat_map(stream::iter)).boxed()
+    replay_text(&seen).chain(store::follow_row(state.db, key.run, key.pane, sent)).boxed()
 }
 
 fn replay_text(p: &PaneView) -> BoxStream<'static, PaneEvent> {
