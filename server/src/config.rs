@@ -17,6 +17,8 @@ pub const DEFAULT_MAX_INPUT_TOKENS: usize = 2048;
 pub const DEFAULT_MAX_NEW_TOKENS: usize = 512;
 /// Default upper bound on a request body, in bytes.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
+/// Loopback and the private ranges (RFC 1918, IPv6 unique local): where a reverse proxy in front usually is.
+pub const DEFAULT_TRUSTED_PROXIES: &str = "127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7";
 
 /// Default timeout of a non-streaming request, in seconds.
 pub const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 600;
@@ -122,10 +124,16 @@ pub struct ServeConfig {
     pub session_concurrency: usize,
 
     /// Take the client's address from the last entry of X-Forwarded-For, the one the reverse proxy in front
-    /// appends (nginx's `$proxy_add_x_forwarded_for`); otherwise the peer's address is the client's. Per-client
-    /// limits are kept per address.
+    /// appends (nginx's `$proxy_add_x_forwarded_for`), when the request comes from one of `--trusted-proxies`;
+    /// otherwise the peer's address is the client's. Per-client limits are kept per address.
     #[arg(long, env = "LORALAND_TRUST_PROXY")]
     pub trust_proxy: bool,
+
+    /// The peers whose X-Forwarded-For `--trust-proxy` believes, as address ranges (CIDR); a request from any other
+    /// peer is that peer's, whatever it sends. By default loopback and the private ranges, where a reverse proxy
+    /// in front of the replicas sits.
+    #[arg(long, env = "LORALAND_TRUSTED_PROXIES", value_delimiter = ',', default_value = DEFAULT_TRUSTED_PROXIES)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 
     /// Panic the engine thread at this step, to test what the server does when its engine fails (tests only).
     #[arg(long, env = "LORALAND_INJECT_PANIC_AT_STEP", hide = true)]
@@ -159,6 +167,7 @@ impl ServeConfig {
             request_timeout: Duration::from_secs(self.request_timeout),
             cors_allow_origins: self.cors_allow_origin.clone(),
             trust_proxy: self.trust_proxy,
+            trusted_proxies: self.trusted_proxies.clone(),
         }
     }
 
@@ -212,6 +221,8 @@ pub struct HttpOptions {
     pub cors_allow_origins: Vec<String>,
     /// Whether the client's address comes from X-Forwarded-For.
     pub trust_proxy: bool,
+    /// The peers whose X-Forwarded-For is believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl Default for HttpOptions {
@@ -221,6 +232,7 @@ impl Default for HttpOptions {
             request_timeout: Duration::from_secs(DEFAULT_REQUEST_TIMEOUT_SECS),
             cors_allow_origins: Vec::new(),
             trust_proxy: false,
+            trusted_proxies: DEFAULT_TRUSTED_PROXIES.split(',').map(|n| n.parse().expect("a valid range")).collect(),
         }
     }
 }

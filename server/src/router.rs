@@ -49,25 +49,81 @@ pub fn router_with(state: AppState, options: &HttpOptions) -> Router {
         // once, in the route's shape; a chunked body is cut off at the limit as it is read.
         .layer(tower_http::limit::RequestBodyLimitLayer::new(options.max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(options.max_body_bytes, api::refuse_large_bodies))
-        .layer(axum::middleware::from_fn_with_state(options.trust_proxy, client_addr))
+        .layer(axum::middleware::from_fn_with_state(ProxyTrust::of(options), client_addr))
         .with_state(state)
 }
 
-/// Puts the request's [`ClientAddr`] in its extensions: the peer's address, or with `--trust-proxy` the last
-/// address of `X-Forwarded-For`, the one the reverse proxy in front of us appended: the client as it saw it. The
-/// entries before it are whatever the client sent, so a client cannot pick its address (and its limits) with them.
-/// Without a peer (tests driving the router in-process), the unspecified address.
+/// Whose `X-Forwarded-For` is believed: none, or the peers in these ranges (`--trust-proxy`, `--trusted-proxies`).
+#[derive(Clone, Debug)]
+struct ProxyTrust(Option<std::sync::Arc<[ipnet::IpNet]>>);
+
+impl ProxyTrust {
+    fn of(options: &HttpOptions) -> Self {
+        Self(options.trust_proxy.then(|| options.trusted_proxies.clone().into()))
+    }
+
+    /// The client of a request from `peer` (`None`: driven in-process, no peer) with this `X-Forwarded-For`: the
+    /// last entry, the one the proxy appended, when the peer is a trusted proxy; otherwise the peer. The entries
+    /// before the last are whatever the client sent, so a client cannot pick its address (and its limits) with
+    /// them, nor by sending the header to a replica directly.
+    fn client(&self, peer: Option<IpAddr>, forwarded: Option<&str>) -> IpAddr {
+        let peer = peer.map(|p| p.to_canonical());
+        let trusted = match (&self.0, peer) {
+            (None, _) => false,
+            (Some(_), None) => true,
+            (Some(nets), Some(p)) => nets.iter().any(|n| n.contains(&p)),
+        };
+        let last = || forwarded?.rsplit(',').next()?.trim().parse::<IpAddr>().ok();
+        trusted.then(last).flatten().or(peer).unwrap_or(IpAddr::from([0, 0, 0, 0]))
+    }
+}
+
+/// Puts the request's [`ClientAddr`] in its extensions (see [`ProxyTrust::client`]). Without a peer (tests driving
+/// the router in-process), the unspecified address.
 async fn client_addr(
-    axum::extract::State(trust_proxy): axum::extract::State<bool>,
+    axum::extract::State(trust): axum::extract::State<ProxyTrust>,
     mut req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     let peer = req.extensions().get::<axum::extract::ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
-    let forwarded = || {
-        let header = req.headers().get("x-forwarded-for")?.to_str().ok()?;
-        header.rsplit(',').next()?.trim().parse::<IpAddr>().ok()
-    };
-    let addr = trust_proxy.then(forwarded).flatten().or(peer).unwrap_or(IpAddr::from([0, 0, 0, 0]));
+    let forwarded = req.headers().get("x-forwarded-for").and_then(|h| h.to_str().ok());
+    let addr = trust.client(peer, forwarded);
     req.extensions_mut().insert(ClientAddr(addr));
     next.run(req).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn forwarded_addresses_are_believed_only_from_trusted_proxies_and_only_their_own_entry() {
+        let trusting = ProxyTrust::of(&HttpOptions { trust_proxy: true, ..HttpOptions::default() });
+        let nginx = Some(ip("10.0.0.2"));
+        // Behind the proxy: the entry it appended, whatever the client wrote before it.
+        assert_eq!(trusting.client(nginx, Some("203.0.113.7")), ip("203.0.113.7"));
+        assert_eq!(trusting.client(nginx, Some("198.51.100.1, 203.0.113.7")), ip("203.0.113.7"));
+        assert_eq!(trusting.client(Some(ip("::ffff:127.0.0.1")), Some("203.0.113.7")), ip("203.0.113.7"));
+        // A peer outside the trusted ranges (a visitor reaching the replica directly) is itself.
+        assert_eq!(trusting.client(Some(ip("198.51.100.9")), Some("203.0.113.7")), ip("198.51.100.9"));
+        assert_eq!(trusting.client(Some(ip("2001:db8::1")), Some("203.0.113.7")), ip("2001:db8::1"));
+        // A garbled header, or none: the peer.
+        assert_eq!(trusting.client(nginx, Some("not an address")), ip("10.0.0.2"));
+        assert_eq!(trusting.client(nginx, None), ip("10.0.0.2"));
+        // Without --trust-proxy the header means nothing.
+        let plain = ProxyTrust::of(&HttpOptions::default());
+        assert_eq!(plain.client(nginx, Some("203.0.113.7")), ip("10.0.0.2"));
+        // The ranges are the operator's to set.
+        let only = ProxyTrust::of(&HttpOptions {
+            trust_proxy: true,
+            trusted_proxies: vec!["192.0.2.0/24".parse().unwrap()],
+            ..HttpOptions::default()
+        });
+        assert_eq!(only.client(Some(ip("192.0.2.5")), Some("203.0.113.7")), ip("203.0.113.7"));
+        assert_eq!(only.client(nginx, Some("203.0.113.7")), ip("10.0.0.2"));
+    }
 }
