@@ -55,13 +55,14 @@ pub async fn insert_run(db: &Db, session: &str, r: &RunRequest, prompt: &str) ->
     Ok(id)
 }
 
-/// Claims a pending pane for a generation in this process: marks it running from scratch (its text cleared).
-/// False when it is no longer pending: another process (a replica that read the row at the same moment) claimed
-/// it first, and generates it.
+/// Claims a pane that is to run (pending, or interrupted and run again by its owner) for a generation in this
+/// process: marks it running from scratch (its text cleared). False when it is no longer in either state: another
+/// process (a replica that read the row at the same moment) claimed it first, and generates it.
 pub async fn claim_pane(db: &Db, run: &str, pane: i64) -> sqlx::Result<bool> {
     let claimed = sqlx::query(
         "UPDATE outputs SET status = 'running', text = '', finish_reason = NULL, error = NULL, generated_tokens = NULL, \
-         ttft_ms = NULL, tokens_per_s = NULL, updated_at = $1 WHERE run_id = $2 AND pane = $3 AND status = 'pending'",
+         ttft_ms = NULL, tokens_per_s = NULL, updated_at = $1 WHERE run_id = $2 AND pane = $3 \
+         AND status IN ('pending', 'interrupted')",
     )
     .bind(now_ms())
     .bind(run)
@@ -352,6 +353,11 @@ mod tests {
         assert_eq!(interrupt_running(db).await.unwrap(), 1);
         let (cut, _) = load_pane(db, &id, 0).await.unwrap().unwrap();
         assert_eq!((cut.status, cut.text.as_str()), (PaneStatus::Interrupted, "par"));
+        // Its owner runs it again: claimed once, from scratch; a done pane is not claimed.
+        assert!(claim_pane(db, &id, 0).await.unwrap());
+        assert!(!claim_pane(db, &id, 0).await.unwrap());
+        assert_eq!(load_pane(db, &id, 0).await.unwrap().unwrap().0.text, "");
+        assert!(!claim_pane(db, &id, 1).await.unwrap(), "pane 1 is done");
         assert!(load_run(db, "no-such-run").await.unwrap().is_none());
         assert_eq!(owner(db, &id).await.unwrap().as_deref(), Some(session.as_str()));
     }
