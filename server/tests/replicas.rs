@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{engine_config, listen, state_on};
+use common::{engine_config, listen, start_run, state_on};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use server::config::HttpOptions;
@@ -84,22 +84,7 @@ async fn a_run_started_on_one_replica_streams_is_voted_on_and_listed_through_ano
     let [(a, sa), (b, sb)] = [replicas.remove(0), replicas.remove(0)];
 
     // Started through A, by a new visitor.
-    let body = json!({"request": {
-        "task": "glue_sst2",
-        "inputs": {"sentence": "a fine , funny film ."},
-        "params": {"max_new_tokens": 24, "temperature": 0.0, "top_p": 1.0, "seed": 0},
-        "panes": ["qv_r8", null],
-    }});
-    let res = reqwest::Client::new()
-        .post(format!("http://{a}/api/start_run"))
-        .header("accept", "application/json")
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    let cookie = res.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
-    let id: String = res.json().await.unwrap();
+    let (id, cookie) = start_run(a, "a fine , funny film .", json!(["qv_r8", null]), 24).await;
 
     // A generates it; while it does, its owner's stream on B follows the stored rows to the same end.
     let on_a = tokio::spawn({
@@ -162,22 +147,8 @@ async fn replicas_opening_a_new_run_at_once_generate_each_pane_once() {
     }
     let [(a, sa), (b, sb)] = [replicas.remove(0), replicas.remove(0)];
     for round in 0..3 {
-        let body = json!({"request": {
-            "task": "glue_sst2",
-            "inputs": {"sentence": format!("round {round} : a fine , funny film .")},
-            "params": {"max_new_tokens": 16, "temperature": 0.0, "top_p": 1.0, "seed": 0},
-            "panes": ["qv_r8", null],
-        }});
-        let res = reqwest::Client::new()
-            .post(format!("http://{a}/api/start_run"))
-            .header("accept", "application/json")
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(res.status(), 200);
-        let cookie = res.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
-        let id: String = res.json().await.unwrap();
+        let (id, cookie) =
+            start_run(a, &format!("round {round} : a fine , funny film ."), json!(["qv_r8", null]), 16).await;
         let before = submitted(&sa) + submitted(&sb);
         let (on_a, on_b) = tokio::join!(events(a, &id, &cookie), events(b, &id, &cookie));
         assert_eq!(submitted(&sa) + submitted(&sb) - before, 2, "round {round}: one generation per pane");

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{engine_config, listen, state};
+use common::{engine_config, listen, start_run, state};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use server::config::HttpOptions;
@@ -18,26 +18,6 @@ async fn live(edit: impl FnOnce(&mut engine::EngineConfig)) -> (SocketAddr, app:
     edit(&mut cfg);
     let st = state(Some(cfg)).await;
     (listen(st.clone(), HttpOptions::default()).await, st)
-}
-
-/// Starts a run of `panes` (adapter ids or null); returns its id and the session cookie.
-async fn start(addr: SocketAddr, panes: Value, max_new_tokens: u32) -> (String, String) {
-    let body = json!({"request": {
-        "task": "glue_sst2",
-        "inputs": {"sentence": "a fine , funny film ."},
-        "params": {"max_new_tokens": max_new_tokens, "temperature": 0.0, "top_p": 1.0, "seed": 0},
-        "panes": panes,
-    }});
-    let res = reqwest::Client::new()
-        .post(format!("http://{addr}/api/start_run"))
-        .header("accept", "application/json")
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200, "{:?}", res.headers());
-    let cookie = res.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
-    (res.json().await.unwrap(), cookie)
 }
 
 /// The pane events of `/runs/{id}/stream`, read to its end.
@@ -86,7 +66,7 @@ fn submitted(st: &app::state::AppState) -> u64 {
 #[tokio::test]
 async fn seventy_opens_of_a_four_pane_run_cause_four_generations() {
     let (addr, st) = live(|c| c.faults.step_delay = Some(Duration::from_millis(5))).await;
-    let (id, cookie) = start(addr, json!(["qv_r8", "all_r4", "mlp_r2", null]), 40).await;
+    let (id, cookie) = start_run(addr, "a fine , funny film .", json!(["qv_r8", "all_r4", "mlp_r2", null]), 40).await;
     let before = submitted(&st);
     let opens: Vec<_> = (0..70)
         .map(|i| {
@@ -132,7 +112,7 @@ async fn seventy_opens_of_a_four_pane_run_cause_four_generations() {
 #[tokio::test]
 async fn stop_keeps_the_text_and_the_row_follows_the_stream() {
     let (addr, st) = live(|c| c.faults.step_delay = Some(Duration::from_millis(20))).await;
-    let (id, cookie) = start(addr, json!([null]), 120).await;
+    let (id, cookie) = start_run(addr, "a fine , funny film .", json!([null]), 120).await;
     let watch = tokio::spawn({
         let (id, cookie) = (id.clone(), cookie.clone());
         async move { stream(addr, &id, Some(&cookie)).await }
@@ -177,7 +157,7 @@ async fn a_full_queue_is_shown_but_not_stored_as_the_answer() {
         c.faults.step_delay = Some(Duration::from_millis(20));
     })
     .await;
-    let (id, cookie) = start(addr, json!([null]), 4).await;
+    let (id, cookie) = start_run(addr, "a fine , funny film .", json!([null]), 4).await;
     let busy = tokio::spawn(
         reqwest::Client::new()
             .post(format!("http://{addr}/generate"))
@@ -202,7 +182,7 @@ async fn a_full_queue_is_shown_but_not_stored_as_the_answer() {
 #[tokio::test]
 async fn votes_count_only_from_visitors_who_saw_the_run() {
     let (addr, st) = live(|_| {}).await;
-    let (id, owner) = start(addr, json!(["qv_r8", null]), 3).await;
+    let (id, owner) = start_run(addr, "a fine , funny film .", json!(["qv_r8", null]), 3).await;
     stream(addr, &id, Some(&owner)).await;
     let vote = |cookie: Option<String>, pane: i64| {
         let mut req = reqwest::Client::new()
@@ -224,7 +204,7 @@ async fn votes_count_only_from_visitors_who_saw_the_run() {
     let sessions: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sessions").fetch_one(&st.db).await.unwrap();
     assert_eq!(sessions, 1, "vote posts create no sessions");
     // A session that exists but never opened this run cannot vote on it.
-    let (_, stranger) = start(addr, json!([null]), 1).await;
+    let (_, stranger) = start_run(addr, "a fine , funny film .", json!([null]), 1).await;
     assert!(!vote(Some(stranger.clone()), 0).await.unwrap().status().is_success());
     // Once it opens the run's page, it can.
     let page = reqwest::Client::new().get(format!("http://{addr}/r/{id}")).header("cookie", &stranger).send().await;

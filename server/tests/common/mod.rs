@@ -111,3 +111,28 @@ pub async fn listen(state: AppState, options: HttpOptions) -> SocketAddr {
     tokio::spawn(async move { axum::serve(listener, router_with(state, &options)).await.unwrap() });
     addr
 }
+
+/// A new visitor's glue_sst2 run of `panes` (adapter ids or null) on `addr`, greedy: its id and the session cookie.
+pub async fn start_run(
+    addr: SocketAddr,
+    sentence: &str,
+    panes: serde_json::Value,
+    max_new_tokens: u32,
+) -> (String, String) {
+    let body = serde_json::json!({"request": {
+        "task": "glue_sst2",
+        "inputs": {"sentence": sentence},
+        "params": {"max_new_tokens": max_new_tokens, "temperature": 0.0, "top_p": 1.0, "seed": 0},
+        "panes": panes,
+    }});
+    let res = reqwest::Client::new()
+        .post(format!("http://{addr}/api/start_run"))
+        .header("accept", "application/json")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "{:?}", res.headers());
+    let cookie = res.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
+    (res.json().await.unwrap(), cookie)
+}
