@@ -115,14 +115,24 @@ pub fn redacted(url: &str) -> String {
 #[doc(hidden)]
 pub async fn test_databases() -> Vec<(Backend, Db)> {
     let mut dbs = vec![(Backend::Sqlite, connect("sqlite::memory:").await.expect("in-memory SQLite"))];
+    if let Some(server) = test_postgres_server() {
+        dbs.push((Backend::Postgres, fresh_postgres(&server).await));
+    }
+    dbs
+}
+
+/// The test Postgres server's URL (`LORALAND_TEST_POSTGRES`): required in CI, otherwise said to be missing.
+fn test_postgres_server() -> Option<String> {
     match std::env::var("LORALAND_TEST_POSTGRES") {
-        Ok(server) => dbs.push((Backend::Postgres, fresh_postgres(&server).await)),
+        Ok(server) => Some(server),
         Err(_) if std::env::var_os("CI").is_some() => {
             panic!("CI runs the database tests on PostgreSQL too: run them under scripts/with-postgres.sh")
         }
-        Err(_) => eprintln!("LORALAND_TEST_POSTGRES is not set: this database test ran on SQLite only"),
+        Err(_) => {
+            eprintln!("LORALAND_TEST_POSTGRES is not set: this database test ran on SQLite only");
+            None
+        }
     }
-    dbs
 }
 
 /// A new, migrated database on the Postgres server at `server`.
@@ -194,9 +204,8 @@ mod tests {
     /// (here a self-signed one that no root vouches for, so it is refused).
     #[tokio::test]
     async fn postgres_connections_take_tls() {
-        let Some((_, db)) = test_databases().await.into_iter().find(|(b, _)| *b == Backend::Postgres) else { return };
-        db.close().await;
-        let url = new_postgres_database(&std::env::var("LORALAND_TEST_POSTGRES").unwrap()).await;
+        let Some(server) = test_postgres_server() else { return };
+        let url = new_postgres_database(&server).await;
         let tls = connect(&format!("{url}?sslmode=require")).await.expect("a TLS connection");
         let ssl: bool = sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
             .fetch_one(&tls)

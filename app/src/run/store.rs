@@ -89,7 +89,7 @@ pub fn follow_row(db: Db, run: String, pane: i64, sent: usize) -> BoxStream<'sta
             }
             let sent = p.text.len().max(sent);
             let stale = now_ms() - updated > STALE_AFTER.as_millis() as i64;
-            if p.status.is_final() || p.status != PaneStatus::Running {
+            if p.status != PaneStatus::Running {
                 out.push(PaneEvent::status_of(&p));
                 return Some((out, None));
             }
