@@ -166,6 +166,34 @@ prefill = scored.details.prefill
 check("lorax decoder_input_details scores the prompt", len(prefill) > 1 and prefill[0].logprob is None
       and all(t.logprob is not None and t.logprob <= 0 for t in prefill[1:]), prefill)
 
+# merged_adapters: one adapter merged at weight 1 is that adapter (PEFT's add_weighted_adapter), token by token with
+# its log-probabilities (the tiny model's greedy text is alike for every adapter); a TIES merge runs; adapters of
+# different ranks cannot merge.
+from lorax.types import MergedAdapters
+
+
+def logprobs(**kwargs):
+    return [t.logprob for t in lc.generate(PROMPT, max_new_tokens=8, details=True, **kwargs).details.tokens]
+
+
+def gap(a, b):
+    return max(abs(x - y) for x, y in zip(a, b))
+
+
+plain, base = logprobs(adapter_id="qv_r8"), logprobs()
+alone = logprobs(merged_adapters=MergedAdapters(ids=["qv_r8"], weights=[1.0], density=1.0))
+check("lorax merge of one adapter at weight 1 equals the adapter", gap(alone, plain) < 1e-4 and gap(alone, base) > 1e-3,
+      (alone, plain, base))
+ties = lc.generate(PROMPT, max_new_tokens=8, details=True, merged_adapters=MergedAdapters(
+    ids=["qv_r8", "qv_r8"], weights=[0.5, 1.0], merge_strategy="ties", density=0.5, majority_sign_method="total"))
+check("lorax ties merge generates", ties.details.generated_tokens == 8, ties.details)
+try:
+    lc.generate(PROMPT, max_new_tokens=2, merged_adapters=MergedAdapters(ids=["qv_r8", "all_r4"], weights=[1, 1],
+                                                                         density=1.0))
+    check("lorax merge of different ranks raises", False, "no exception")
+except lorax.errors.ShardNotReadyError as e:
+    check("lorax merge of different ranks raises", "rank 8" in str(e) and "rank 4" in str(e), e)
+
 failed = [name for name, ok in checks if not ok]
 print(f"{len(checks) - len(failed)}/{len(checks)} client checks passed")
 sys.exit(1 if failed else 0)

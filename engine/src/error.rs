@@ -134,6 +134,9 @@ pub enum Error {
         /// What the adapter was doing (loading for how long, or waiting for room).
         state: String,
     },
+    /// Adapters that cannot be merged (ranks that differ, a missing factor): see [`crate::adapter::merge`].
+    #[error("cannot merge adapters: {0}")]
+    AdapterMerge(String),
     /// An adapter whose rank exceeds the configured limit.
     #[error("adapter rank {rank} exceeds the limit of {max}")]
     RankLimit {

@@ -5,7 +5,7 @@
 
 use crate::config::{EngineConfig, ModelInfo};
 use crate::constraint::{Grammars, Guide};
-use crate::registry::{AdapterId, AdapterSource, Catalog, Loader};
+use crate::registry::{AdapterId, AdapterSource, Catalog, Loader, MergedSource};
 use crate::request::{Event, Field, GenerateRequest, Limits, Prompt, SourceChoice};
 use crate::scheduler::{self, Command, Permit, Submission};
 use crate::stats::EngineStats;
@@ -166,20 +166,36 @@ impl EngineHandle {
         }
         request.max_new_tokens = limits.check_tokens(&request, &prompt)?;
         request.fit_context = false;
-        let catalog = &self.inner.config.catalog;
-        let source = match &request.adapter {
-            None => None,
-            Some(id) => Some(match request.adapter_source {
-                SourceChoice::Any => catalog.resolve(id)?,
-                SourceChoice::Local => Catalog { allow_hub: false, ..catalog.clone() }.resolve(id)?,
-                SourceChoice::Hub if !catalog.allow_hub => {
-                    let reason = "cannot come from the hub: this engine does not allow the hub (--allow-hub)";
-                    return Err(Error::Invalid { field: Field::Adapter, reason: reason.into() });
-                }
-                SourceChoice::Hub => AdapterSource::Hub { repo: id.as_str().to_string() },
-            }),
+        let choice = request.adapter_source;
+        let source = match (&request.adapter, &request.merged_adapters) {
+            (Some(id), _) => Some(self.resolve(id, choice)?),
+            (None, Some(merge)) => {
+                let parts =
+                    merge.ids.iter().map(|id| Ok((id.clone(), self.resolve(id, choice)?))).collect::<Result<_>>()?;
+                Some(AdapterSource::Merged(Arc::new(MergedSource::new(parts, merge.weights.clone(), merge.params))))
+            }
+            (None, None) => None,
         };
+        if let Some(AdapterSource::Merged(merged)) = &source {
+            // From here on the merge is the request's adapter, under its own id.
+            request.adapter = Some(merged.id());
+            request.merged_adapters = None;
+        }
         Ok(Prepared { request, prompt, source, guide })
+    }
+
+    /// Where adapter `id` comes from, given where the request allows it to come from.
+    fn resolve(&self, id: &AdapterId, choice: SourceChoice) -> Result<AdapterSource> {
+        let catalog = &self.inner.config.catalog;
+        match choice {
+            SourceChoice::Any => catalog.resolve(id),
+            SourceChoice::Local => Catalog { allow_hub: false, ..catalog.clone() }.resolve(id),
+            SourceChoice::Hub if !catalog.allow_hub => {
+                let reason = "cannot come from the hub: this engine does not allow the hub (--allow-hub)";
+                Err(Error::Invalid { field: Field::Adapter, reason: reason.into() })
+            }
+            SourceChoice::Hub => Ok(AdapterSource::Hub { repo: id.as_str().to_string() }),
+        }
     }
 
     /// Admits a prepared request to the queue, or fails with [`Error::Overloaded`] when it is full (or
@@ -207,7 +223,7 @@ impl EngineHandle {
         );
         let submission = Submission {
             request,
-            prompt,
+            prompt: prompt.into(),
             source,
             guide,
             events: tx,
@@ -251,7 +267,8 @@ impl Prepared {
         &self.prompt
     }
 
-    /// The request, with `max_new_tokens` as it will run (lowered to the context's room with `fit_context`).
+    /// The request, with `max_new_tokens` as it will run (lowered to the context's room with `fit_context`), and a
+    /// merge of adapters as its adapter: the merge's id (which only this prepared request can resolve).
     pub fn request(&self) -> &GenerateRequest {
         &self.request
     }

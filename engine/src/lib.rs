@@ -31,8 +31,8 @@ pub use module::Module;
 pub use output::{Piece, TextOutput};
 pub use registry::{AdapterId, Catalog};
 pub use request::{
-    Constraint, Event, Field, FinishReason, Finished, GenerateRequest, Limits, Prompt, PromptPart, SourceChoice,
-    Timings, TokenEvent,
+    Constraint, Event, Field, FinishReason, Finished, GenerateRequest, Limits, MergedAdapters, Prompt, PromptPart,
+    SourceChoice, Timings, TokenEvent,
 };
 pub use sampling::{Sampler, SamplingParams};
 pub use stats::{AdapterActivity, EngineStats};

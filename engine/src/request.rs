@@ -3,6 +3,7 @@
 //! naming its field. The server's APIs and the web app parse their own wire formats into a [`GenerateRequest`] and
 //! map the one [`crate::Error`] it can fail with; none of them checks a range of its own.
 
+use crate::adapter::merge::{MergeParams, MergeStrategy};
 use crate::registry::AdapterId;
 use crate::sampling::SamplingParams;
 use crate::{Error, Result};
@@ -25,6 +26,10 @@ pub const MAX_LOGIT_BIAS_VALUE: f32 = 100.0;
 pub const MAX_TOP_LOGPROBS: usize = 20;
 /// Most continuations of one prompt ([`GenerateRequest::n`]), within the batch size.
 pub const MAX_CHOICES: usize = 16;
+/// Most adapters merged by one request ([`GenerateRequest::merged_adapters`]).
+pub const MAX_MERGED_ADAPTERS: usize = 16;
+/// Largest weight of a merged adapter, either way.
+pub const MAX_MERGE_WEIGHT: f64 = 100.0;
 
 /// A prompt as text (tokenized with the model's tokenizer, BOS added if the model wants it), as token ids, or as
 /// parts whose text is either the prompt's own markup or content from someone else.
@@ -98,7 +103,7 @@ pub enum Constraint {
 pub struct GenerateRequest {
     /// The prompt.
     pub prompt: Prompt,
-    /// The adapter, `None` for the base model.
+    /// The adapter, `None` for the base model (or for [`Self::merged_adapters`]).
     pub adapter: Option<AdapterId>,
     /// Token selection.
     pub sampling: SamplingParams,
@@ -117,6 +122,11 @@ pub struct GenerateRequest {
     pub constraint: Option<Constraint>,
     /// Score the prompt: [`Finished::prompt_logprobs`] (LoRAX `decoder_input_details`).
     pub prompt_logprobs: bool,
+    /// Adapters to merge into one and run the request on (LoRAX's `merged_adapters`), instead of [`Self::adapter`].
+    /// The merge is made like an adapter is loaded, under the id [`crate::registry::MergedSource::id`] names it by,
+    /// and stays resident for the requests that ask for the same merge (a prepared request has that id as its
+    /// adapter instead).
+    pub merged_adapters: Option<MergedAdapters>,
     /// Continuations of the prompt to generate (OpenAI's `n`; `None` is one). The prompt is prefilled once and
     /// each continuation starts from a copy of its cache; continuation `c` samples with seed `seed + c`, so it is
     /// the one a single request with that seed gets.
@@ -128,6 +138,17 @@ impl GenerateRequest {
     pub fn choices(&self) -> usize {
         self.n.unwrap_or(1)
     }
+}
+
+/// Adapters merged into one for a request (see [`crate::adapter::merge`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct MergedAdapters {
+    /// The adapters, each found as [`GenerateRequest::adapter`] would be.
+    pub ids: Vec<AdapterId>,
+    /// One weight per adapter.
+    pub weights: Vec<f64>,
+    /// Strategy, density and sign election.
+    pub params: MergeParams,
 }
 
 /// Where a request's adapter may come from.
@@ -175,6 +196,8 @@ pub enum Field {
     N,
     /// [`GenerateRequest::constraint`].
     Constraint,
+    /// [`GenerateRequest::merged_adapters`].
+    MergedAdapters,
 }
 
 impl Field {
@@ -196,6 +219,7 @@ impl Field {
             Self::TopLogprobs => "top_logprobs",
             Self::N => "n",
             Self::Constraint => "constraint",
+            Self::MergedAdapters => "merged_adapters",
         }
     }
 }
@@ -277,6 +301,9 @@ impl Limits {
             let n = s.top_logprobs;
             return invalid(Field::TopLogprobs, format!("must be between 0 and {MAX_TOP_LOGPROBS}, got {n}"));
         }
+        if let Some(merge) = &request.merged_adapters {
+            check_merge(request, merge)?;
+        }
         if let Some(n) = request.n.filter(|n| !(1..=self.max_choices).contains(n)) {
             return invalid(Field::N, format!("must be between 1 and {}, got {n}", self.max_choices));
         }
@@ -337,6 +364,30 @@ impl Limits {
         }
         Ok(wanted)
     }
+}
+
+/// The checks of [`GenerateRequest::merged_adapters`]: no adapter beside it, 1 to [`MAX_MERGED_ADAPTERS`] adapters,
+/// one finite weight each, and a density in (0, 1] for the strategies that prune.
+fn check_merge(request: &GenerateRequest, merge: &MergedAdapters) -> Result<()> {
+    let invalid = |reason: String| Err(Error::Invalid { field: Field::MergedAdapters, reason });
+    if let Some(id) = &request.adapter {
+        return invalid(format!("cannot be set with an adapter (`{id}`): the merge is the request's adapter"));
+    }
+    let n = merge.ids.len();
+    if !(1..=MAX_MERGED_ADAPTERS).contains(&n) {
+        return invalid(format!("must name 1 to {MAX_MERGED_ADAPTERS} adapters, got {n}"));
+    }
+    if merge.weights.len() != n {
+        return invalid(format!("has {} weights for {n} adapters: one weight per adapter", merge.weights.len()));
+    }
+    if let Some(w) = merge.weights.iter().find(|w| !(w.is_finite() && w.abs() <= MAX_MERGE_WEIGHT)) {
+        return invalid(format!("weights must be between -{MAX_MERGE_WEIGHT} and {MAX_MERGE_WEIGHT}, got {w}"));
+    }
+    let density = merge.params.density;
+    if merge.params.strategy != MergeStrategy::Linear && !(density > 0.0 && density <= 1.0) {
+        return invalid(format!("density must be > 0 and <= 1, got {density}"));
+    }
+    Ok(())
 }
 
 /// One generated token.

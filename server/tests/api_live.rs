@@ -117,6 +117,39 @@ async fn openai_logit_bias_bans_and_forces_tokens() {
     assert_eq!(status, 200, "{penalized}");
 }
 
+/// `merged_adapters`: one adapter merged at weight 1 generates what the adapter does (token by token, with its
+/// log-probabilities: the tiny model's greedy text is alike for every adapter); a TIES merge of two runs as an
+/// adapter of its own, resident under its `merged:` id, streamed too.
+#[tokio::test]
+async fn merged_adapters_generate_as_an_adapter_of_their_own() {
+    let (addr, st) = live().await;
+    let run = |parameters: Value| {
+        let mut p = json!({"max_new_tokens": 8, "details": true});
+        p.as_object_mut().unwrap().extend(parameters.as_object().unwrap().clone());
+        async move {
+            let (status, body) = post_json(addr, "/generate", &json!({"inputs": PROMPT, "parameters": p})).await;
+            assert_eq!(status, 200, "{body}");
+            body["details"]["tokens"].as_array().unwrap().iter().map(|t| t["logprob"].as_f64().unwrap()).collect()
+        }
+    };
+    let gap = |a: &Vec<f64>, b: &Vec<f64>| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+    let plain: Vec<f64> = run(json!({"adapter_id": "qv_r8"})).await;
+    let base: Vec<f64> = run(json!({})).await;
+    let one: Vec<f64> = run(json!({"merged_adapters": {"ids": ["qv_r8"], "weights": [1.0], "density": 1.0}})).await;
+    assert!(gap(&one, &plain) < 1e-4, "a merge of one adapter at weight 1 is the adapter: {one:?} {plain:?}");
+    assert!(gap(&one, &base) > 1e-3, "and not the base model");
+    let half: Vec<f64> = run(json!({"merged_adapters": {"ids": ["qv_r8"], "weights": [0.5]}})).await;
+    assert!(gap(&half, &plain) > 1e-3 && gap(&half, &base) > 1e-3, "half the adapter is neither");
+    let ties = json!({"ids": ["qv_r8", "qv_r8"], "weights": [0.5, 1.0], "merge_strategy": "ties", "density": 0.4});
+    let body = json!({"inputs": PROMPT, "parameters": {"merged_adapters": ties, "max_new_tokens": 8}});
+    let events = sse(addr, "/generate_stream", &body).await;
+    assert_eq!(events.len(), 8, "one event per token: {events:?}");
+    let last: Value = serde_json::from_str(&events.last().unwrap().1).unwrap();
+    assert!(last["generated_text"].is_string(), "{last}");
+    let resident = st.engine.get().unwrap().stats().adapter_activity().resident;
+    assert_eq!(resident.iter().filter(|id| id.starts_with("merged:")).count(), 3, "{resident:?}");
+}
+
 #[tokio::test]
 async fn constrained_output_and_logprobs_on_both_routes() {
     let (addr, _st) = live().await;
@@ -304,7 +337,43 @@ fn bad_inputs() -> Vec<Case> {
         lorax(json!({"best_of": 0}), 422, "`parameters.best_of` must be strictly positive, got 0"),
         lorax(json!({"typical_p": 0.5}), 422, "`parameters.typical_p` is not supported"),
         lorax(json!({"watermark": true}), 422, "`parameters.watermark` is not supported"),
-        lorax(json!({"merged_adapters": {"ids": ["a"]}}), 422, "`parameters.merged_adapters` is not supported"),
+        lorax(
+            json!({"merged_adapters": {"ids": ["qv_r8"], "weights": [1, 2]}}),
+            422,
+            "`parameters.merged_adapters` has 2 weights for 1 adapters",
+        ),
+        lorax(
+            json!({"merged_adapters": {"ids": ["qv_r8"], "merge_strategy": "svd"}}),
+            422,
+            "`parameters.merged_adapters.merge_strategy` must be one of linear, ties, dare_linear, dare_ties",
+        ),
+        lorax(
+            json!({"merged_adapters": {"ids": ["qv_r8", "qv_r8"], "merge_strategy": "ties", "density": 0}}),
+            422,
+            "density must be > 0 and <= 1, got 0",
+        ),
+        lorax(
+            json!({"merged_adapters": {"ids": ["qv_r8"], "majority_sign_method": "most"}}),
+            422,
+            "`parameters.merged_adapters.majority_sign_method` must be `total` or `frequency`",
+        ),
+        lorax(
+            json!({"merged_adapters": {"ids": []}}),
+            422,
+            "`parameters.merged_adapters` must name 1 to 16 adapters, got 0",
+        ),
+        lorax(
+            json!({"merged_adapters": {"ids": ["../x"]}}),
+            400,
+            "`parameters.merged_adapters.ids`: invalid adapter id",
+        ),
+        lorax(json!({"merged_adapters": {"ids": ["nope"]}}), 404, "adapter `nope` not found"),
+        lorax(
+            json!({"adapter_id": "qv_r8", "merged_adapters": {"ids": ["qv_r8"]}}),
+            422,
+            "cannot be set with an adapter",
+        ),
+        lorax(json!({"merged_adapters": {"ids": ["qv_r8", "all_r4"]}}), 424, "qv_r8 has rank 8 and all_r4 rank 4"),
         lorax(json!({"adapter_source": "s3", "adapter_id": "x"}), 422, "`parameters.adapter_source` is not supported"),
         lorax(json!({"adapter_source": "ftp", "adapter_id": "x"}), 422, "must be `local` or `hub`"),
         lorax(json!({"adapter_source": "hub", "adapter_id": "a/b"}), 422, "--allow-hub"),

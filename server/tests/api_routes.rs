@@ -198,6 +198,19 @@ async fn health_info_and_metrics() {
     ] {
         assert!(m.text.contains(needle), "missing {needle} in:\n{}", m.text);
     }
+    // Merges are labelled `(merged)`, whichever merge: clients cannot grow the label set.
+    for weight in [0.5, 0.7] {
+        let merge = json!({"ids": ["qv_r8"], "weights": [weight]});
+        let params = json!({"merged_adapters": merge, "max_new_tokens": 2});
+        post(&st, &opts(), "/generate", json!({"inputs": PROMPT, "parameters": params})).await;
+    }
+    let m = get(&st, "/metrics").await;
+    assert!(
+        m.text.contains(r#"loraland_generations_total{adapter="(merged)",finish_reason="length"} 2"#),
+        "{}",
+        m.text
+    );
+    assert!(!m.text.contains(r#"adapter="merged:"#), "{}", m.text);
 }
 
 #[tokio::test]

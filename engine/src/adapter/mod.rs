@@ -10,6 +10,7 @@
 
 pub mod bank;
 pub mod config;
+pub mod merge;
 pub mod plan;
 pub mod sgmv;
 #[cfg(feature = "cuda")]

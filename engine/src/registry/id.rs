@@ -53,6 +53,17 @@ impl AdapterId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The id of a merge of adapters, `merged:<hex>`: the `:` is refused by [`AdapterId::new`], so no folder or
+    /// hub repository can have a merge's id.
+    pub(crate) fn merge(hex: &str) -> Self {
+        Self(format!("merged:{hex}"))
+    }
+
+    /// Whether this is the id of a merge of adapters (see [`crate::registry::MergedSource::id`]).
+    pub fn is_merge(&self) -> bool {
+        self.0.starts_with("merged:")
+    }
 }
 
 impl fmt::Display for AdapterId {

@@ -108,6 +108,8 @@ impl Loader {
         let queue = match source {
             AdapterSource::Local(_) => &self.local,
             AdapterSource::Hub { .. } => &self.hub,
+            AdapterSource::Merged(m) if m.uses_hub() => &self.hub,
+            AdapterSource::Merged(_) => &self.local,
         };
         if queue.send((id.clone(), source.clone(), tracing::Span::current())).is_err() {
             return Err(Error::AdapterLoad { id: id.clone(), reason: "the adapter loader has stopped".into() });

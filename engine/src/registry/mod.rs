@@ -4,11 +4,13 @@
 mod host_cache;
 mod id;
 mod loader;
+mod merged;
 mod resident;
 
 pub use host_cache::HostCache;
 pub use id::{AdapterId, InvalidAdapterId, MAX_ID_LEN};
 pub(crate) use loader::{LoadDone, Loader};
+pub use merged::MergedSource;
 pub use resident::{Residency, ResidencyLimits};
 
 use crate::adapter::{AdapterTarget, LoraAdapter};
@@ -28,6 +30,8 @@ pub enum AdapterSource {
         /// The repository id.
         repo: String,
     },
+    /// Adapters merged into one (LoRAX's `merged_adapters`), each from a source of its own.
+    Merged(Arc<MergedSource>),
 }
 
 /// Maps adapter ids to sources: a folder named for the id, else `<adapters_dir>/<id>` when that folder exists;
@@ -110,19 +114,33 @@ pub fn load(
 ) -> Result<Arc<LoraAdapter>> {
     let fail = |e: Error, dir: Option<&Path>| {
         tracing::warn!(adapter = %id, "adapter load failed: {e}");
-        let mut reason = e.to_string();
-        if let Some(dir) = dir {
-            reason = reason.replace(&dir.display().to_string(), id.as_str());
-        }
-        // An error that names its adapter already ("adapter qv_r8: ...") needs no second name.
-        let reason = reason.strip_prefix(&format!("adapter {id}: ")).map(str::to_string).unwrap_or(reason);
-        Error::AdapterLoad { id: id.clone(), reason }
+        load_failure(id, e, dir)
     };
-    let dir = match source {
-        AdapterSource::Local(dir) => dir.clone(),
-        AdapterSource::Hub { repo } => fetch_from_hub(repo, hub).map_err(|e| fail(e, None))?,
-    };
+    if let AdapterSource::Merged(merged) = source {
+        return merged.load(target, hub).map(Arc::new).map_err(|e| fail(e, None));
+    }
+    let dir = folder(source, hub).map_err(|e| fail(e, None))?;
     LoraAdapter::load(&dir, target).map(Arc::new).map_err(|e| fail(e, Some(&dir)))
+}
+
+/// [`Error::AdapterLoad`] for adapter `id`, read from `dir`: named by its id, not by the server's folders.
+fn load_failure(id: &AdapterId, e: Error, dir: Option<&Path>) -> Error {
+    let mut reason = e.to_string();
+    if let Some(dir) = dir {
+        reason = reason.replace(&dir.display().to_string(), id.as_str());
+    }
+    // An error that names its adapter already ("adapter qv_r8: ...") needs no second name.
+    let reason = reason.strip_prefix(&format!("adapter {id}: ")).map(str::to_string).unwrap_or(reason);
+    Error::AdapterLoad { id: id.clone(), reason }
+}
+
+/// The local folder of a local or hub adapter (downloading it from the hub if need be).
+fn folder(source: &AdapterSource, hub: &HubLimits) -> Result<PathBuf> {
+    match source {
+        AdapterSource::Local(dir) => Ok(dir.clone()),
+        AdapterSource::Hub { repo } => fetch_from_hub(repo, hub),
+        AdapterSource::Merged(_) => Err(Error::AdapterMerge("a merge cannot be a part of another".into())),
+    }
 }
 
 /// Downloads `adapter_config.json` and `adapter_model.safetensors` of `repo` with hf-hub (honours `HF_HOME`,

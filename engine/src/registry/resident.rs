@@ -88,8 +88,8 @@ impl Residency {
         Ok(())
     }
 
-    /// Evicts least-recently-used adapters that are neither pinned nor in `busy` until one more adapter of
-    /// `bytes` fits, adding their ids to `evicted`. Returns whether it fits now.
+    /// Evicts least-recently-used adapters that are neither pinned nor in `busy`, merges of adapters first, until
+    /// one more adapter of `bytes` fits, adding their ids to `evicted`. Returns whether it fits now.
     pub fn make_room(&mut self, bytes: usize, busy: &HashSet<AdapterId>, evicted: &mut Vec<AdapterId>) -> bool {
         loop {
             let used: usize = self.entries.iter().map(|e| e.adapter.bytes()).sum();
@@ -101,7 +101,9 @@ impl Residency {
                 .iter()
                 .enumerate()
                 .filter(|(_, e)| !self.pinned.contains(&e.id) && !busy.contains(&e.id))
-                .min_by_key(|(_, e)| e.last_used)
+                // Idle merges go first: clients choose merges freely, and a flood of them must displace merges,
+                // not the adapters other requests use.
+                .min_by_key(|(_, e)| (!e.id.is_merge(), e.last_used))
                 .map(|(i, _)| i);
             let Some(i) = victim else { return false };
             let e = self.entries.remove(i);

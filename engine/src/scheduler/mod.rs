@@ -40,7 +40,8 @@ impl Drop for Permit {
 #[derive(Debug)]
 pub(crate) struct Submission {
     pub request: GenerateRequest,
-    pub prompt: Vec<u32>,
+    /// Shared by the continuations of an `n` > 1 request.
+    pub prompt: Arc<[u32]>,
     pub source: Option<AdapterSource>,
     /// The compiled output constraint, if any.
     pub guide: Option<Guide>,
@@ -81,8 +82,6 @@ struct Seq {
     sub: Submission,
     /// Which continuation this is (`0..n`).
     choice: usize,
-    /// Continuations still to fork off this one when its prompt is prefilled (`n - 1` for the first, else 0).
-    forks_left: usize,
     cache: KvCache,
     /// Prompt tokens already through the model.
     prefilled: usize,
@@ -95,6 +94,18 @@ struct Seq {
     prompt_logprobs: Vec<f32>,
     started: Instant,
     first_token: Option<Instant>,
+}
+
+impl Seq {
+    /// Continuations still to fork off this one: `n - 1` for the first continuation until it samples (forks are
+    /// made when the prompt is prefilled, from the logits it samples from), else none.
+    fn forks_left(&self) -> usize {
+        if self.choice == 0 && self.generated.is_empty() {
+            self.sub.request.choices() - 1
+        } else {
+            0
+        }
+    }
 }
 
 struct Scheduler {
@@ -369,12 +380,12 @@ impl Scheduler {
 
     /// KV tokens the running sequences reserve, the continuations still to fork included.
     fn kv_reserved(&self) -> usize {
-        self.running.iter().map(|s| (s.sub.prompt.len() + s.sub.request.max_new_tokens) * (1 + s.forks_left)).sum()
+        self.running.iter().map(|s| (s.sub.prompt.len() + s.sub.request.max_new_tokens) * (1 + s.forks_left())).sum()
     }
 
     /// Rows of the batch in use, the continuations still to fork included.
     fn rows_reserved(&self) -> usize {
-        self.running.iter().map(|s| 1 + s.forks_left).sum()
+        self.running.iter().map(|s| 1 + s.forks_left()).sum()
     }
 
     /// Admits waiting requests while the batch has rows and KV budget left (see [`Queue::admit`]).
@@ -399,7 +410,6 @@ impl Scheduler {
         let output = TextOutput::new(self.eos.clone(), sub.request.stop.clone(), sub.request.max_new_tokens);
         self.running.push(Seq {
             choice: 0,
-            forks_left: sub.request.choices() - 1,
             cache: self.model.new_cache(),
             prefilled: 0,
             next: Vec::new(),
@@ -433,7 +443,6 @@ impl Scheduler {
         };
         Ok(Seq {
             choice,
-            forks_left: 0,
             cache: s.cache.fork()?,
             prefilled: s.prefilled,
             next: Vec::new(),

@@ -101,7 +101,7 @@ impl Scheduler {
         // A request for n continuations forks when its prompt is prefilled: each one samples from these logits.
         for k in 0..sampling.len() {
             let (i, row, mask) = (sampling[k].0, sampling[k].1, sampling[k].2.clone());
-            let forks = std::mem::take(&mut self.running[i].forks_left);
+            let forks = self.running[i].forks_left();
             for choice in 1..=forks {
                 match self.fork(i, choice) {
                     Ok(seq) => {

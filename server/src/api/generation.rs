@@ -16,9 +16,15 @@ pub fn not_ready() -> ApiError {
     ApiError::new(super::error::ErrorKind::NotReady, "the model is still loading; retry shortly")
 }
 
-/// The label of an adapter in metrics and logs; the base model is `base`.
+/// The label of an adapter in metrics and logs; the base model is `base`, and every merge of adapters is
+/// `(merged)`, which no adapter id can be (each merge has an id of its own and clients choose merges freely: one
+/// label keeps the metrics' label set bounded; the engine's log lines name the merge).
 pub fn adapter_label(request: &GenerateRequest) -> String {
-    request.adapter.as_ref().map_or_else(|| "base".to_string(), |id| id.to_string())
+    match &request.adapter {
+        None => "base".to_string(),
+        Some(id) if id.is_merge() => "(merged)".to_string(),
+        Some(id) => id.to_string(),
+    }
 }
 
 /// Tells the HTTP metrics middleware which adapter a response was for.

@@ -12,7 +12,10 @@ use crate::AppState;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use engine::{AdapterId, EngineHandle, Event, FinishReason, GenerateRequest, Prompt, SourceChoice, TokenEvent};
+use engine::adapter::merge::{MajoritySign, MergeParams, MergeStrategy};
+use engine::{
+    AdapterId, EngineHandle, Event, FinishReason, GenerateRequest, MergedAdapters, Prompt, SourceChoice, TokenEvent,
+};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
@@ -41,7 +44,7 @@ pub struct Parameters {
     pub adapter_id: Option<String>,
     pub adapter_source: Option<String>,
     pub api_token: Option<String>,
-    pub merged_adapters: Option<serde_json::Value>,
+    pub merged_adapters: Option<MergedAdaptersBody>,
     pub do_sample: bool,
     pub max_new_tokens: Option<i64>,
     pub ignore_eos_token: bool,
@@ -60,6 +63,17 @@ pub struct Parameters {
     pub decoder_input_details: bool,
     pub return_k_alternatives: Option<i64>,
     pub response_format: Option<serde_json::Value>,
+}
+
+/// `parameters.merged_adapters`, as lorax-client's `MergedAdapters` sends it.
+#[derive(Debug, Deserialize)]
+#[allow(missing_docs)]
+pub struct MergedAdaptersBody {
+    pub ids: Vec<String>,
+    pub weights: Option<Vec<f64>>,
+    pub merge_strategy: Option<String>,
+    pub density: Option<f64>,
+    pub majority_sign_method: Option<String>,
 }
 
 /// A request that passed every check.
@@ -82,7 +96,6 @@ const WIRE: Wire = Wire {
 
 fn refuse_unsupported(p: &Parameters) -> Result<(), ApiError> {
     let set = [
-        ("merged_adapters", p.merged_adapters.is_some(), "adapter merging"),
         ("typical_p", p.typical_p.is_some(), "typical sampling"),
         ("watermark", p.watermark, "watermarking"),
         ("ignore_eos_token", p.ignore_eos_token, "ignoring the end-of-sequence token"),
@@ -94,11 +107,17 @@ fn refuse_unsupported(p: &Parameters) -> Result<(), ApiError> {
     }
 }
 
-/// The adapter and where it may come from (`adapter_source`: `local`, the default, or `hub`).
+/// The adapter and where it, or the adapters merged (`merged_adapters`), may come from (`adapter_source`: `local`,
+/// the default, or `hub`).
 fn adapter(p: &Parameters) -> Result<(Option<AdapterId>, SourceChoice), ApiError> {
-    let Some(id) = p.adapter_id.as_deref().filter(|id| !id.is_empty()) else { return Ok((None, SourceChoice::Any)) };
+    let id = p.adapter_id.as_deref().filter(|id| !id.is_empty());
+    if id.is_none() && p.merged_adapters.is_none() {
+        return Ok((None, SourceChoice::Any));
+    }
     let field = "parameters.adapter_id";
-    let id = AdapterId::new(id)
+    let id = id
+        .map(AdapterId::new)
+        .transpose()
         .map_err(|e| ApiError::new(ErrorKind::BadRequest, format!("`{field}`: {e}")).with_param(field))?;
     let source = match p.adapter_source.as_deref() {
         None | Some("local") => SourceChoice::Local,
@@ -111,7 +130,40 @@ fn adapter(p: &Parameters) -> Result<(Option<AdapterId>, SourceChoice), ApiError
             ))
         }
     };
-    Ok((Some(id), source))
+    Ok((id, source))
+}
+
+/// The adapters to merge (`parameters.merged_adapters`): ids, weights (1 each when left out), the strategy
+/// (`linear` when left out), the density (1) and the sign election (`total`). The engine checks the rest.
+fn merged_adapters(p: &Parameters) -> Result<Option<MergedAdapters>, ApiError> {
+    let Some(m) = &p.merged_adapters else { return Ok(None) };
+    let field = "parameters.merged_adapters";
+    let ids = m
+        .ids
+        .iter()
+        .map(|id| {
+            AdapterId::new(id)
+                .map_err(|e| ApiError::new(ErrorKind::BadRequest, format!("`{field}.ids`: {e}")).with_param(field))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let weights = m.weights.clone().unwrap_or_else(|| vec![1.0; ids.len()]);
+    let strategy = match m.merge_strategy.as_deref() {
+        None => MergeStrategy::Linear,
+        Some(name) => MergeStrategy::from_name(&name.to_ascii_lowercase()).ok_or_else(|| {
+            let names: Vec<&str> = MergeStrategy::ALL.iter().map(|s| s.name()).collect();
+            let message = format!("must be one of {}, got {name:?}", names.join(", "));
+            ApiError::invalid(&format!("{field}.merge_strategy"), message)
+        })?,
+    };
+    let majority_sign = match m.majority_sign_method.as_deref() {
+        None => MajoritySign::Total,
+        Some(name) => MajoritySign::from_name(&name.to_ascii_lowercase()).ok_or_else(|| {
+            let message = format!("must be `total` or `frequency`, got {name:?}");
+            ApiError::invalid(&format!("{field}.majority_sign_method"), message)
+        })?,
+    };
+    let params = MergeParams { strategy, density: m.density.unwrap_or(1.0), majority_sign };
+    Ok(Some(MergedAdapters { ids, weights, params }))
 }
 
 /// `best_of` as a number of continuations: more than one needs sampling and a non-streaming route (as TGI).
@@ -132,6 +184,7 @@ async fn check(engine: &EngineHandle, body: GenerateBody, streaming: bool) -> Re
     let p = body.parameters.unwrap_or_default();
     refuse_unsupported(&p)?;
     let (adapter, adapter_source) = adapter(&p)?;
+    let merged_adapters = merged_adapters(&p)?;
     let input = SamplingInput {
         do_sample: p.do_sample,
         temperature: p.temperature,
@@ -153,6 +206,7 @@ async fn check(engine: &EngineHandle, body: GenerateBody, streaming: bool) -> Re
         stop: p.stop.unwrap_or_default(),
         constraint: params::response_format(p.response_format.as_ref(), "parameters.response_format")?,
         prompt_logprobs: p.details && p.decoder_input_details,
+        merged_adapters,
         n,
     };
     Ok(Checked {
