@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Trains the embedded model's demo adapters, one per catalog task, into adapters/<task id> with `loraland train`
-# on each task's synthetic data, then scores them all with `loraland eval --all`.
+# on each task's synthetic data, then scores them all with `loraland eval --all --constrained`.
 #
 #   scripts/train-adapters.sh                 # every task
 #   scripts/train-adapters.sh glue_sst2 gsm8k # some tasks
@@ -47,5 +47,5 @@ done
 # Score every task when all were trained, else the ones just trained.
 if [ $# -gt 0 ]; then which=(--task "$(IFS=,; echo "$*")"); else which=(--all); fi
 mkdir -p bench/results
-"$BIN" eval --model "$MODEL" "${which[@]}" --adapters-dir adapters --seed "$SEED" --limit "${EVAL_LIMIT:-32}" \
+"$BIN" eval --model "$MODEL" "${which[@]}" --adapters-dir adapters --seed "$SEED" --limit "${EVAL_LIMIT:-32}" --constrained \
   --json bench/results/eval-smollm2.json | tee bench/results/eval-smollm2.md
