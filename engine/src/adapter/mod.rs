@@ -62,12 +62,7 @@ pub struct LoraAdapter {
 impl LoraAdapter {
     /// Loads the PEFT adapter in `dir` for `target`, checking every tensor name and shape.
     pub fn load(dir: &Path, target: &AdapterTarget) -> Result<Self> {
-        let config = AdapterConfig::load(dir)?;
-        let weights_path = dir.join("adapter_model.safetensors");
-        let weights_err = |reason: String| Error::AdapterWeights { path: dir.to_path_buf(), reason };
-        let bytes = std::fs::read(&weights_path).map_err(|e| weights_err(e.to_string()))?;
-        let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
-            .map_err(|e| weights_err(format!("cannot parse: {e}")))?;
+        let (config, tensors) = read_peft(dir)?;
         Self::from_tensors(config, tensors, dir, target)
     }
 
@@ -174,6 +169,17 @@ impl LoraAdapter {
     pub fn max_rank(&self) -> usize {
         self.layers.iter().flatten().flatten().map(|w| w.a_t.dims()[1]).max().unwrap_or(0)
     }
+}
+
+/// Reads the PEFT adapter folder `dir`: its validated `adapter_config.json` and the tensors of its
+/// `adapter_model.safetensors` (on the CPU, as stored), not yet checked against a model.
+pub fn read_peft(dir: &Path) -> Result<(AdapterConfig, HashMap<String, Tensor>)> {
+    let config = AdapterConfig::load(dir)?;
+    let weights_err = |reason: String| Error::AdapterWeights { path: dir.to_path_buf(), reason };
+    let bytes = std::fs::read(dir.join("adapter_model.safetensors")).map_err(|e| weights_err(e.to_string()))?;
+    let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
+        .map_err(|e| weights_err(format!("cannot parse: {e}")))?;
+    Ok((config, tensors))
 }
 
 /// The dtype an adapter's factors are held in: the activation dtype, or bf16 on the CPU when both factors are

@@ -3,8 +3,8 @@
 
 use super::{AdapterId, AdapterSource, HubLimits};
 use crate::adapter::merge::{merge, seeded_masks, MergeInput, MergeParams};
-use crate::adapter::{AdapterConfig, AdapterTarget, LoraAdapter};
-use crate::{Error, Result};
+use crate::adapter::{read_peft, AdapterTarget, LoraAdapter};
+use crate::Result;
 use sha2::{Digest, Sha256};
 use std::path::Path;
 
@@ -33,9 +33,7 @@ impl MergedSource {
     /// parameters: the same merge has the same id in every process, and is kept resident under it. No folder or
     /// hub repository can have such an id (see [`AdapterId::merge`]).
     pub fn id(&self) -> AdapterId {
-        let digest = self.digest();
-        let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
-        AdapterId::merge(&hex)
+        id_of(&self.digest())
     }
 
     fn digest(&self) -> [u8; 32] {
@@ -70,14 +68,7 @@ impl MergedSource {
         let mut read = Vec::with_capacity(self.parts.len());
         for (id, source) in &self.parts {
             let dir = super::folder(source, hub)?;
-            let part = || -> Result<_> {
-                let config = AdapterConfig::load(&dir)?;
-                let path = dir.join("adapter_model.safetensors");
-                let tensors = candle_core::safetensors::load(&path, &candle_core::Device::Cpu)
-                    .map_err(|e| Error::AdapterWeights { path: dir.clone(), reason: format!("cannot parse: {e}") })?;
-                Ok((config, tensors))
-            };
-            let (config, tensors) = part().map_err(|e| super::load_failure(id, e, Some(&dir)))?;
+            let (config, tensors) = read_peft(&dir).map_err(|e| super::load_failure(id, e, Some(&dir)))?;
             read.push((id, config, tensors));
         }
         let inputs: Vec<MergeInput<'_>> = read
@@ -85,9 +76,16 @@ impl MergedSource {
             .zip(&self.weights)
             .map(|((id, config, tensors), &weight)| MergeInput { name: id.as_str(), config, tensors, weight })
             .collect();
-        let seed = u64::from_le_bytes(self.digest()[..8].try_into().expect("8 bytes"));
+        let digest = self.digest();
+        let seed = u64::from_le_bytes(digest[..8].try_into().expect("8 bytes"));
         let mut masks = seeded_masks(seed, self.params.density);
         let (config, tensors) = merge(&inputs, &self.params, &target.config, &mut masks)?;
-        LoraAdapter::from_tensors(config, tensors, Path::new(self.id().as_str()), target)
+        LoraAdapter::from_tensors(config, tensors, Path::new(id_of(&digest).as_str()), target)
     }
+}
+
+/// A merge's id from its digest: 16 hex digits of it.
+fn id_of(digest: &[u8; 32]) -> AdapterId {
+    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    AdapterId::merge(&hex)
 }
