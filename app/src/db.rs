@@ -193,7 +193,10 @@ mod tests {
         let (_, sqlite) = &dbs[0];
         let expected = schema(Backend::Sqlite, sqlite).await;
         let tables: std::collections::BTreeSet<&str> = expected.iter().map(|(t, _)| t.as_str()).collect();
-        assert_eq!(tables.into_iter().collect::<Vec<_>>(), ["outputs", "run_views", "runs", "sessions", "votes"]);
+        assert_eq!(
+            tables.into_iter().collect::<Vec<_>>(),
+            ["outputs", "run_views", "runs", "sessions", "train_jobs", "votes"]
+        );
         for (backend, db) in &dbs[1..] {
             assert_eq!(Backend::of_pool(db), *backend);
             assert_eq!(schema(*backend, db).await, expected, "{backend:?}'s schema differs from SQLite's");

@@ -21,6 +21,7 @@ pub mod run;
 pub mod session;
 #[cfg(feature = "ssr")]
 pub mod state;
+pub mod train;
 
 use leptos::prelude::*;
 use leptos_meta::{provide_meta_context, MetaTags, Stylesheet, Title};
@@ -67,6 +68,8 @@ pub fn App() -> AnyView {
                     <Route path=(StaticSegment("r"), ParamSegment("id")) view=pages::RunPage ssr=SsrMode::Async/>
                     <Route path=StaticSegment("history") view=pages::History ssr=SsrMode::Async/>
                     <Route path=StaticSegment("compare") view=pages::Compare ssr=SsrMode::Async/>
+                    <Route path=StaticSegment("train") view=pages::Train ssr=SsrMode::Async/>
+                    <Route path=(StaticSegment("train"), ParamSegment("id")) view=pages::JobPage ssr=SsrMode::Async/>
                 </Routes>
             </main>
         </Router>

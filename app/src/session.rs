@@ -41,10 +41,24 @@ pub async fn current(state: &AppState) -> Result<Option<String>, Refusal> {
 /// the response. Call it only for an action that succeeds.
 pub async fn current_or_new(state: &AppState) -> Result<String, Refusal> {
     let headers: axum::http::HeaderMap = leptos_axum::extract().await.map_err(|e| Refusal::invalid(e.to_string()))?;
-    if let Some(id) = from_headers(&state.db, &headers).await.map_err(Refusal::database)? {
-        return Ok(id);
+    let (id, cookie) = of_headers_or_new(state, &headers, ClientAddr::current().await).await?;
+    if let (Some(res), Some(value)) = (leptos::prelude::use_context::<leptos_axum::ResponseOptions>(), cookie) {
+        res.append_header(axum::http::header::SET_COOKIE, value);
     }
-    if !state.sessions.allow(ClientAddr::current().await.0) {
+    Ok(id)
+}
+
+/// The session the cookie in `headers` names, or a new one for `addr` (within its rate of new sessions) with the
+/// `Set-Cookie` value to answer with: what [`current_or_new`] does, for a plain axum handler.
+pub async fn of_headers_or_new(
+    state: &AppState,
+    headers: &axum::http::HeaderMap,
+    addr: ClientAddr,
+) -> Result<(String, Option<axum::http::HeaderValue>), Refusal> {
+    if let Some(id) = from_headers(&state.db, headers).await.map_err(Refusal::database)? {
+        return Ok((id, None));
+    }
+    if !state.sessions.allow(addr.0) {
         return Err(Refusal::new(
             axum::http::StatusCode::TOO_MANY_REQUESTS,
             format!(
@@ -55,13 +69,7 @@ pub async fn current_or_new(state: &AppState) -> Result<String, Refusal> {
     }
     let id = create_session(&state.db).await.map_err(Refusal::database)?;
     let tls = headers.get("x-forwarded-proto").is_some_and(|p| p.as_bytes() == b"https");
-    if let (Some(res), Ok(value)) = (
-        leptos::prelude::use_context::<leptos_axum::ResponseOptions>(),
-        axum::http::HeaderValue::from_str(&set_cookie(&id, tls)),
-    ) {
-        res.append_header(axum::http::header::SET_COOKIE, value);
-    }
-    Ok(id)
+    Ok((id.clone(), axum::http::HeaderValue::from_str(&set_cookie(&id, tls)).ok()))
 }
 
 /// Notes that this request's session (created if need be) opened `run`, which lets it vote on the run. A client

@@ -5,6 +5,7 @@ use crate::context::EngineSlot;
 use crate::db::Db;
 use crate::limits::{ClientLimits, SessionLimiter};
 use crate::run::executor::Executor;
+use crate::train::worker::Training;
 use axum::extract::FromRef;
 use leptos::prelude::LeptosOptions;
 use std::sync::Arc;
@@ -26,6 +27,8 @@ pub struct AppState {
     pub sessions: SessionLimiter,
     /// Per-client limits on generations.
     pub clients: ClientLimits,
+    /// Training jobs, when this server trains (`None` in tests that do not).
+    pub training: Option<Training>,
 }
 
 impl AppState {
@@ -39,6 +42,7 @@ impl AppState {
             runs: Executor::default(),
             sessions: SessionLimiter::default(),
             clients: ClientLimits::default(),
+            training: None,
         }
     }
 }

@@ -48,7 +48,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn serve(config: server::config::ServeConfig) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(server::serve::run(config))
+    runtime.block_on(server::serve::run_with(config, std::sync::Arc::new(lab::tasks::AppLab)))
 }
 
 fn init_tracing(filter: &str) {

@@ -5,10 +5,9 @@ use crate::tasks;
 use anyhow::{bail, Context};
 use candle_core::DType;
 use clap::Args;
-use engine::train::{self, Encoded, Example, FrozenModel, LoraShape, TrainConfig, Trainer};
-use engine::{LoadOptions, Model, Module, Tokenizer};
+use engine::train::{self, Example, LoraShape, TrainConfig, TrainRun};
+use engine::Module;
 use indicatif::{ProgressBar, ProgressStyle};
-use server::args::QuantArg;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -110,33 +109,10 @@ fn examples(args: &TrainArgs) -> anyhow::Result<(Vec<Example>, Vec<Example>)> {
     Ok((all, eval))
 }
 
-fn encode(examples: &[Example], tok: &Tokenizer, seq_len: usize, what: &str) -> anyhow::Result<Vec<Encoded>> {
-    let (encoded, skipped) = train::data::encode(examples, tok, seq_len)?;
-    if encoded.is_empty() && skipped > 0 {
-        anyhow::bail!(
-            "all {skipped} {what} examples are empty or longer than --seq-len {seq_len} tokens: raise --seq-len"
-        );
-    }
-    if skipped > 0 {
-        tracing::warn!("{skipped} {what} examples longer than {seq_len} tokens (or empty) were skipped");
-    }
-    Ok(encoded)
-}
-
 /// Runs `loraland train`.
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let shape = LoraShape { rank: args.rank, alpha: args.alpha, targets: parse_targets(&args.targets)? };
     let (train_ex, eval_ex) = examples(&args)?;
-    let tok = Tokenizer::for_model(&args.model)?;
-    let train_set = encode(&train_ex, &tok, args.seq_len, "training")?;
-    let eval_set = encode(&eval_ex, &tok, args.seq_len, "held-out")?;
-    let model = Model::load(&args.model, &LoadOptions { quant: QuantArg::Dequantize.into(), ..Default::default() })
-        .with_context(|| format!("cannot load {}", args.model.display()))?;
-    let frozen = FrozenModel::new(&model, DType::F32)?;
-    let rope = frozen.rope_style();
-    let config = model.config().clone();
-    drop(model);
-    let pad = tok.eos_token_id().unwrap_or(0);
     let cfg = TrainConfig {
         shape,
         lr: args.lr,
@@ -146,16 +122,22 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         seed: args.seed,
         ..Default::default()
     };
-    let mut trainer = Trainer::new(frozen, train_set, cfg, pad)?;
+    let mut run = TrainRun::prepare(&args.model, &train_ex, &eval_ex, args.seq_len, cfg)
+        .with_context(|| format!("cannot train on {}", args.model.display()))?;
+    for (skipped, what) in [(run.skipped_train, "training"), (run.skipped_held_out, "held-out")] {
+        if skipped > 0 {
+            tracing::warn!("{skipped} {what} examples longer than {} tokens (or empty) were skipped", args.seq_len);
+        }
+    }
     tracing::info!(
         "training {} LoRA parameters on {} examples ({} held out), {} steps of {}",
-        trainer.lora().num_params(),
-        train_ex.len(),
-        eval_set.len(),
+        run.trainer.lora().num_params(),
+        train_ex.len() - run.skipped_train,
+        run.held_out.len(),
         args.steps,
         args.batch
     );
-    let initial_eval = trainer.eval_loss(&eval_set)?;
+    let initial_eval = run.held_out_loss()?;
     let bar = if args.quiet { ProgressBar::hidden() } else { ProgressBar::new(args.steps as u64) };
     bar.set_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}")
@@ -164,14 +146,14 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let start = Instant::now();
     let (mut tokens, mut last_loss, mut last_eval) = (0usize, f32::NAN, initial_eval);
     for step in 1..=args.steps {
-        let r = trainer.step()?;
+        let r = run.trainer.step()?;
         tokens += r.tokens;
         last_loss = r.loss;
         if !r.loss.is_finite() {
             bail!("the loss became {} at step {step}: lower --lr", r.loss);
         }
         if args.eval_every > 0 && step % args.eval_every == 0 && step < args.steps {
-            last_eval = trainer.eval_loss(&eval_set)?;
+            last_eval = run.held_out_loss()?;
             bar.suspend(|| tracing::info!("step {step}: loss {:.4}, eval loss {last_eval:.4}", r.loss));
         }
         let tps = tokens as f64 / start.elapsed().as_secs_f64();
@@ -180,14 +162,13 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     }
     bar.finish_and_clear();
     let seconds = start.elapsed().as_secs_f64();
-    let final_eval = trainer.eval_loss(&eval_set)?;
+    let final_eval = run.held_out_loss()?;
     last_eval = if final_eval.is_finite() { final_eval } else { last_eval };
-    let base_name = args.model.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let dtype = match args.save_dtype {
         SaveDType::Bf16 => DType::BF16,
         SaveDType::F32 => DType::F32,
     };
-    trainer.lora().save(&args.out, &config, rope, &base_name, dtype)?;
+    run.save(&args.out, dtype)?;
     write_record(&args, initial_eval, last_eval, last_loss, tokens, seconds)?;
     tracing::info!(
         "saved {}: eval loss {initial_eval:.4} -> {last_eval:.4}, {tokens} tokens in {seconds:.1} s ({:.0} tokens/s)",

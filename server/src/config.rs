@@ -135,6 +135,30 @@ pub struct ServeConfig {
     #[arg(long, env = "LORALAND_TRUSTED_PROXIES", value_delimiter = ',', default_value = DEFAULT_TRUSTED_PROXIES)]
     pub trusted_proxies: Vec<ipnet::IpNet>,
 
+    /// Training jobs (the web app's Train page) trained at once; 0 turns training off.
+    #[arg(long, env = "LORALAND_TRAIN_WORKERS", default_value_t = 1)]
+    pub train_workers: usize,
+
+    /// Compute threads the training jobs share [default: half the cores, at least one].
+    #[arg(long, env = "LORALAND_TRAIN_THREADS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub train_threads: Option<u64>,
+
+    /// Largest training upload, in bytes.
+    #[arg(long, env = "LORALAND_TRAIN_MAX_UPLOAD_BYTES", default_value_t = app::train::worker::TrainSettings::default().max_upload_bytes)]
+    pub train_max_upload_bytes: usize,
+
+    /// Most examples in a training upload.
+    #[arg(long, env = "LORALAND_TRAIN_MAX_EXAMPLES", default_value_t = app::train::worker::TrainSettings::default().max_examples)]
+    pub train_max_examples: usize,
+
+    /// Most optimizer steps a training job may ask for.
+    #[arg(long, env = "LORALAND_TRAIN_MAX_STEPS", default_value_t = app::train::worker::TrainSettings::default().max_steps)]
+    pub train_max_steps: usize,
+
+    /// Training jobs one visitor session may have queued or running.
+    #[arg(long, env = "LORALAND_TRAIN_JOBS_PER_SESSION", default_value_t = app::train::worker::TrainSettings::default().jobs_per_session)]
+    pub train_jobs_per_session: usize,
+
     /// Panic the engine thread at this step, to test what the server does when its engine fails (tests only).
     #[arg(long, env = "LORALAND_INJECT_PANIC_AT_STEP", hide = true)]
     pub inject_panic_at_step: Option<u64>,
@@ -177,6 +201,7 @@ impl ServeConfig {
         cfg.load = self.device.load_options(self.quant.into())?;
         cfg.catalog = engine::Catalog {
             adapters_dir: Some(self.adapters_dir.clone()),
+            namespaces: [(app::train::TRAINED_PREFIX.to_string(), self.trained_dir())].into(),
             allow_hub: self.allow_hub,
             ..Default::default()
         };
@@ -202,6 +227,25 @@ impl ServeConfig {
             concurrent_per_client: self.client_concurrency,
             concurrent_per_session: self.session_concurrency,
         }
+    }
+
+    /// Where the web app's trained adapters are kept: `<data-dir>/trained/<job>`, served as `trained/<job>`.
+    pub fn trained_dir(&self) -> PathBuf {
+        self.data_dir.join(app::train::TRAINED_PREFIX)
+    }
+
+    /// Training's settings, or `None` with `--train-workers 0`.
+    pub fn train_settings(&self) -> Option<app::train::worker::TrainSettings> {
+        let defaults = app::train::worker::TrainSettings::default();
+        (self.train_workers > 0).then(|| app::train::worker::TrainSettings {
+            workers: self.train_workers,
+            threads: self.train_threads.map_or(defaults.threads, |t| t as usize),
+            max_upload_bytes: self.train_max_upload_bytes,
+            max_examples: self.train_max_examples,
+            max_steps: self.train_max_steps,
+            jobs_per_session: self.train_jobs_per_session,
+            ..defaults
+        })
     }
 
     /// The database URL: `--database-url`, else a file in the data folder.

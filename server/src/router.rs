@@ -32,6 +32,9 @@ pub fn router_with(state: AppState, options: &HttpOptions) -> Router {
     Router::new()
         .merge(api::routes(&state, options))
         .route("/runs/{id}/stream", axum::routing::get(app::run::stream::run_events))
+        .route("/train/jobs", axum::routing::post(app::train::routes::create_job))
+        .route("/train/{id}/events", axum::routing::get(app::train::routes::job_events))
+        .route("/train/{id}/adapter.zip", axum::routing::get(app::train::routes::download))
         .leptos_routes_with_context(
             &state,
             routes,

@@ -9,8 +9,14 @@ use leptos::prelude::LeptosOptions;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 
-/// Runs the server until a shutdown signal arrives. Every start-up failure comes back as one error with context.
+/// Runs the server until a shutdown signal arrives, with no synthetic task data for training (see [`run_with`]).
 pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
+    run_with(config, Arc::new(app::train::NoLab)).await
+}
+
+/// Runs the server until a shutdown signal arrives; training jobs take synthetic data and metrics from `lab`.
+/// Every start-up failure comes back as one error with context.
+pub async fn run_with(config: ServeConfig, lab: Arc<dyn app::train::TaskLab>) -> anyhow::Result<()> {
     let model_path = match &config.model {
         Some(path) => path.clone(),
         None => {
@@ -32,6 +38,10 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     if interrupted > 0 {
         tracing::warn!(panes = interrupted, "panes left running by the previous process are marked interrupted");
     }
+    let cut_off = app::train::store::interrupt_running(&db).await.context("cannot mark interrupted training jobs")?;
+    if cut_off > 0 {
+        tracing::warn!(jobs = cut_off, "training jobs left running by the previous process are marked interrupted");
+    }
 
     let addr = config.listen_addr();
     let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
@@ -44,6 +54,11 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
         .build();
     let mut state = AppState::new(db, leptos, &model.name, EngineSlot::default());
     state.clients = app::limits::ClientLimits::new(config.limits());
+    if let Some(settings) = config.train_settings() {
+        let training = app::train::worker::Training::new(model.path.clone(), config.trained_dir(), lab, settings)?;
+        training.start(state.db.clone(), state.engine.clone());
+        state.training = Some(training);
+    }
 
     // Listen first, load the model meanwhile: /health answers 503 until it is ready. A load failure stops the
     // server with that error.

@@ -3,6 +3,7 @@
 
 pub mod overview;
 pub mod run;
+pub mod train;
 pub mod vote;
 
 pub use crate::run::types::{
@@ -13,5 +14,9 @@ pub use overview::{get_overview, GetOverview, Overview};
 pub use run::{
     count_tokens, get_run, list_runs, run_form, start_run, stop_run, CountTokens, GetRun, ListRuns, RunForm, StartRun,
     StopRun,
+};
+pub use train::{
+    cancel_job, delete_job, get_job, list_jobs, publish_job, restart_job, train_info, trained_adapters, CancelJob,
+    DeleteJob, PublishJob, RestartJob, TrainOffer,
 };
 pub use vote::{vote, win_rates, Vote, WinRate, WinRates};

@@ -15,6 +15,7 @@ pub fn Header() -> AnyView {
             <nav class="site-nav" aria-label="Site">
                 <a href="/">"Adapters"</a>
                 <a href="/compare">"Compare"</a>
+                <a href="/train">"Train"</a>
                 <a href="/history">"History"</a>
             </nav>
         </header>

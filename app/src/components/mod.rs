@@ -2,8 +2,10 @@
 
 mod gallery;
 mod header;
+mod loss_chart;
 mod pane;
 
 pub use gallery::{matches, Gallery};
 pub use header::Header;
+pub use loss_chart::{plot, LossChart, Plot};
 pub use pane::{timings, Pane, PaneLabel, PaneState};

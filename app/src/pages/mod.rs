@@ -6,6 +6,7 @@ mod home;
 mod not_found;
 pub(crate) mod playground;
 pub(crate) mod run;
+mod train;
 
 pub use compare::Compare;
 pub use history::History;
@@ -13,3 +14,4 @@ pub use home::Home;
 pub use not_found::NotFound;
 pub use playground::Playground;
 pub use run::RunPage;
+pub use train::{JobPage, Train};

@@ -42,6 +42,9 @@ pub struct Catalog {
     pub adapters_dir: Option<PathBuf>,
     /// Adapter folders anywhere on disk, under the id each is given (the command-line tools' `--adapter DIR`).
     pub folders: BTreeMap<AdapterId, PathBuf>,
+    /// Folders of adapters made while the server runs, each under an id prefix: the id `<prefix>/<name>` is the
+    /// folder `<dir>/<name>`, and nothing else (the web app's trained adapters are `trained/<job>`).
+    pub namespaces: BTreeMap<String, PathBuf>,
     /// Whether ids that are not local may be fetched from the Hugging Face hub.
     pub allow_hub: bool,
 }
@@ -51,6 +54,15 @@ impl Catalog {
     pub fn resolve(&self, id: &AdapterId) -> Result<AdapterSource> {
         if let Some(dir) = self.folders.get(id) {
             return Ok(AdapterSource::Local(dir.clone()));
+        }
+        if let Some((prefix, name)) = id.as_str().split_once('/') {
+            if let Some(root) = self.namespaces.get(prefix) {
+                let path = root.join(name);
+                return match path.join("adapter_config.json").is_file() {
+                    true => Ok(AdapterSource::Local(path)),
+                    false => Err(Error::UnknownAdapter(id.clone())),
+                };
+            }
         }
         if let Some(dir) = &self.adapters_dir {
             let path = dir.join(id.as_str());
@@ -210,6 +222,17 @@ mod tests {
         // A folder named for an id comes first, wherever it is.
         let elsewhere = Catalog { folders: [(missing.clone(), fixtures.join("mlp_r2"))].into(), ..cat.clone() };
         assert_eq!(elsewhere.resolve(&missing).unwrap(), AdapterSource::Local(fixtures.join("mlp_r2")));
+
+        // A namespace is its folder only: a missing name there is unknown, never a hub repo.
+        let trained = Catalog {
+            namespaces: [("trained".to_string(), fixtures.clone())].into(),
+            allow_hub: true,
+            ..Default::default()
+        };
+        let id = |s: &str| AdapterId::new(s).unwrap();
+        assert_eq!(trained.resolve(&id("trained/qv_r8")).unwrap(), AdapterSource::Local(fixtures.join("qv_r8")));
+        assert!(matches!(trained.resolve(&id("trained/nope")), Err(Error::UnknownAdapter(_))));
+        assert_eq!(trained.resolve(&id("owner/nope")).unwrap(), AdapterSource::Hub { repo: "owner/nope".into() });
     }
 
     #[test]

@@ -7,10 +7,12 @@ pub mod data;
 mod forward;
 mod frozen_linear;
 mod lora;
+mod run;
 
 pub use data::{read_jsonl, Batch, Encoded, Example};
 pub use forward::FrozenModel;
 pub use lora::{LoraPair, LoraParams, LoraShape};
+pub use run::TrainRun;
 
 use crate::{Error, Result};
 use candle_core::backprop::GradStore;

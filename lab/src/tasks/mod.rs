@@ -184,3 +184,40 @@ mod tests {
         assert!(err.contains("unknown task \"nope\"") && err.contains("glue_sst2"), "{err}");
     }
 }
+
+/// The tasks as the web app's training jobs see them (see [`app::train::TaskLab`]): their synthetic data, drawn as
+/// `loraland train --task` draws it, and their metrics. A task without a generator scores by exact match.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AppLab;
+
+impl app::train::TaskLab for AppLab {
+    fn synthetic(
+        &self,
+        task: &str,
+        train: usize,
+        held_out: usize,
+        seed: u64,
+    ) -> anyhow::Result<(Vec<Example>, Vec<Example>)> {
+        let gen = generator(task)?;
+        Ok((gen.split(Split::Train, train, seed), gen.split(Split::Test, held_out, seed)))
+    }
+
+    fn metric(&self, task: &str) -> String {
+        generator(task).map_or_else(|_| "exact match".into(), |g| g.metric.name())
+    }
+
+    fn score(&self, task: &str, prediction: &str, expected: &str) -> f64 {
+        match generator(task) {
+            Ok(g) => g.metric.score(prediction, expected),
+            Err(_) => f64::from(u8::from(prediction.trim() == expected.trim())),
+        }
+    }
+
+    fn max_new_tokens(&self, task: &str) -> usize {
+        generator(task).map_or(32, |g| g.max_new_tokens)
+    }
+
+    fn has_synthetic(&self, task: &str) -> bool {
+        lookup(task).is_some()
+    }
+}
