@@ -19,8 +19,8 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Serve the web app and the API.
-    Serve(ServeConfig),
+    /// Serve the web app and the API (boxed: the server's options outweigh every other subcommand's).
+    Serve(Box<ServeConfig>),
     /// Generate text for a prompt with the base model and/or adapters, as one mixed batch.
     Generate(lab::generate::GenerateArgs),
     /// Fine-tune a LoRA adapter on a catalog task's synthetic data or on a JSONL file.

@@ -30,7 +30,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         None => serve(cli.serve),
-        Some(Command::Serve(config)) => serve(config),
+        Some(Command::Serve(config)) => serve(*config),
         Some(Command::Generate(args)) => lab::generate::run(args),
         Some(Command::Train(args)) => lab::train::run(args),
         Some(Command::Eval(args)) => lab::eval::run(args),
