@@ -24,6 +24,14 @@ pub enum Error {
     /// A training run cannot start with these examples or settings.
     #[error("training: {0}")]
     Training(String),
+    /// No training example fits the run's sequence limit.
+    #[error("training: all {examples} training examples are empty or longer than {seq_len} tokens")]
+    NoExampleFits {
+        /// Training examples given.
+        examples: usize,
+        /// The sequence limit, in tokens.
+        seq_len: usize,
+    },
     /// An I/O error on a named file.
     #[error("{}: {source}", .path.display())]
     Io {

@@ -123,6 +123,12 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         ..Default::default()
     };
     let mut run = TrainRun::prepare(&args.model, &train_ex, &eval_ex, args.seq_len, cfg)
+        .map_err(|e| match e {
+            engine::Error::NoExampleFits { examples, seq_len } => anyhow::anyhow!(
+                "all {examples} training examples are empty or longer than --seq-len {seq_len} tokens: raise --seq-len"
+            ),
+            e => e.into(),
+        })
         .with_context(|| format!("cannot train on {}", args.model.display()))?;
     for (skipped, what) in [(run.skipped_train, "training"), (run.skipped_held_out, "held-out")] {
         if skipped > 0 {

@@ -40,10 +40,7 @@ impl TrainRun {
         let tokenizer = Tokenizer::for_model(model)?;
         let (train_set, skipped_train) = super::data::encode(train, &tokenizer, seq_len)?;
         if train_set.is_empty() {
-            return Err(Error::Training(format!(
-                "all {} training examples are empty or longer than {seq_len} tokens",
-                train.len()
-            )));
+            return Err(Error::NoExampleFits { examples: train.len(), seq_len });
         }
         let (held_set, skipped_held_out) = super::data::encode(held_out, &tokenizer, seq_len)?;
         let loaded = Model::load(model, &LoadOptions { quant: QuantMode::Dequantize, ..Default::default() })?;
