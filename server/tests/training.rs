@@ -26,6 +26,7 @@ fn settings() -> TrainSettings {
 async fn live(dir: &std::path::Path) -> (SocketAddr, app::state::AppState) {
     let mut cfg = common::engine_config();
     cfg.catalog.namespaces = [("trained".to_string(), dir.to_path_buf())].into();
+    cfg.max_input_tokens = 512;
     let mut st = common::state(Some(cfg)).await;
     let training =
         Training::new(common::fixtures().join("base"), dir.to_path_buf(), Arc::new(app::train::NoLab), settings())
@@ -226,6 +227,32 @@ async fn an_upload_trains_scores_serves_and_downloads_and_stays_private() {
     assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
     let (status, jobs) = events(addr, &id, None).await;
     assert_eq!((status, jobs.len(), jobs[0]["mine"].as_bool()), (200, 1, Some(false)));
+
+    // A web run may use it in a pane only for its own session (or once published, as now).
+    let run = |cookie: Option<String>| {
+        let id = id.clone();
+        async move {
+            let body = serde_json::json!({"request": {
+                "task": "glue_sst2", "inputs": {"sentence": "a fine film"},
+                "params": {"max_new_tokens": 2, "temperature": 0.0, "top_p": 1.0, "seed": 0},
+                "panes": [format!("trained/{id}"), null],
+            }});
+            let mut req = reqwest::Client::new().post(format!("http://{addr}/api/start_run")).json(&body);
+            if let Some(c) = cookie {
+                req = req.header("cookie", c);
+            }
+            let res = req.send().await.unwrap();
+            (res.status().as_u16(), res.text().await.unwrap())
+        }
+    };
+    let (status, text) = run(Some(cookie.clone())).await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(run(None).await.0, 200, "published: anyone's");
+    let res = server_fn(addr, "publish_job", &format!("id={id}&published=false"), &cookie).await;
+    assert_eq!(res.status(), 200);
+    let (status, text) = run(None).await;
+    assert_eq!(status, 422);
+    assert!(text.contains("neither a finished adapter of your own nor a published one"), "{text}");
 
     // Deleting it takes the adapter with it.
     let res = server_fn(addr, "delete_job", &format!("id={id}"), &cookie).await;

@@ -1,7 +1,9 @@
 //! The adapter gallery: the catalog's tasks grouped by category, filtered by text as the visitor types (or by the
 //! `q` query parameter of a plain form submit without JavaScript).
 
-use crate::api::{win_rates, WinRate};
+use crate::api::{trained_adapters, win_rates, WinRate};
+use crate::components::LossChart;
+use crate::train::JobView;
 use catalog::Task;
 use leptos::prelude::*;
 use leptos_router::hooks::use_query_map;
@@ -60,6 +62,62 @@ pub fn Gallery() -> AnyView {
                 })
                 .collect_view()}
         </section>
+    }
+    .into_any()
+}
+
+/// The trained adapters this visitor may use: its own finished jobs and the published ones, each with its
+/// held-out score and loss curve.
+#[component]
+pub fn TrainedGallery() -> AnyView {
+    let trained = Resource::new(|| (), |_| trained_adapters());
+    view! {
+        <section class="panel" aria-labelledby="trained-title" id="trained-gallery">
+            <div class="gallery-head">
+                <h2 id="trained-title">"Trained here"</h2>
+                <a class="button" href="/train">"Train an adapter"</a>
+            </div>
+            <Suspense fallback=|| ()>
+                {move || trained.get().map(|t| match t {
+                    Err(e) => view! { <p class="error" role="alert">{e.to_string()}</p> }.into_any(),
+                    Ok(jobs) if jobs.is_empty() => view! {
+                        <p class="muted">"Adapters you fine-tune on the Train page appear here, for you alone until you publish them."</p>
+                    }.into_any(),
+                    Ok(jobs) => view! {
+                        <ul class="cards">
+                            {jobs.into_iter().map(|job| view! { <TrainedCard job/> }).collect_view()}
+                        </ul>
+                    }.into_any(),
+                })}
+            </Suspense>
+        </section>
+    }
+    .into_any()
+}
+
+#[component]
+fn TrainedCard(job: JobView) -> AnyView {
+    let task = catalog::task(&job.task).map_or_else(|| job.task.clone(), |t| t.name.clone());
+    let adapter = job.adapter_id();
+    let compare = format!("/compare?task={}&p1={adapter}&p2=base", job.task);
+    let score = job
+        .score
+        .as_ref()
+        .map(|s| format!("{}: base {:.1} → adapter {:.1} on {} held-out examples", s.metric, s.base, s.adapter, s.n));
+    let whose = match (job.mine, job.published) {
+        (true, true) => "yours, published",
+        (true, false) => "yours",
+        (false, _) => "published",
+    };
+    let points = Signal::stored(job.progress.clone());
+    view! {
+        <li class="card" data-adapter=adapter.clone()>
+            <a class="card-link" href=format!("/train/{}", job.id)><strong class="card-name">{job.name.clone()}</strong></a>
+            <p class="card-desc">{task} " · " <span class="muted">{whose}</span></p>
+            <p class="card-meta">{score}</p>
+            <LossChart points steps=job.params.steps/>
+            <p><a href=compare>"Compare with the base model"</a></p>
+        </li>
     }
     .into_any()
 }

@@ -5,7 +5,7 @@ mod header;
 mod loss_chart;
 mod pane;
 
-pub use gallery::{matches, Gallery};
+pub use gallery::{matches, Gallery, TrainedGallery};
 pub use header::Header;
 pub use loss_chart::{plot, LossChart, Plot};
 pub use pane::{timings, Pane, PaneLabel, PaneState};

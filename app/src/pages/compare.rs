@@ -6,13 +6,15 @@ use crate::pages::playground::{PaneSpec, TaskPlayground};
 use leptos::prelude::*;
 use leptos_router::hooks::use_query_map;
 
-/// The panes chosen by `p1`..`p4`: `base`, or a catalog task id (its embedded adapter); unknown values are skipped.
+/// The panes chosen by `p1`..`p4`: `base`, a catalog task id (its embedded adapter), or a trained adapter
+/// (`trained/<job>`, checked against the visitor's session when the run is stored); unknown values are skipped.
 pub fn chosen_panes(values: &[Option<String>]) -> Vec<PaneSpec> {
     values
         .iter()
         .flatten()
         .filter_map(|v| match v.as_str() {
             "base" => Some(PaneSpec::base()),
+            id if crate::train::job_of_adapter(id).is_some() => Some(PaneSpec::trained(id)),
             id => catalog::task(id).map(PaneSpec::task),
         })
         .take(MAX_PANES)
@@ -50,6 +52,7 @@ pub fn Compare() -> AnyView {
                             <select id=id name=name>
                                 {option("", "(none)", pick.is_empty())}
                                 {option("base", "Base model", pick == "base")}
+                                {crate::train::job_of_adapter(&pick).is_some().then(|| option(&pick, &format!("Trained adapter {pick}"), true))}
                                 {catalog::tasks().iter().map(|t| option(&t.id, &t.name, t.id == pick)).collect_view()}
                             </select>
                         </label>
@@ -77,6 +80,9 @@ mod tests {
         let panes = chosen_panes(&[some("glue_sst2"), None, some("base"), some("nope"), some("gsm8k")]);
         let models: Vec<&str> = panes.iter().map(|p| p.label.model.as_str()).collect();
         assert_eq!(models, ["glue_sst2", "base", "gsm8k"]);
+        let trained = chosen_panes(&[some("trained/0123456789ab"), some("trained/../x"), some("base")]);
+        let adapters: Vec<Option<&str>> = trained.iter().map(|p| p.adapter.as_deref()).collect();
+        assert_eq!(adapters, [Some("trained/0123456789ab"), None]);
         let many = chosen_panes(&vec![some("base"); 6]);
         assert_eq!(many.len(), MAX_PANES);
     }

@@ -1,7 +1,7 @@
 //! The home page: what LoRA Land is, which model is loaded, and the adapter gallery.
 
 use crate::api::get_overview;
-use crate::components::Gallery;
+use crate::components::{Gallery, TrainedGallery};
 use leptos::prelude::*;
 
 /// `/`: the landing page.
@@ -34,6 +34,7 @@ pub fn Home() -> AnyView {
                 }}
             </Suspense>
         </section>
+        <TrainedGallery/>
         <Gallery/>
     }
     .into_any()

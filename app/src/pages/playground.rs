@@ -36,6 +36,12 @@ impl PaneSpec {
         Self { label, adapter: Some(task.adapters.embedded.clone()) }
     }
 
+    /// The pane of an adapter trained on the Train page (`trained/<job>`).
+    pub fn trained(adapter: &str) -> Self {
+        let label = PaneLabel { title: "Trained adapter".into(), model: adapter.to_string() };
+        Self { label, adapter: Some(adapter.to_string()) }
+    }
+
     /// The base model's pane.
     pub fn base() -> Self {
         Self { label: PaneLabel { title: "Base model".into(), model: "base".into() }, adapter: None }

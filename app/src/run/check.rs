@@ -30,6 +30,7 @@ pub async fn store_checked(state: &AppState, request: &RunRequest) -> Result<Str
         }
     }
     let prompt = catalog::render(&task.template, &request.inputs).map_err(|e| Refusal::invalid(e.to_string()))?;
+    check_trained(state, request).await?;
     let loading = || Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "the model is still loading; try again shortly");
     let engine = state.engine.get().cloned().ok_or_else(loading)?;
     let addr = crate::context::ClientAddr::current().await.0;
@@ -56,6 +57,31 @@ pub async fn store_checked(state: &AppState, request: &RunRequest) -> Result<Str
         tracing::error!("storing a run: {e}");
         Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, "the server could not store the run; try again")
     })
+}
+
+/// A pane may use a trained adapter (`trained/<job>`) only when it is finished and this session's own or
+/// published: the gallery's privacy holds for runs too.
+async fn check_trained(state: &AppState, request: &RunRequest) -> Result<(), Refusal> {
+    let trained: Vec<(&str, &str)> = request
+        .panes
+        .iter()
+        .flatten()
+        .filter_map(|a| crate::train::job_of_adapter(a).map(|job| (a.as_str(), job)))
+        .collect();
+    if trained.is_empty() {
+        return Ok(());
+    }
+    let session = crate::session::current(state).await?;
+    for (adapter, job) in trained {
+        let found =
+            crate::train::store::visible(&state.db, job, session.as_deref()).await.map_err(Refusal::database)?;
+        if !found.is_some_and(|j| j.status == crate::train::JobStatus::Done) {
+            return Err(Refusal::invalid(format!(
+                "`{adapter}` is neither a finished adapter of your own nor a published one"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The engine request of one pane of a run: the task's template filled with the inputs, each input as content

@@ -235,6 +235,13 @@ pub fn adapter_id(job: &str) -> String {
     format!("{TRAINED_PREFIX}/{job}")
 }
 
+/// The job whose adapter `adapter` names, when it is a trained adapter's id (`trained/` and a job id: 12 lowercase
+/// hex digits).
+pub fn job_of_adapter(adapter: &str) -> Option<&str> {
+    let job = adapter.strip_prefix(TRAINED_PREFIX)?.strip_prefix('/')?;
+    (job.len() == 12 && job.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))).then_some(job)
+}
+
 /// The id prefix of trained adapters.
 pub const TRAINED_PREFIX: &str = "trained";
 
