@@ -40,7 +40,7 @@ export default defineConfig({
     },
   },
   webServer: {
-    command: `${bin} serve --addr 127.0.0.1:${port} --data-dir ${dataDir} --model ${model} --adapters-dir ${adapters}`,
+    command: `${bin} serve --addr 127.0.0.1:${port} --data-dir ${dataDir} --model ${model} --adapters-dir ${adapters} --inject-train-step-delay-ms 60`,
     url: `http://127.0.0.1:${port}/`,
     timeout: 120_000,
     reuseExistingServer: false,

@@ -167,6 +167,10 @@ pub struct ServeConfig {
     #[arg(long, env = "LORALAND_INJECT_STEP_DELAY_MS", hide = true)]
     pub inject_step_delay_ms: Option<u64>,
 
+    /// Sleep this many milliseconds after every training step, a slow trainer for tests (tests only).
+    #[arg(long, env = "LORALAND_INJECT_TRAIN_STEP_DELAY_MS", hide = true)]
+    pub inject_train_step_delay_ms: Option<u64>,
+
     /// Folder of the built site (the WASM bundle and CSS under pkg/).
     #[arg(long, env = "LEPTOS_SITE_ROOT", default_value = "target/site")]
     pub site_root: PathBuf,
@@ -244,6 +248,7 @@ impl ServeConfig {
             max_examples: self.train_max_examples,
             max_steps: self.train_max_steps,
             jobs_per_session: self.train_jobs_per_session,
+            step_delay: self.inject_train_step_delay_ms.map(Duration::from_millis),
             ..defaults
         })
     }

@@ -1,5 +1,6 @@
 //! The training workers: threads of their own that take queued jobs from the database (any replica's), train them
-//! in a rayon pool of `--train-threads` threads (the engine's batching loop keeps the other cores), write each
+//! in a rayon pool of `--train-threads` threads at the lowest CPU priority (the engine's batching loop keeps the
+//! other cores, and wins any core both want: [`training_pool`]), write each
 //! step's point of the loss curve to the job's row, save the adapter into the folder the engine reads
 //! `trained/<job>` from, and score the held-out split, base model against the adapter, through the engine.
 //! A cancel is seen at the next step: the row stops matching `running` (see [`store`]).
@@ -46,6 +47,8 @@ pub struct TrainSettings {
     pub seq_len: usize,
     /// Measure the held-out loss every this many steps (and at the end).
     pub eval_every: usize,
+    /// Sleep this long after every step: a slow trainer, so that browser tests see the curve grow (tests only).
+    pub step_delay: Option<Duration>,
 }
 
 impl Default for TrainSettings {
@@ -62,6 +65,7 @@ impl Default for TrainSettings {
             held_out: 32,
             seq_len: 256,
             eval_every: 10,
+            step_delay: None,
         }
     }
 }
@@ -75,7 +79,8 @@ struct Inner {
     model: PathBuf,
     dir: PathBuf,
     lab: Arc<dyn TaskLab>,
-    wake: tokio::sync::Notify,
+    /// Jobs queued here and not yet looked for, and the workers waiting for one.
+    wake: (std::sync::Mutex<usize>, std::sync::Condvar),
     pool: rayon::ThreadPool,
 }
 
@@ -84,6 +89,32 @@ impl std::fmt::Debug for Training {
         f.debug_struct("Training").field("settings", &self.0.settings).field("dir", &self.0.dir).finish()
     }
 }
+
+/// The rayon pool training computes in: `threads` threads (at least one), each at the lowest CPU priority (nice 19
+/// on Linux, where the nice value is a thread's own), so that when serving and training want the same core the
+/// scheduler gives it to serving (a nice-19 thread weighs 15 against a nice-0 thread's 1024), and training takes
+/// only what serving leaves. `loraland bench load --while-training` measures the time to first token with it.
+pub fn training_pool(threads: usize) -> anyhow::Result<rayon::ThreadPool> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads.max(1))
+        .thread_name(|i| format!("train-{i}"))
+        .start_handler(|_| lowest_priority())
+        .build()
+        .context("cannot start the training threads")
+}
+
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn lowest_priority() {
+    // SAFETY: setpriority only reads its arguments; `gettid` names the calling thread.
+    let done = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19) };
+    if done != 0 {
+        tracing::warn!("cannot lower a training thread's priority: {}", std::io::Error::last_os_error());
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn lowest_priority() {}
 
 /// How a job ended, when it did not fail.
 #[derive(Debug, PartialEq, Eq)]
@@ -96,23 +127,19 @@ impl Training {
     /// Training of the model at `model` into adapter folders under `dir` (created if missing).
     pub fn new(model: PathBuf, dir: PathBuf, lab: Arc<dyn TaskLab>, settings: TrainSettings) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(settings.threads.max(1))
-            .thread_name(|i| format!("train-{i}"))
-            .build()
-            .context("cannot start the training threads")?;
-        let wake = tokio::sync::Notify::new();
+        let pool = training_pool(settings.threads)?;
+        let wake = Default::default();
         Ok(Self(Arc::new(Inner { settings, model, dir, lab, wake, pool })))
     }
 
-    /// Starts the workers; they run until the process exits.
+    /// Starts the workers; each stops once every clone of this service is gone (the server has stopped).
     pub fn start(&self, db: Db, engine: EngineSlot) {
         let runtime = tokio::runtime::Handle::current();
         for i in 0..self.0.settings.workers {
-            let (me, db, engine, runtime) = (self.clone(), db.clone(), engine.clone(), runtime.clone());
+            let (me, db, engine, runtime) = (Arc::downgrade(&self.0), db.clone(), engine.clone(), runtime.clone());
             let spawned = std::thread::Builder::new()
                 .name(format!("train-worker-{i}"))
-                .spawn(move || me.work(&db, &engine, &runtime));
+                .spawn(move || Self::work(&me, &db, &engine, &runtime));
             if let Err(e) = spawned {
                 tracing::error!("cannot start training worker {i}: {e}");
             }
@@ -131,7 +158,17 @@ impl Training {
 
     /// Tells a worker that a job was queued.
     pub fn wake(&self) {
-        self.0.wake.notify_one();
+        let (queued, cv) = &self.0.wake;
+        *queued.lock().expect("not poisoned") += 1;
+        cv.notify_one();
+    }
+
+    /// Waits until a job is queued here, or [`POLL`] has passed.
+    fn wait(&self) {
+        let (queued, cv) = &self.0.wake;
+        let guard = queued.lock().expect("not poisoned");
+        let (mut guard, _) = cv.wait_timeout_while(guard, POLL, |n| *n == 0).expect("not poisoned");
+        *guard = guard.saturating_sub(1);
     }
 
     /// The folder of job `id`'s adapter (there once the job is done).
@@ -149,36 +186,38 @@ impl Training {
         }
     }
 
-    fn work(&self, db: &Db, engine: &EngineSlot, rt: &tokio::runtime::Handle) {
-        loop {
+    fn work(me: &std::sync::Weak<Inner>, db: &Db, engine: &EngineSlot, rt: &tokio::runtime::Handle) {
+        while let Some(inner) = me.upgrade() {
+            let this = Self(inner);
             match rt.block_on(store::claim_next(db)) {
-                Ok(Some(job)) => {
-                    let id = job.id.clone();
-                    tracing::info!(job = %id, task = %job.task, "training job started");
-                    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run(db, engine, rt, job)));
-                    let failure = match ran {
-                        Ok(Ok(outcome)) => {
-                            tracing::info!(job = %id, ?outcome, "training job ended");
-                            None
-                        }
-                        Ok(Err(e)) => Some(format!("{e:#}")),
-                        Err(_) => Some("the trainer failed unexpectedly (see the server's log)".to_string()),
-                    };
-                    if let Some(message) = failure {
-                        tracing::warn!(job = %id, "training job failed: {message}");
-                        self.remove_adapter(&id);
-                        if let Err(e) = rt.block_on(store::transition(db, &id, JobStatus::Failed, Some(&message))) {
-                            tracing::error!(job = %id, "cannot store the job's failure: {e}");
-                        }
-                    }
-                }
-                Ok(None) => rt.block_on(async {
-                    let _ = tokio::time::timeout(POLL, self.0.wake.notified()).await;
-                }),
+                Ok(Some(job)) => this.take(job, db, engine, rt),
+                Ok(None) => this.wait(),
                 Err(e) => {
                     tracing::error!("cannot read the training queue: {e}");
                     std::thread::sleep(POLL);
                 }
+            }
+        }
+    }
+
+    /// Runs a claimed job to its end; a failure (or a panic in the trainer) is stored as the job's error.
+    fn take(&self, job: Claimed, db: &Db, engine: &EngineSlot, rt: &tokio::runtime::Handle) {
+        let id = job.id.clone();
+        tracing::info!(job = %id, task = %job.task, "training job started");
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run(db, engine, rt, job)));
+        let failure = match ran {
+            Ok(Ok(outcome)) => {
+                tracing::info!(job = %id, ?outcome, "training job ended");
+                None
+            }
+            Ok(Err(e)) => Some(format!("{e:#}")),
+            Err(_) => Some("the trainer failed unexpectedly (see the server's log)".to_string()),
+        };
+        if let Some(message) = failure {
+            tracing::warn!(job = %id, "training job failed: {message}");
+            self.remove_adapter(&id);
+            if let Err(e) = rt.block_on(store::transition(db, &id, JobStatus::Failed, Some(&message))) {
+                tracing::error!(job = %id, "cannot store the job's failure: {e}");
             }
         }
     }
@@ -245,6 +284,9 @@ impl Training {
             });
             if !save(&progress)? {
                 return Ok(Outcome::Cancelled);
+            }
+            if let Some(delay) = s.step_delay {
+                std::thread::sleep(delay);
             }
         }
         self.save_adapter(&job, &run, &progress, counts)?;

@@ -1,12 +1,19 @@
 //! `loraland bench load`: an in-process load generator for the engine handle, shaped like the LoRA Land load test:
 //! N concurrent closed-loop streams, prompts of 90–110 words, 90–110 new tokens, adapters round-robin over K random
 //! r=8 q/v adapters written to disk in bf16 like the trainer's (so first requests pay a real cold load), against the
-//! same load on the base model alone, in one run.
+//! same load on the base model alone, in one run. With `--while-training`, the base load again while a LoRA adapter
+//! trains in the same process ([`Training`]).
 
 use super::workload::{engine_config, pct, run_load, write_adapters, Outcome, PromptKind};
 use super::LoadBenchArgs;
 use anyhow::Context;
+use app::train::types::TrainParams;
+use app::train::worker::TrainSettings;
+use app::train::TaskLab;
+use engine::train::{LoraShape, TrainConfig, TrainRun};
 use engine::{AdapterId, Engine, LoadOptions};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Runs the load benchmark and prints a Markdown table.
@@ -21,23 +28,40 @@ pub fn run(args: LoadBenchArgs) -> anyhow::Result<()> {
     let target = engine::Model::load(&args.model, &LoadOptions::default())?.adapter_target();
     let ids = write_adapters(tmp.path(), &target.config, total_k).context("writing random adapters")?;
     let (n, per, kind) = (args.streams, args.requests_per_stream, PromptKind::Words);
-    // The loads of a round (label, streams, requests per stream, adapters, whether odd streams are constrained);
-    // the single stream and the constrained load are base loads too.
-    let mut loads: Vec<(String, usize, usize, &[AdapterId], bool)> = Vec::new();
+    // The loads of a round; the single stream, the constrained load and the one beside training are base loads too.
+    let load = |label: String, streams, requests, adapters| Load {
+        label,
+        streams,
+        requests,
+        adapters,
+        constrained: false,
+        training: false,
+    };
+    let mut loads: Vec<Load<'_>> = Vec::new();
     if args.single_stream {
-        loads.push(("base, 1 stream".into(), 1, n * per, &[], false));
+        loads.push(load("base, 1 stream".into(), 1, n * per, &[]));
     }
-    loads.push((format!("base, {n} streams"), n, per, &[], false));
+    loads.push(load(format!("base, {n} streams"), n, per, &[]));
     let mut first = 0;
     for &k in &args.adapters {
-        loads.push((format!("K={k} adapters, {n} streams"), n, per, &ids[first..first + k], false));
+        loads.push(load(format!("K={k} adapters, {n} streams"), n, per, &ids[first..first + k]));
         first += k;
     }
     if args.constrained {
-        loads.push((format!("base, {n} streams, half to a JSON schema"), n, per, &[], true));
+        let label = format!("base, {n} streams, half to a JSON schema");
+        loads.push(Load { constrained: true, ..load(label, n, per, &[]) });
+    }
+    let training = match args.while_training {
+        true => Some(Training::prepare(&args)?),
+        false => None,
+    };
+    if let Some(t) = &training {
+        let label = format!("base, {n} streams, while a LoRA trains ({} training threads)", t.threads);
+        loads.push(Load { training: true, ..load(label, n, per, &[]) });
     }
     let schema = engine::Constraint::JsonSchema(super::workload::records_schema());
     let (mut rounds, mut adapter_loads, mut budget) = (Vec::new(), 0, 0);
+    let mut training_steps: Vec<(usize, Duration)> = Vec::new();
     for round in 0..args.rounds {
         let engine = Engine::spawn(engine_config(&args, tmp.path(), n, total_k)?)?;
         budget = engine.config().step_token_budget();
@@ -47,13 +71,20 @@ pub fn run(args: LoadBenchArgs) -> anyhow::Result<()> {
         let order: Vec<usize> =
             if round % 2 == 0 { (0..loads.len()).collect() } else { (0..loads.len()).rev().collect() };
         for i in order {
-            let (label, streams, requests, ids, constrained) = &loads[i];
-            outcomes[i] = Some(run_load(&engine, kind, label, *streams, *requests, |s, j, req| {
-                req.adapter = (!ids.is_empty()).then(|| ids[(s + j * n) % ids.len()].clone());
-                if *constrained && s % 2 == 1 {
+            let l = &loads[i];
+            let beside = match (l.training, &training) {
+                (true, Some(t)) => Some(t.start()?),
+                _ => None,
+            };
+            outcomes[i] = Some(run_load(&engine, kind, &l.label, l.streams, l.requests, |s, j, req| {
+                req.adapter = (!l.adapters.is_empty()).then(|| l.adapters[(s + j * n) % l.adapters.len()].clone());
+                if l.constrained && s % 2 == 1 {
                     req.constraint = Some(schema.clone());
                 }
             })?);
+            if let Some(running) = beside {
+                training_steps.push(running.stop()?);
+            }
         }
         adapter_loads += engine::EngineStats::get(&engine.stats().adapter_loads);
         rounds.push(outcomes.into_iter().map(|o| o.expect("every load ran")).collect::<Vec<_>>());
@@ -96,10 +127,19 @@ pub fn run(args: LoadBenchArgs) -> anyhow::Result<()> {
         let (m, each) = per_round(0, &|one, base| base.tokens_per_s / one.tokens_per_s);
         p(&format!("- concurrency scaling, {n} streams / 1 stream, tokens/s: {m:.2}x ({each})"));
     }
-    for i in (0..loads.len()).filter(|&i| !loads[i].3.is_empty() || loads[i].4) {
+    for i in (0..loads.len()).filter(|&i| !loads[i].adapters.is_empty() || loads[i].constrained || loads[i].training) {
         let (t, t_each) = per_round(i, &|o, base| o.tokens_per_s / base.tokens_per_s);
         let (f, f_each) = per_round(i, &|o, base| pct(&o.ttft, 0.5) / pct(&base.ttft, 0.5));
-        p(&format!("- {}: tokens/s {t:.2}x ({t_each}); TTFT p50 {f:.2}x ({f_each})", loads[i].0));
+        p(&format!("- {}: tokens/s {t:.2}x ({t_each}); TTFT p50 {f:.2}x ({f_each})", loads[i].label));
+    }
+    if !training_steps.is_empty() {
+        let steps: usize = training_steps.iter().map(|s| s.0).sum();
+        let seconds: f64 = training_steps.iter().map(|s| s.1.as_secs_f64()).sum();
+        p(&format!(
+            "training beside serving: {steps} steps (batch 8, rank 8 q/v, glue_sst2 synthetic) in {seconds:.1} s, \
+             {:.2} steps/s",
+            steps as f64 / seconds
+        ));
     }
     // Cold loads of one r=8 q/v adapter from disk, off the batching thread.
     let mut times: Vec<Duration> = Vec::new();
@@ -114,4 +154,78 @@ pub fn run(args: LoadBenchArgs) -> anyhow::Result<()> {
         pct(&times, 1.0)
     ));
     Ok(())
+}
+
+/// One load of a round.
+struct Load<'a> {
+    label: String,
+    streams: usize,
+    requests: usize,
+    /// Adapters round-robin over the requests; none: the base model.
+    adapters: &'a [AdapterId],
+    /// Every other stream held to a JSON schema.
+    constrained: bool,
+    /// A LoRA adapter trains beside it.
+    training: bool,
+}
+
+/// `--while-training`: a run of the demo adapters' settings (the web app's defaults) on a task's synthetic data,
+/// stepped in the pool a `loraland serve` training job computes in, for as long as one load lasts.
+struct Training {
+    run: Arc<Mutex<TrainRun>>,
+    pool: Arc<rayon::ThreadPool>,
+    threads: usize,
+}
+
+/// A training run going on beside a load: its stop flag and thread.
+struct Running {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<anyhow::Result<(usize, Duration)>>,
+}
+
+impl Training {
+    fn prepare(args: &LoadBenchArgs) -> anyhow::Result<Self> {
+        let defaults = TrainSettings::default();
+        let threads = args.train_threads.unwrap_or(defaults.threads).max(1);
+        let p = TrainParams::default();
+        let targets = p.targets.iter().filter_map(|t| engine::Module::from_name(t)).collect();
+        let config = TrainConfig {
+            shape: LoraShape { rank: p.rank, alpha: p.alpha, targets },
+            lr: p.lr,
+            // The learning rate's schedule spans far more steps than any load lasts.
+            steps: 1_000_000,
+            batch_size: p.batch,
+            ..Default::default()
+        };
+        let (train, held) = crate::tasks::AppLab.synthetic("glue_sst2", defaults.synthetic_examples, 0, 0)?;
+        let pool = app::train::worker::training_pool(threads)?;
+        let run = pool.install(|| TrainRun::prepare(&args.model, &train, &held, defaults.seq_len, config))?;
+        Ok(Self { run: Arc::new(Mutex::new(run)), pool: Arc::new(pool), threads })
+    }
+
+    /// Starts stepping (the first step begins at once) until [`Running::stop`].
+    fn start(&self) -> anyhow::Result<Running> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (run, pool, flag) = (self.run.clone(), self.pool.clone(), stop.clone());
+        let thread = std::thread::Builder::new().name("bench-train".into()).spawn(move || {
+            let mut guard = run.lock().map_err(|_| anyhow::anyhow!("a training step panicked"))?;
+            let run: &mut TrainRun = &mut guard;
+            let started = Instant::now();
+            let mut steps = 0;
+            while !flag.load(Ordering::Relaxed) {
+                pool.install(|| run.trainer.step())?;
+                steps += 1;
+            }
+            Ok((steps, started.elapsed()))
+        })?;
+        Ok(Running { stop, thread })
+    }
+}
+
+impl Running {
+    /// Stops after the step under way; the steps done and the time they took.
+    fn stop(self) -> anyhow::Result<(usize, Duration)> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().map_err(|_| anyhow::anyhow!("the training thread panicked"))?
+    }
 }

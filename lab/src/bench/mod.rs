@@ -57,6 +57,14 @@ pub struct LoadBenchArgs {
     /// longer than any request, so both halves generate as many tokens) and give its tokens/s against the free one.
     #[arg(long)]
     pub constrained: bool,
+    /// Also run the base load while a LoRA adapter trains beside it in the same process, as a web-app training job
+    /// does (the demo adapters' settings on a task's synthetic data, in the training pool of `loraland serve`), and
+    /// give its time to first token against the base load's.
+    #[arg(long)]
+    pub while_training: bool,
+    /// Training threads for `--while-training` [default: half the cores, as `loraland serve --train-threads`].
+    #[arg(long)]
+    pub train_threads: Option<usize>,
     /// Concurrent streams to measure with `--random-model`.
     #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
     pub stream_counts: Vec<usize>,
