@@ -15,7 +15,7 @@ endif
 TEST_ENV := RAYON_NUM_THREADS=1 RUSTFLAGS="$(LEPTOS_RUSTFLAGS)"
 
 .PHONY: serve site test tools test-deps fmt lint unit clients e2e scale-out k8s-check fetch-model spm-fixture adapters \
-	cuda-toolchain cuda-check gpu-bundle clean
+	cuda-toolchain cuda-check gpu-bundle peft-check clean
 
 ## Build the site in release mode and serve it (fetches the default model on first start).
 serve: tools test-deps-npm
@@ -28,9 +28,9 @@ site: tools test-deps-npm
 	cargo leptos build --release
 
 ## Everything CI runs: formatting, lints, unit and integration tests, the release site with the Python API
-## clients and the browser tests against it, the nginx deployment of three replicas, the Kubernetes manifests'
+## clients, PEFT on a trained adapter's download and the browser tests against it, the nginx deployment of three replicas, the Kubernetes manifests'
 ## schemas, the CUDA compile check.
-test: tools test-deps fmt lint site fetch-model spm-fixture unit clients e2e scale-out k8s-check cuda-check
+test: tools test-deps fmt lint site fetch-model spm-fixture unit clients peft-check e2e scale-out k8s-check cuda-check
 
 tools:
 	@scripts/install-tools.sh
@@ -110,6 +110,12 @@ CUDA_TARGET_DIR ?= $(HOME)/.cache/loraland/cuda-target
 gpu-bundle: cuda-toolchain
 	$(CUDA_ENV) CARGO_TARGET_DIR=$(CUDA_TARGET_DIR) cargo build --release -p loraland --features cuda
 	RUSTFLAGS="$(LEPTOS_RUSTFLAGS)" scripts/gpu-bundle.sh $(CUDA_TARGET_DIR)
+
+## The web app's trained-adapter download loaded by PEFT itself: a training job on the tiny fixture model through the
+## Train API, then PeftModel.from_pretrained on the zip, its greedy tokens and log-probabilities against the
+## server's (torch, PEFT and transformers from PyPI into target/peft-venv: 5.6 GB, a few minutes once).
+peft-check: site
+	scripts/peft-check.sh
 
 clean:
 	cargo clean
