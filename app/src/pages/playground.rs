@@ -3,7 +3,7 @@
 //! streams both answers side by side (server-sent events); Stop cancels both.
 
 use crate::api::{count_tokens, start_run, stop_run, PaneStatus, RunParams, RunRequest, MAX_APP_NEW_TOKENS};
-use crate::components::{Pane, PaneLabel, PaneState};
+use crate::components::{EventStream, Pane, PaneLabel, PaneState};
 use catalog::Task;
 use leptos::prelude::*;
 use leptos_router::hooks::use_params_map;
@@ -90,7 +90,7 @@ pub fn TaskPlayground(task: &'static Task, panes: Vec<PaneSpec>) -> AnyView {
     let running = RwSignal::new(false);
     let run_id = RwSignal::new(None::<String>);
     let error = RwSignal::new(None::<String>);
-    let stream = live::Stream::default();
+    let stream = EventStream::default();
 
     let run = {
         let panes = panes.clone();
@@ -118,7 +118,7 @@ pub fn TaskPlayground(task: &'static Task, panes: Vec<PaneSpec>) -> AnyView {
                 match start_run(request).await {
                     Ok(id) => {
                         run_id.set(Some(id.clone()));
-                        stream.open(&id, panes, move || running.set(false));
+                        open_run_stream(&stream, &id, panes, move || running.set(false));
                     }
                     Err(e) => {
                         error.set(Some(e.to_string()));
@@ -275,76 +275,28 @@ pub fn TaskPlayground(task: &'static Task, panes: Vec<PaneSpec>) -> AnyView {
     .into_any()
 }
 
-/// The browser side of `/runs/{id}/stream`: an `EventSource` whose events go to the panes. A no-op on the server.
-mod live {
-    use crate::components::PaneState;
-
-    /// The open stream, if any.
-    #[derive(Clone)]
-    #[cfg_attr(not(feature = "hydrate"), derive(Default))]
-    pub struct Stream {
-        // The browser runs everything on one thread; SendWrapper satisfies the signals' Send bounds.
-        #[cfg(feature = "hydrate")]
-        inner: send_wrapper::SendWrapper<std::rc::Rc<std::cell::RefCell<Option<web_sys::EventSource>>>>,
-    }
-
-    #[cfg(feature = "hydrate")]
-    impl Default for Stream {
-        fn default() -> Self {
-            Self { inner: send_wrapper::SendWrapper::new(Default::default()) }
+/// Follows run `id` (`/runs/{id}/stream`): its events go to the panes, and `on_end` runs once every pane has
+/// finished or the connection failed. The browser would reconnect after an error; a run is not resumed that way,
+/// so a pane that had not finished says so instead of looking as if it were still running.
+fn open_run_stream(stream: &EventStream, id: &str, panes: Vec<PaneState>, on_end: impl Fn() + 'static) {
+    let message_panes = panes.clone();
+    let on_event = move |data: &str| {
+        let Ok(event) = serde_json::from_str::<crate::api::PaneEvent>(data) else { return };
+        if let Some(p) = usize::try_from(event.pane()).ok().and_then(|i| message_panes.get(i)) {
+            p.apply(&event);
         }
-    }
-
-    impl Stream {
-        /// Opens the run's stream; `on_end` runs once every pane has finished (or the connection failed).
-        #[cfg(feature = "hydrate")]
-        pub fn open(&self, id: &str, panes: Vec<PaneState>, on_end: impl Fn() + 'static) {
-            use wasm_bindgen::prelude::*;
-            use wasm_bindgen::JsCast;
-            self.close();
-            let Ok(es) = web_sys::EventSource::new(&format!("/runs/{id}/stream")) else {
-                on_end();
-                return;
-            };
-            let message_panes = panes.clone();
-            let on_message = Closure::<dyn FnMut(web_sys::MessageEvent)>::new(move |ev: web_sys::MessageEvent| {
-                let Some(data) = ev.data().as_string() else { return };
-                let Ok(event) = serde_json::from_str::<crate::api::PaneEvent>(&data) else { return };
-                if let Some(p) = usize::try_from(event.pane()).ok().and_then(|i| message_panes.get(i)) {
-                    p.apply(&event);
-                }
-            });
-            es.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
-            on_message.forget();
-            let on_end = std::rc::Rc::new(on_end);
-            for name in ["end", "error"] {
-                let es2 = es.clone();
-                let on_end = on_end.clone();
-                let panes = panes.clone();
-                let done = Closure::<dyn FnMut(web_sys::Event)>::new(move |_| {
-                    // EventSource would reconnect after an error; a run is not resumed that way. A pane that had
-                    // not finished says so, instead of looking as if it were still running.
-                    es2.close();
-                    if name == "error" {
-                        panes.iter().for_each(PaneState::lose_connection);
-                    }
-                    on_end();
-                });
-                let _ = es.add_event_listener_with_callback(name, done.as_ref().unchecked_ref());
-                done.forget();
+    };
+    let on_end = std::rc::Rc::new(on_end);
+    let on_close = {
+        let on_end = on_end.clone();
+        move |name: &'static str| {
+            if name == "error" {
+                panes.iter().for_each(PaneState::lose_connection);
             }
-            *self.inner.borrow_mut() = Some(es);
+            on_end();
         }
-
-        #[cfg(not(feature = "hydrate"))]
-        pub fn open(&self, _id: &str, _panes: Vec<PaneState>, _on_end: impl Fn() + 'static) {}
-
-        /// Closes the stream; the server cancels the generations.
-        pub fn close(&self) {
-            #[cfg(feature = "hydrate")]
-            if let Some(es) = self.inner.borrow_mut().take() {
-                es.close();
-            }
-        }
+    };
+    if !stream.open(&format!("/runs/{id}/stream"), on_event, &["end", "error"], on_close) && cfg!(feature = "hydrate") {
+        on_end();
     }
 }

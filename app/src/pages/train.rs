@@ -5,7 +5,7 @@
 //! when done, and what its owner can do with it: cancel, start again, publish, download, compare, delete.
 
 use crate::api::{get_job, list_jobs, train_info, CancelJob, DeleteJob, PublishJob, RestartJob};
-use crate::components::LossChart;
+use crate::components::{EventStream, LossChart};
 use crate::pages::run::format_time;
 use crate::train::{JobStatus, JobView, Point, TARGET_MODULES};
 use leptos::prelude::*;
@@ -147,18 +147,28 @@ pub fn JobPage() -> AnyView {
         |(id, ..)| get_job(id),
     );
     let live = RwSignal::new(None::<JobView>);
-    let stream = live::Stream::default();
-    // Each time the stored job is read (first load, after an action), follow it live until it ends.
+    let stream = EventStream::default();
+    // Each time the stored job is read (first load, after an action), follow `/train/{id}/events` until the job
+    // ends (its `end` event); after an error the browser reconnects, and the job's row is read again.
     Effect::new({
         let stream = stream.clone();
         move |_| {
             live.set(None);
             if let Some(Ok(Some(job))) = stored.get() {
                 if !job.status.is_final() {
-                    stream.follow(&job.id, move |j| live.set(Some(j)));
+                    let on_event = move |data: &str| {
+                        if let Ok(event) = serde_json::from_str::<crate::train::JobEvent>(data) {
+                            live.set(Some(event.job));
+                        }
+                    };
+                    stream.open(&format!("/train/{}/events", job.id), on_event, &["end"], |_| {});
                 }
             }
         }
+    });
+    on_cleanup({
+        let stream = stream.clone();
+        move || stream.close()
     });
     let errors = move || {
         [cancel.value().get(), restart.value().get(), publish.value().get(), delete.value().get()]
@@ -292,56 +302,4 @@ fn JobDetails(
         </section>
     }
     .into_any()
-}
-
-/// The browser side of `/train/{id}/events`: an `EventSource` whose events replace the job shown. A no-op on the
-/// server.
-mod live {
-    use crate::train::JobView;
-
-    /// The open stream, if any.
-    #[derive(Clone)]
-    #[cfg_attr(not(feature = "hydrate"), derive(Default))]
-    pub struct Stream {
-        #[cfg(feature = "hydrate")]
-        inner: send_wrapper::SendWrapper<std::rc::Rc<std::cell::RefCell<Option<web_sys::EventSource>>>>,
-    }
-
-    #[cfg(feature = "hydrate")]
-    impl Default for Stream {
-        fn default() -> Self {
-            Self { inner: send_wrapper::SendWrapper::new(Default::default()) }
-        }
-    }
-
-    impl Stream {
-        /// Follows job `id` until it ends; each event goes to `on_job`.
-        #[cfg(feature = "hydrate")]
-        pub fn follow(&self, id: &str, on_job: impl Fn(JobView) + 'static) {
-            use wasm_bindgen::prelude::*;
-            use wasm_bindgen::JsCast;
-            if let Some(old) = self.inner.borrow_mut().take() {
-                old.close();
-            }
-            let Ok(es) = web_sys::EventSource::new(&format!("/train/{id}/events")) else { return };
-            let on_message = Closure::<dyn FnMut(web_sys::MessageEvent)>::new(move |ev: web_sys::MessageEvent| {
-                let Some(data) = ev.data().as_string() else { return };
-                if let Ok(event) = serde_json::from_str::<crate::train::JobEvent>(&data) {
-                    on_job(event.job);
-                }
-            });
-            es.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
-            on_message.forget();
-            // The end of the job ends the stream; EventSource would otherwise reconnect after an error, which
-            // for a job is right (its row is read again), so only `end` closes it.
-            let es2 = es.clone();
-            let done = Closure::<dyn FnMut(web_sys::Event)>::new(move |_| es2.close());
-            let _ = es.add_event_listener_with_callback("end", done.as_ref().unchecked_ref());
-            done.forget();
-            *self.inner.borrow_mut() = Some(es);
-        }
-
-        #[cfg(not(feature = "hydrate"))]
-        pub fn follow(&self, _id: &str, _on_job: impl Fn(JobView) + 'static) {}
-    }
 }
