@@ -250,6 +250,13 @@ impl EngineHandle {
         let source = self.inner.config.catalog.resolve(&id)?;
         self.inner.loader.ensure(&id, &source)
     }
+
+    /// Drops every loaded copy of `id` (resident, waiting for room, host-cached) because its files changed or
+    /// are gone: the next request for it loads it again from its source. Sequences already generating with it
+    /// finish on the copy they started with; requests after this call wait for the new one.
+    pub fn discard_adapter(&self, id: AdapterId) -> Result<()> {
+        self.inner.tx.send(Command::Discard(id)).map_err(|_| Error::EngineStopped)
+    }
 }
 
 /// A request that passed [`EngineHandle::prepare`]: its tokens, and where its adapter comes from.

@@ -107,6 +107,37 @@ fn an_evicted_adapter_reloads_and_gives_the_same_tokens() {
     assert_eq!(EngineStats::get(&stats.adapters_resident), 1);
 }
 
+#[test]
+fn a_discarded_adapter_is_read_again_from_its_changed_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let copy = |from: &str| {
+        let d = dir.path().join("mine");
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir(&d).unwrap();
+        for f in ["adapter_config.json", "adapter_model.safetensors"] {
+            std::fs::copy(fixture("tiny-llama/adapters").join(from).join(f), d.join(f)).unwrap();
+        }
+    };
+    let engine = Engine::spawn(config(dir.path())).unwrap();
+    let reference = Engine::spawn(config(&fixture("tiny-llama/adapters"))).unwrap();
+    let prompt = [1u32, 20, 30, 40, 50];
+    copy("qv_r8");
+    let first = run_alone(&engine, &prompt, Some("mine"), 8);
+    assert_eq!(first, run_alone(&reference, &prompt, Some("qv_r8"), 8));
+    // New files under the same id (a training job run again): the resident copy serves until it is discarded.
+    copy("all_r4");
+    assert_eq!(run_alone(&engine, &prompt, Some("mine"), 8), first, "still the resident copy");
+    engine.discard_adapter(AdapterId::new("mine").unwrap()).unwrap();
+    let after = run_alone(&engine, &prompt, Some("mine"), 8);
+    assert_eq!(after, run_alone(&reference, &prompt, Some("all_r4"), 8));
+    assert_ne!(after, first);
+    assert_eq!(EngineStats::get(&engine.stats().adapter_loads), 2);
+    // Gone from disk: discarded, its next request fails to load it instead of generating with the old copy.
+    std::fs::remove_dir_all(dir.path().join("mine")).unwrap();
+    engine.discard_adapter(AdapterId::new("mine").unwrap()).unwrap();
+    assert!(engine.generate(request(&prompt, Some("mine"), 4)).and_then(collect).is_err());
+}
+
 /// Reads a stream to its end on another thread, failing the test if it takes longer than `secs`.
 fn collect_within(stream: engine::GenerationStream, secs: u64) -> engine::Result<(Vec<u32>, Finished)> {
     let (tx, rx) = std::sync::mpsc::channel();

@@ -41,6 +41,11 @@ impl HostCache {
         self.entries.push((id, adapter));
     }
 
+    /// Drops the host copy of `id`, if any.
+    pub fn remove(&mut self, id: &AdapterId) {
+        self.entries.retain(|(e, _)| e != id);
+    }
+
     /// Bytes held.
     pub fn bytes(&self) -> usize {
         self.entries.iter().map(|(_, a)| a.bytes()).sum()

@@ -33,6 +33,8 @@ pub(crate) struct Loader {
     /// Adapters resident, loaded and waiting for room, or being loaded (the ones no one needs to load), with the
     /// time their load was started.
     tracked: Mutex<HashMap<AdapterId, Instant>>,
+    /// The workers' host cache (on a GPU).
+    host: Option<Arc<Mutex<HostCache>>>,
 }
 
 /// What a loader thread needs.
@@ -91,10 +93,10 @@ impl Loader {
         done: LoadDone,
     ) -> Result<Arc<Self>> {
         let host = (!target.device.is_cpu()).then(|| Arc::new(Mutex::new(HostCache::new(host_cache_bytes))));
-        let worker = Worker { target, host, hub, done };
+        let worker = Worker { target, host: host.clone(), hub, done };
         let local = worker.clone().spawn("loraland-adapter-loader")?;
         let hub = worker.spawn("loraland-hub-loader")?;
-        Ok(Arc::new(Self { local, hub, tracked: Mutex::new(HashMap::new()) }))
+        Ok(Arc::new(Self { local, hub, tracked: Mutex::new(HashMap::new()), host }))
     }
 
     /// Starts loading `id` from `source` unless it is resident, waiting for room or being loaded; the load logs in
@@ -126,6 +128,14 @@ impl Loader {
     /// Forgets `id` (evicted, or its load failed): the next request for it loads it again.
     pub(crate) fn forget(&self, id: &AdapterId) {
         self.tracked.lock().expect("not poisoned").remove(id);
+    }
+
+    /// Forgets `id` and drops its host copy (its files changed): the next request reads it from its source.
+    pub(crate) fn discard(&self, id: &AdapterId) {
+        self.forget(id);
+        if let Some(host) = &self.host {
+            host.lock().expect("not poisoned").remove(id);
+        }
     }
 }
 

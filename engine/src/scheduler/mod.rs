@@ -73,7 +73,14 @@ impl Waiting for Submission {
 #[derive(Debug)]
 pub(crate) enum Command {
     Submit(Box<Submission>),
-    Loaded { id: AdapterId, result: Result<Arc<crate::LoraAdapter>>, took: Duration, span: tracing::Span },
+    Loaded {
+        id: AdapterId,
+        result: Result<Arc<crate::LoraAdapter>>,
+        took: Duration,
+        span: tracing::Span,
+    },
+    /// [`crate::EngineHandle::discard_adapter`].
+    Discard(AdapterId),
     Shutdown,
 }
 
@@ -118,6 +125,9 @@ struct Scheduler {
     loader: Arc<Loader>,
     /// Loaded adapters waiting for room (every resident one is busy).
     parked: Vec<(AdapterId, Arc<crate::LoraAdapter>)>,
+    /// Adapters to drop once no running sequence uses them ([`Command::Discard`]); none of their requests is
+    /// admitted until then.
+    discarded: Vec<AdapterId>,
     waiting: Queue<Submission>,
     running: Vec<Seq>,
 }
@@ -178,6 +188,7 @@ pub(crate) fn run(
         residency,
         loader: loader.clone(),
         parked: Vec::new(),
+        discarded: Vec::new(),
         waiting: Queue::default(),
         running: Vec::new(),
         cfg,
@@ -220,6 +231,7 @@ impl Scheduler {
                 }
             }
             self.drop_cancelled();
+            self.drop_discarded();
             self.load_for_waiting();
             self.place_parked();
             self.admit();
@@ -248,6 +260,11 @@ impl Scheduler {
                 self.waiting.push(*sub);
             }
             Command::Loaded { id, result, took, span } => span.in_scope(|| self.on_loaded(id, result, took)),
+            Command::Discard(id) => {
+                if !self.discarded.contains(&id) {
+                    self.discarded.push(id);
+                }
+            }
             Command::Shutdown => return false,
         }
         true
@@ -334,8 +351,10 @@ impl Scheduler {
     /// resident, saying what the adapter was doing. Requests waiting only for room in the batch are not affected.
     /// Returns the next such deadline.
     fn expire_waiting(&mut self, now: Instant) -> Option<Instant> {
-        let residency = &self.residency;
-        let ready = |key: &Option<AdapterId>| key.as_ref().is_none_or(|id| residency.slot(id).is_some());
+        let (residency, discarded) = (&self.residency, &self.discarded);
+        let ready = |key: &Option<AdapterId>| {
+            key.as_ref().is_none_or(|id| residency.slot(id).is_some() && !discarded.contains(id))
+        };
         let (expired, next) = self.waiting.expire(now, self.cfg.adapter_load_timeout, ready);
         let mut states: HashMap<AdapterId, String> = HashMap::new();
         for sub in expired {
@@ -378,6 +397,22 @@ impl Scheduler {
         self.waiting.retain(|s| !s.events.is_closed());
     }
 
+    /// Drops the discarded adapters no running sequence uses any more: out of the resident set, the parked loads
+    /// and the loader's records and host cache, so that their next request loads them again.
+    fn drop_discarded(&mut self) {
+        let running = &self.running;
+        let (done, busy): (Vec<_>, Vec<_>) = std::mem::take(&mut self.discarded)
+            .into_iter()
+            .partition(|id| !running.iter().any(|s| s.sub.request.adapter.as_ref() == Some(id)));
+        self.discarded = busy;
+        for id in done {
+            tracing::info!(adapter = %id, "adapter discarded: the next request loads it again");
+            self.residency.remove(&id);
+            self.parked.retain(|(p, _)| p != &id);
+            self.loader.discard(&id);
+        }
+    }
+
     /// KV tokens the running sequences reserve, the continuations still to fork included.
     fn kv_reserved(&self) -> usize {
         self.running.iter().map(|s| (s.sub.prompt.len() + s.sub.request.max_new_tokens) * (1 + s.forks_left())).sum()
@@ -395,8 +430,10 @@ impl Scheduler {
             kv: self.cfg.max_kv_tokens.saturating_sub(self.kv_reserved()),
             batch_empty: self.running.is_empty(),
         };
-        let residency = &self.residency;
-        let ready = |key: &Option<AdapterId>| key.as_ref().is_none_or(|id| residency.slot(id).is_some());
+        let (residency, discarded) = (&self.residency, &self.discarded);
+        let ready = |key: &Option<AdapterId>| {
+            key.as_ref().is_none_or(|id| residency.slot(id).is_some() && !discarded.contains(id))
+        };
         for sub in self.waiting.admit(room, ready) {
             self.start(sub);
         }
