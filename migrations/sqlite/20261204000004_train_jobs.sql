@@ -10,6 +10,7 @@ CREATE TABLE train_jobs (
     data        TEXT,                               -- JSON array of {prompt, completion} (uploads)
     params      TEXT NOT NULL,                      -- JSON object: steps, rank, alpha, targets, lr, batch
     status      TEXT NOT NULL DEFAULT 'queued',
+    attempt     INTEGER NOT NULL DEFAULT 0,         -- runs claimed so far; a worker's writes name its own
     error       TEXT,
     examples    INTEGER NOT NULL DEFAULT 0,         -- training examples
     held_out    INTEGER NOT NULL DEFAULT 0,

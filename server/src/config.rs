@@ -159,6 +159,10 @@ pub struct ServeConfig {
     #[arg(long, env = "LORALAND_TRAIN_JOBS_PER_SESSION", default_value_t = app::train::worker::TrainSettings::default().jobs_per_session)]
     pub train_jobs_per_session: usize,
 
+    /// Training jobs queued on the whole server; past it, new jobs are refused until the queue shortens.
+    #[arg(long, env = "LORALAND_TRAIN_MAX_QUEUED", default_value_t = app::train::worker::TrainSettings::default().max_queued)]
+    pub train_max_queued: usize,
+
     /// Panic the engine thread at this step, to test what the server does when its engine fails (tests only).
     #[arg(long, env = "LORALAND_INJECT_PANIC_AT_STEP", hide = true)]
     pub inject_panic_at_step: Option<u64>,
@@ -238,19 +242,32 @@ impl ServeConfig {
         self.data_dir.join(app::train::TRAINED_PREFIX)
     }
 
-    /// Training's settings, or `None` with `--train-workers 0`.
-    pub fn train_settings(&self) -> Option<app::train::worker::TrainSettings> {
+    /// Training's settings, or `None` with `--train-workers 0`. An upload limit the body limit would cut off
+    /// first is refused (the form would get a bare 413 instead of the upload's own error).
+    pub fn train_settings(&self) -> anyhow::Result<Option<app::train::worker::TrainSettings>> {
+        /// Room in the body for the form's other fields and the multipart boundaries.
+        const FORM_FIELDS: usize = 16 << 10;
+        if self.train_workers > 0 && self.train_max_upload_bytes + FORM_FIELDS > self.max_body_bytes {
+            anyhow::bail!(
+                "--train-max-upload-bytes {} does not fit in --max-body-bytes {} (the form needs {} more bytes for \
+                 its other fields): raise --max-body-bytes or lower the upload limit",
+                self.train_max_upload_bytes,
+                self.max_body_bytes,
+                FORM_FIELDS
+            );
+        }
         let defaults = app::train::worker::TrainSettings::default();
-        (self.train_workers > 0).then(|| app::train::worker::TrainSettings {
+        Ok((self.train_workers > 0).then(|| app::train::worker::TrainSettings {
             workers: self.train_workers,
             threads: self.train_threads.map_or(defaults.threads, |t| t as usize),
             max_upload_bytes: self.train_max_upload_bytes,
             max_examples: self.train_max_examples,
             max_steps: self.train_max_steps,
             jobs_per_session: self.train_jobs_per_session,
+            max_queued: self.train_max_queued,
             step_delay: self.inject_train_step_delay_ms.map(Duration::from_millis),
             ..defaults
-        })
+        }))
     }
 
     /// The database URL: `--database-url`, else a file in the data folder.

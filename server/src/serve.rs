@@ -54,7 +54,7 @@ pub async fn run_with(config: ServeConfig, lab: Arc<dyn app::train::TaskLab>) ->
         .build();
     let mut state = AppState::new(db, leptos, &model.name, EngineSlot::default());
     state.clients = app::limits::ClientLimits::new(config.limits());
-    if let Some(settings) = config.train_settings() {
+    if let Some(settings) = config.train_settings()? {
         let training = app::train::worker::Training::new(model.path.clone(), config.trained_dir(), lab, settings)?;
         training.start(state.db.clone(), state.engine.clone());
         state.training = Some(training);

@@ -24,12 +24,16 @@ fn settings() -> TrainSettings {
 }
 
 async fn live(dir: &std::path::Path) -> (SocketAddr, app::state::AppState) {
+    live_with(dir, settings()).await
+}
+
+async fn live_with(dir: &std::path::Path, settings: TrainSettings) -> (SocketAddr, app::state::AppState) {
     let mut cfg = common::engine_config();
     cfg.catalog.namespaces = [("trained".to_string(), dir.to_path_buf())].into();
     cfg.max_input_tokens = 512;
     let mut st = common::state(Some(cfg)).await;
     let training =
-        Training::new(common::fixtures().join("base"), dir.to_path_buf(), Arc::new(app::train::NoLab), settings())
+        Training::new(common::fixtures().join("base"), dir.to_path_buf(), Arc::new(app::train::NoLab), settings)
             .unwrap();
     training.start(st.db.clone(), st.engine.clone());
     st.training = Some(training);
@@ -294,6 +298,21 @@ async fn bad_uploads_and_limits_are_clear_errors() {
     let res = create(addr, &form("0"), Some(("x.jsonl", &examples())), None, true).await;
     assert_eq!(res.status(), 303);
     assert_eq!(res.headers()["location"], "/train?error=steps+must+be+from+1+to+500");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_servers_queue_has_a_limit_of_its_own() {
+    // No worker takes the jobs, so they stay queued: two visitors fill a queue of two, a third waits outside.
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, _) = live_with(dir.path(), TrainSettings { workers: 0, max_queued: 2, ..settings() }).await;
+    for _ in 0..2 {
+        let res = create(addr, &form("3"), Some(("x.jsonl", &examples())), None, false).await;
+        assert_eq!(res.status(), 201);
+    }
+    let res = create(addr, &form("3"), Some(("x.jsonl", &examples())), None, false).await;
+    assert_eq!(res.status(), 503);
+    let message = res.json::<Value>().await.unwrap()["error"].as_str().unwrap().to_string();
+    assert_eq!(message, "the training queue is full (2 jobs waiting); try again in a few minutes");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

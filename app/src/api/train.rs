@@ -118,11 +118,7 @@ pub async fn restart_job(id: String) -> Result<(), ServerFnError> {
     owned(&state, &id).await?;
     let training = state.training.as_ref().ok_or_else(|| not_now("training is not available on this server"))?;
     let session = crate::session::current(&state).await?.unwrap_or_default();
-    let active = crate::train::store::active_of(&state.db, &session).await.map_err(crate::context::db_error)?;
-    if active as usize >= training.settings().jobs_per_session {
-        let message = format!("at most {} jobs queued or running per visitor", training.settings().jobs_per_session);
-        return Err(crate::context::Refusal::new(axum::http::StatusCode::TOO_MANY_REQUESTS, message).into());
-    }
+    crate::train::routes::room_for(&state.db, training.settings(), &session).await?;
     match crate::train::store::transition(&state.db, &id, JobStatus::Queued, None).await {
         Ok(true) => {
             training.wake();
@@ -141,7 +137,7 @@ pub async fn delete_job(id: String) -> Result<(), ServerFnError> {
     match crate::train::store::delete(&state.db, &id).await {
         Ok(true) => {
             if let Some(t) = &state.training {
-                t.remove_adapter(&id);
+                t.remove_adapter(&id, &state.engine);
             }
             Ok(())
         }

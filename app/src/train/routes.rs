@@ -6,6 +6,7 @@
 use super::store::{self, NewJob};
 use super::types::{DataSource, JobEvent, JobView, TrainParams};
 use super::upload;
+use super::worker::TrainSettings;
 use crate::context::{ClientAddr, Refusal};
 use crate::state::AppState;
 use axum::extract::{Multipart, Path, State};
@@ -124,7 +125,16 @@ async fn create(
         }
     }
     let (session, cookie) = crate::session::of_headers_or_new(state, headers, addr).await?;
-    let active = store::active_of(&state.db, &session).await.map_err(Refusal::database)?;
+    room_for(&state.db, settings, &session).await?;
+    let id = store::insert(&state.db, &session, &job).await.map_err(Refusal::database)?;
+    training.wake();
+    Ok((id, cookie))
+}
+
+/// Whether `session` may queue one more job: its own limit (`--train-jobs-per-session`) and the server's queue
+/// (`--train-max-queued`, so that many sessions cannot line up hours of work in front of everyone).
+pub(crate) async fn room_for(db: &crate::db::Db, settings: &TrainSettings, session: &str) -> Result<(), Refusal> {
+    let active = store::active_of(db, session).await.map_err(Refusal::database)?;
     if active as usize >= settings.jobs_per_session {
         return Err(Refusal::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -135,9 +145,14 @@ async fn create(
             ),
         ));
     }
-    let id = store::insert(&state.db, &session, &job).await.map_err(Refusal::database)?;
-    training.wake();
-    Ok((id, cookie))
+    let queued = store::queued(db).await.map_err(Refusal::database)?;
+    if queued as usize >= settings.max_queued {
+        return Err(Refusal::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the training queue is full ({queued} jobs waiting); try again in a few minutes"),
+        ));
+    }
+    Ok(())
 }
 
 /// `POST /train/jobs`.

@@ -47,6 +47,9 @@ pub struct Claimed {
     pub data: Vec<Example>,
     /// How to train.
     pub params: TrainParams,
+    /// Which run of the job this is: every write of the worker names it, so that a worker whose job was cancelled
+    /// and started again (maybe on another replica) can no longer write to it.
+    pub attempt: i64,
 }
 
 fn new_id() -> String {
@@ -84,6 +87,11 @@ pub async fn active_of(db: &Db, session: &str) -> sqlx::Result<i64> {
         .bind(session)
         .fetch_one(db)
         .await
+}
+
+/// Jobs queued, every session's.
+pub async fn queued(db: &Db) -> sqlx::Result<i64> {
+    sqlx::query_scalar("SELECT COUNT(*) FROM train_jobs WHERE status = 'queued'").fetch_one(db).await
 }
 
 /// The columns [`view_of`] reads.
@@ -194,7 +202,15 @@ pub async fn claim_next(db: &Db) -> sqlx::Result<Option<Claimed>> {
         .await?;
         let Some(row) = row else { return Ok(None) };
         let id: String = row.get("id");
-        if transition(db, &id, JobStatus::Running, None).await? {
+        let claimed = sqlx::query(
+            "UPDATE train_jobs SET status = 'running', attempt = attempt + 1, error = NULL, updated_at = $1 \
+             WHERE id = $2 AND status = 'queued' RETURNING attempt",
+        )
+        .bind(now_ms())
+        .bind(&id)
+        .fetch_optional(db)
+        .await?;
+        if let Some(claimed) = claimed {
             let data = row.get::<Option<String>, _>("data").unwrap_or_default();
             return Ok(Some(Claimed {
                 id,
@@ -202,45 +218,72 @@ pub async fn claim_next(db: &Db) -> sqlx::Result<Option<Claimed>> {
                 source: DataSource::parse(row.get::<&str, _>("source")).unwrap_or(DataSource::Upload),
                 data: serde_json::from_str(&data).unwrap_or_default(),
                 params: serde_json::from_str(row.get::<&str, _>("params")).unwrap_or_default(),
+                attempt: claimed.get("attempt"),
             }));
         }
     }
 }
 
-/// Records the loss curve of running job `id`, with its example counts; false when the job is no longer running
-/// (cancelled).
+/// Records the loss curve of the claimed run, with its example counts; false when that run is over (cancelled,
+/// or the job started again since).
 pub async fn save_progress(
     db: &Db,
-    id: &str,
+    job: &Claimed,
     progress: &[Point],
     examples: usize,
     held_out: usize,
 ) -> sqlx::Result<bool> {
     let done = sqlx::query(
         "UPDATE train_jobs SET progress = $1, examples = $2, held_out = $3, updated_at = $4 \
-         WHERE id = $5 AND status = 'running'",
+         WHERE id = $5 AND status = 'running' AND attempt = $6",
     )
     .bind(serde_json::to_string(progress).unwrap_or_default())
     .bind(examples as i64)
     .bind(held_out as i64)
     .bind(now_ms())
-    .bind(id)
+    .bind(&job.id)
+    .bind(job.attempt)
     .execute(db)
     .await?;
     Ok(done.rows_affected() == 1)
 }
 
-/// Running job `id` is done, with its score; false when it was cancelled meanwhile.
-pub async fn finish(db: &Db, id: &str, score: &Score) -> sqlx::Result<bool> {
+/// The claimed run is done, with its score; false when it was cancelled meanwhile.
+pub async fn finish(db: &Db, job: &Claimed, score: &Score) -> sqlx::Result<bool> {
+    end_run(db, job, JobStatus::Done, Some(&serde_json::to_string(score).unwrap_or_default()), None).await
+}
+
+/// The claimed run failed with `error`; false when it was over already.
+pub async fn fail(db: &Db, job: &Claimed, error: &str) -> sqlx::Result<bool> {
+    end_run(db, job, JobStatus::Failed, None, Some(error)).await
+}
+
+async fn end_run(
+    db: &Db,
+    job: &Claimed,
+    status: JobStatus,
+    score: Option<&str>,
+    error: Option<&str>,
+) -> sqlx::Result<bool> {
     let done = sqlx::query(
-        "UPDATE train_jobs SET status = 'done', score = $1, updated_at = $2 WHERE id = $3 AND status = 'running'",
+        "UPDATE train_jobs SET status = $1, score = $2, error = $3, updated_at = $4 \
+         WHERE id = $5 AND status = 'running' AND attempt = $6",
     )
-    .bind(serde_json::to_string(score).unwrap_or_default())
+    .bind(status.as_str())
+    .bind(score)
+    .bind(error)
     .bind(now_ms())
-    .bind(id)
+    .bind(&job.id)
+    .bind(job.attempt)
     .execute(db)
     .await?;
     Ok(done.rows_affected() == 1)
+}
+
+/// Whether the claimed run is still the job's latest (its adapter folder is this run's to write or delete).
+pub async fn is_latest(db: &Db, job: &Claimed) -> sqlx::Result<bool> {
+    let row = sqlx::query("SELECT attempt FROM train_jobs WHERE id = $1").bind(&job.id).fetch_optional(db).await?;
+    Ok(row.is_some_and(|r| r.get::<i64, _>("attempt") == job.attempt))
 }
 
 /// Shows or hides finished job `id` in every visitor's gallery; whether it is a finished job.
@@ -312,21 +355,32 @@ mod tests {
             assert_eq!((claimed.id.as_str(), claimed.data.len()), (id.as_str(), 1));
             assert!(claim_next(&db).await.unwrap().is_none());
             let point = Point { step: 1, loss: Some(2.5), eval_loss: None, tokens_per_s: 10.0, eta_s: 3.0 };
-            assert!(save_progress(&db, &id, std::slice::from_ref(&point), 7, 2).await.unwrap());
+            assert!(save_progress(&db, &claimed, std::slice::from_ref(&point), 7, 2).await.unwrap());
             assert!(!transition(&db, &id, Queued, None).await.unwrap(), "a running job is not queued again");
 
             // Cancelled: the worker's next write does not match, and the job can be queued again from scratch.
             assert!(transition(&db, &id, Cancelled, None).await.unwrap());
-            assert!(!save_progress(&db, &id, &[point], 7, 2).await.unwrap());
-            assert!(!finish(&db, &id, &score()).await.unwrap(), "a cancelled job does not become done");
+            assert!(!save_progress(&db, &claimed, std::slice::from_ref(&point), 7, 2).await.unwrap());
+            assert!(!finish(&db, &claimed, &score()).await.unwrap(), "a cancelled job does not become done");
             assert!(transition(&db, &id, Queued, None).await.unwrap());
             let (view, _) = load(&db, &id, None).await.unwrap().unwrap();
             assert_eq!((view.status, view.progress.len(), view.examples), (Queued, 0, 7));
 
+            // Started again: the first run's worker can no longer write to it, the second's can.
+            let again = claim_next(&db).await.unwrap().unwrap();
+            assert_eq!(again.attempt, claimed.attempt + 1);
+            assert!(
+                !save_progress(&db, &claimed, std::slice::from_ref(&point), 7, 2).await.unwrap(),
+                "the old run is over"
+            );
+            assert!(!fail(&db, &claimed, "old").await.unwrap());
+            assert!(!finish(&db, &claimed, &score()).await.unwrap());
+            assert!(!is_latest(&db, &claimed).await.unwrap() && is_latest(&db, &again).await.unwrap());
+
             // Done, then published: another session's gallery shows it.
-            claim_next(&db).await.unwrap().unwrap();
             assert!(gallery(&db, Some(&session)).await.unwrap().is_empty(), "not done yet");
-            assert!(finish(&db, &id, &score()).await.unwrap());
+            assert!(save_progress(&db, &again, &[point], 7, 2).await.unwrap());
+            assert!(finish(&db, &again, &score()).await.unwrap());
             assert!(!transition(&db, &id, Cancelled, None).await.unwrap(), "a done job is not cancelled");
             assert_eq!(gallery(&db, Some(&session)).await.unwrap()[0].score, Some(score()));
             assert!(gallery(&db, Some(&other)).await.unwrap().is_empty());
@@ -336,13 +390,15 @@ mod tests {
 
             // A restart cuts off running jobs; deleting a job takes its data with it.
             let second = insert(&db, &session, &job()).await.unwrap();
-            claim_next(&db).await.unwrap().unwrap();
+            let running = claim_next(&db).await.unwrap().unwrap();
             assert!(!delete(&db, &second).await.unwrap(), "a running job is not deleted");
             if backend == Backend::Sqlite {
                 assert_eq!(interrupt_running(&db).await.unwrap(), 1);
                 assert_eq!(load(&db, &second, None).await.unwrap().unwrap().0.status, Interrupted);
+            } else {
+                assert!(fail(&db, &running, "boom").await.unwrap());
+                assert_eq!(load(&db, &second, None).await.unwrap().unwrap().0.error.as_deref(), Some("boom"));
             }
-            transition(&db, &second, Failed, Some("boom")).await.unwrap();
             assert!(delete(&db, &second).await.unwrap());
             assert!(load(&db, &second, None).await.unwrap().is_none());
             assert_eq!(list_of(&db, &session).await.unwrap().len(), 1);

@@ -6,7 +6,7 @@
 //! A cancel is seen at the next step: the row stops matching `running` (see [`store`]).
 
 use super::store::{self, Claimed};
-use super::types::{adapter_id, DataSource, JobStatus, Point, Score};
+use super::types::{adapter_id, DataSource, Point, Score};
 use super::TaskLab;
 use crate::context::EngineSlot;
 use crate::db::Db;
@@ -39,6 +39,8 @@ pub struct TrainSettings {
     pub max_steps: usize,
     /// Jobs one session may have queued or running.
     pub jobs_per_session: usize,
+    /// Jobs queued on the whole server (every session's, every replica's): past it new jobs wait outside.
+    pub max_queued: usize,
     /// Synthetic training examples generated for a job on a task's data.
     pub synthetic_examples: usize,
     /// Held-out examples (the upload's tail, or a generated test split).
@@ -61,6 +63,7 @@ impl Default for TrainSettings {
             max_examples: 5000,
             max_steps: 500,
             jobs_per_session: 2,
+            max_queued: 16,
             synthetic_examples: 1000,
             held_out: 32,
             seq_len: 256,
@@ -101,6 +104,17 @@ pub fn training_pool(threads: usize) -> anyhow::Result<rayon::ThreadPool> {
         .start_handler(|_| lowest_priority())
         .build()
         .context("cannot start the training threads")
+}
+
+/// Tells the engine (once loaded) that `trained/<job>`'s files changed or are gone.
+fn discard(engine: &EngineSlot, job: &str) {
+    let Some(engine) = engine.get() else { return };
+    let sent = AdapterId::new(&adapter_id(job))
+        .map_err(|e| e.to_string())
+        .and_then(|id| engine.discard_adapter(id).map_err(|e| e.to_string()));
+    if let Err(e) = sent {
+        tracing::warn!(job, "cannot drop the engine's copies of the adapter: {e}");
+    }
 }
 
 #[cfg(target_os = "linux")]
@@ -176,14 +190,15 @@ impl Training {
         self.0.dir.join(id)
     }
 
-    /// Deletes job `id`'s adapter folder, if any.
-    pub fn remove_adapter(&self, id: &str) {
+    /// Deletes job `id`'s adapter folder, if any, and the engine's copies of it.
+    pub fn remove_adapter(&self, id: &str, engine: &EngineSlot) {
         let dir = self.adapter_dir(id);
         if dir.exists() {
             if let Err(e) = std::fs::remove_dir_all(&dir) {
                 tracing::warn!("cannot delete {}: {e}", dir.display());
             }
         }
+        discard(engine, id);
     }
 
     fn work(me: &std::sync::Weak<Inner>, db: &Db, engine: &EngineSlot, rt: &tokio::runtime::Handle) {
@@ -204,7 +219,7 @@ impl Training {
     fn take(&self, job: Claimed, db: &Db, engine: &EngineSlot, rt: &tokio::runtime::Handle) {
         let id = job.id.clone();
         tracing::info!(job = %id, task = %job.task, "training job started");
-        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run(db, engine, rt, job)));
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run(db, engine, rt, &job)));
         let failure = match ran {
             Ok(Ok(outcome)) => {
                 tracing::info!(job = %id, ?outcome, "training job ended");
@@ -215,10 +230,22 @@ impl Training {
         };
         if let Some(message) = failure {
             tracing::warn!(job = %id, "training job failed: {message}");
-            self.remove_adapter(&id);
-            if let Err(e) = rt.block_on(store::transition(db, &id, JobStatus::Failed, Some(&message))) {
-                tracing::error!(job = %id, "cannot store the job's failure: {e}");
+            match rt.block_on(store::fail(db, &job, &message)) {
+                Ok(true) => self.remove_adapter(&id, engine),
+                // Cancelled meanwhile, or started again: the folder may be a newer run's.
+                Ok(false) => self.remove_if_latest(db, rt, &job, engine),
+                Err(e) => tracing::error!(job = %id, "cannot store the job's failure: {e}"),
             }
+        }
+    }
+
+    /// Deletes the adapter folder of a run that is over, unless the job was started again since (the folder is
+    /// then the newer run's).
+    fn remove_if_latest(&self, db: &Db, rt: &tokio::runtime::Handle, job: &Claimed, engine: &EngineSlot) {
+        match rt.block_on(store::is_latest(db, job)) {
+            Ok(true) => self.remove_adapter(&job.id, engine),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(job = %job.id, "cannot tell whether the job started again: {e}"),
         }
     }
 
@@ -231,7 +258,7 @@ impl Training {
         }
     }
 
-    fn run(&self, db: &Db, engine: &EngineSlot, rt: &tokio::runtime::Handle, job: Claimed) -> anyhow::Result<Outcome> {
+    fn run(&self, db: &Db, engine: &EngineSlot, rt: &tokio::runtime::Handle, job: &Claimed) -> anyhow::Result<Outcome> {
         let s = &self.0.settings;
         let p = &job.params;
         let targets = p
@@ -239,7 +266,7 @@ impl Training {
             .iter()
             .map(|t| Module::from_name(t).with_context(|| format!("unknown target module `{t}`")))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let (train, held) = self.examples(&job)?;
+        let (train, held) = self.examples(job)?;
         let config = TrainConfig {
             shape: LoraShape { rank: p.rank, alpha: p.alpha, targets },
             lr: p.lr,
@@ -251,7 +278,7 @@ impl Training {
         let pool = &self.0.pool;
         let mut run = pool.install(|| TrainRun::prepare(&self.0.model, &train, &held, s.seq_len, config))?;
         let counts = (train.len() - run.skipped_train, run.held_out.len());
-        let save = |progress: &[Point]| rt.block_on(store::save_progress(db, &job.id, progress, counts.0, counts.1));
+        let save = |progress: &[Point]| rt.block_on(store::save_progress(db, job, progress, counts.0, counts.1));
         let mut progress = vec![Point {
             step: 0,
             loss: None,
@@ -289,10 +316,12 @@ impl Training {
                 std::thread::sleep(delay);
             }
         }
-        self.save_adapter(&job, &run, &progress, counts)?;
-        let score = self.score(engine, rt, &job, &held)?;
-        if !rt.block_on(store::finish(db, &job.id, &score))? {
-            self.remove_adapter(&job.id);
+        self.save_adapter(job, &run, &progress, counts)?;
+        // A job run again saves under the same id: copies the engine loaded from an earlier run are dropped.
+        discard(engine, &job.id);
+        let score = self.score(engine, rt, job, &held)?;
+        if !rt.block_on(store::finish(db, job, &score))? {
+            self.remove_if_latest(db, rt, job, engine);
             return Ok(Outcome::Cancelled);
         }
         Ok(Outcome::Done)
@@ -307,7 +336,7 @@ impl Training {
         progress: &[Point],
         counts: (usize, usize),
     ) -> anyhow::Result<()> {
-        let partial = self.0.dir.join(format!(".{}.partial", job.id));
+        let partial = self.0.dir.join(format!(".{}.{}.partial", job.id, job.attempt));
         let _ = std::fs::remove_dir_all(&partial);
         run.save(&partial, DType::BF16)?;
         let last = progress.last();
@@ -357,7 +386,7 @@ impl Training {
                         max_new_tokens,
                         ..Default::default()
                     };
-                    streams.push(engine.generate(request)?);
+                    streams.push(generate_patiently(&engine, request)?);
                 }
             }
             let mut texts = Vec::with_capacity(streams.len());
@@ -379,6 +408,26 @@ impl Training {
         }
         let mean = |sum: f64| if n == 0 { 0.0 } else { 100.0 * sum / n as f64 };
         Ok(Score { metric: lab.metric(&job.task), n, base: mean(base), adapter: mean(tuned) })
+    }
+}
+
+/// How long scoring waits for room in the engine's queue, when serving has filled it, before the job fails.
+const QUEUE_PATIENCE: Duration = Duration::from_secs(300);
+
+/// Submits a scoring request, waiting while the engine's queue is full: visitors' traffic comes first, and a
+/// busy minute must not throw away a finished training run.
+fn generate_patiently(
+    engine: &engine::EngineHandle,
+    request: GenerateRequest,
+) -> anyhow::Result<engine::GenerationStream> {
+    let started = Instant::now();
+    loop {
+        match engine.generate(request.clone()) {
+            Err(engine::Error::Overloaded { .. }) if started.elapsed() < QUEUE_PATIENCE => {
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            other => return other.context("scoring the held-out split"),
+        }
     }
 }
 
