@@ -159,6 +159,10 @@ pub struct ServeConfig {
     #[arg(long, env = "LORALAND_TRAIN_JOBS_PER_SESSION", default_value_t = app::train::worker::TrainSettings::default().jobs_per_session)]
     pub train_jobs_per_session: usize,
 
+    /// Training jobs one visitor session may keep in all (finished ones hold an adapter on disk).
+    #[arg(long, env = "LORALAND_TRAIN_KEPT_PER_SESSION", default_value_t = app::train::worker::TrainSettings::default().kept_per_session)]
+    pub train_kept_per_session: usize,
+
     /// Training jobs queued on the whole server; past it, new jobs are refused until the queue shortens.
     #[arg(long, env = "LORALAND_TRAIN_MAX_QUEUED", default_value_t = app::train::worker::TrainSettings::default().max_queued)]
     pub train_max_queued: usize,
@@ -264,6 +268,7 @@ impl ServeConfig {
             max_examples: self.train_max_examples,
             max_steps: self.train_max_steps,
             jobs_per_session: self.train_jobs_per_session,
+            kept_per_session: self.train_kept_per_session,
             max_queued: self.train_max_queued,
             step_delay: self.inject_train_step_delay_ms.map(Duration::from_millis),
             ..defaults

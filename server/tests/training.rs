@@ -304,14 +304,27 @@ async fn bad_uploads_and_limits_are_clear_errors() {
 async fn the_servers_queue_has_a_limit_of_its_own() {
     // No worker takes the jobs, so they stay queued: two visitors fill a queue of two, a third waits outside.
     let dir = tempfile::tempdir().unwrap();
-    let (addr, _) = live_with(dir.path(), TrainSettings { workers: 0, max_queued: 2, ..settings() }).await;
-    for _ in 0..2 {
+    let limits = TrainSettings { workers: 0, max_queued: 2, jobs_per_session: 5, kept_per_session: 1, ..settings() };
+    let (addr, _) = live_with(dir.path(), limits).await;
+    let error = |res: reqwest::Response| async move {
+        let status = res.status().as_u16();
+        (status, res.json::<Value>().await.unwrap()["error"].as_str().unwrap().to_string())
+    };
+    for visitor in 0..2 {
         let res = create(addr, &form("3"), Some(("x.jsonl", &examples())), None, false).await;
         assert_eq!(res.status(), 201);
+        if visitor == 0 {
+            // The same visitor again: over what one session may keep, whatever the queue.
+            let cookie = res.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
+            let res = create(addr, &form("3"), Some(("x.jsonl", &examples())), Some(&cookie), false).await;
+            let (status, message) = error(res).await;
+            assert_eq!(status, 429);
+            assert_eq!(message, "you keep 1 training jobs (the limit is 1); delete one to train another");
+        }
     }
     let res = create(addr, &form("3"), Some(("x.jsonl", &examples())), None, false).await;
-    assert_eq!(res.status(), 503);
-    let message = res.json::<Value>().await.unwrap()["error"].as_str().unwrap().to_string();
+    let (status, message) = error(res).await;
+    assert_eq!(status, 503);
     assert_eq!(message, "the training queue is full (2 jobs waiting); try again in a few minutes");
 }
 

@@ -118,7 +118,7 @@ pub async fn restart_job(id: String) -> Result<(), ServerFnError> {
     owned(&state, &id).await?;
     let training = state.training.as_ref().ok_or_else(|| not_now("training is not available on this server"))?;
     let session = crate::session::current(&state).await?.unwrap_or_default();
-    crate::train::routes::room_for(&state.db, training.settings(), &session).await?;
+    crate::train::routes::room_for(&state.db, training.settings(), &session, true).await?;
     match crate::train::store::transition(&state.db, &id, JobStatus::Queued, None).await {
         Ok(true) => {
             training.wake();

@@ -125,15 +125,32 @@ async fn create(
         }
     }
     let (session, cookie) = crate::session::of_headers_or_new(state, headers, addr).await?;
-    room_for(&state.db, settings, &session).await?;
+    room_for(&state.db, settings, &session, false).await?;
     let id = store::insert(&state.db, &session, &job).await.map_err(Refusal::database)?;
     training.wake();
     Ok((id, cookie))
 }
 
-/// Whether `session` may queue one more job: its own limit (`--train-jobs-per-session`) and the server's queue
-/// (`--train-max-queued`, so that many sessions cannot line up hours of work in front of everyone).
-pub(crate) async fn room_for(db: &crate::db::Db, settings: &TrainSettings, session: &str) -> Result<(), Refusal> {
+/// Whether `session` may queue one more job: its own limits (`--train-jobs-per-session` queued or running,
+/// `--train-kept-per-session` in all, so that one visitor cannot fill the disk with adapters) and the server's
+/// queue (`--train-max-queued`, so that many sessions cannot line up hours of work in front of everyone).
+/// `restarting`: the job is one the session keeps already.
+pub(crate) async fn room_for(
+    db: &crate::db::Db,
+    settings: &TrainSettings,
+    session: &str,
+    restarting: bool,
+) -> Result<(), Refusal> {
+    let kept = store::kept_by(db, session).await.map_err(Refusal::database)?;
+    if !restarting && kept as usize >= settings.kept_per_session {
+        return Err(Refusal::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "you keep {kept} training jobs (the limit is {}); delete one to train another",
+                settings.kept_per_session
+            ),
+        ));
+    }
     let active = store::active_of(db, session).await.map_err(Refusal::database)?;
     if active as usize >= settings.jobs_per_session {
         return Err(Refusal::new(

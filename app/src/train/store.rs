@@ -89,6 +89,11 @@ pub async fn active_of(db: &Db, session: &str) -> sqlx::Result<i64> {
         .await
 }
 
+/// Jobs `session` keeps, in any state.
+pub async fn kept_by(db: &Db, session: &str) -> sqlx::Result<i64> {
+    sqlx::query_scalar("SELECT COUNT(*) FROM train_jobs WHERE session_id = $1").bind(session).fetch_one(db).await
+}
+
 /// Jobs queued, every session's.
 pub async fn queued(db: &Db) -> sqlx::Result<i64> {
     sqlx::query_scalar("SELECT COUNT(*) FROM train_jobs WHERE status = 'queued'").fetch_one(db).await

@@ -39,6 +39,8 @@ pub struct TrainSettings {
     pub max_steps: usize,
     /// Jobs one session may have queued or running.
     pub jobs_per_session: usize,
+    /// Jobs one session may keep, whatever their state (each finished one holds an adapter on disk).
+    pub kept_per_session: usize,
     /// Jobs queued on the whole server (every session's, every replica's): past it new jobs wait outside.
     pub max_queued: usize,
     /// Synthetic training examples generated for a job on a task's data.
@@ -63,6 +65,7 @@ impl Default for TrainSettings {
             max_examples: 5000,
             max_steps: 500,
             jobs_per_session: 2,
+            kept_per_session: 10,
             max_queued: 16,
             synthetic_examples: 1000,
             held_out: 32,
