@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=data/fixtures/mistral-spm
 VENV=target/spm-venv
-STAMP="$(cat scripts/spm-fixture/requirements.txt scripts/spm-fixture/make_fixture.py | sha256sum | cut -c1-16)"
+STAMP="$(cat scripts/spm-fixture/requirements.txt scripts/spm-fixture/make_fixture.py scripts/spm-fixture/mistral_spm.py | sha256sum | cut -c1-16)"
 [ -f "$OUT/stamp" ] && [ "$(cat "$OUT/stamp")" = "$STAMP" ] && exit 0
 echo "==> making $OUT (Mistral-7B-v0.1's tokenizer in a tiny GGUF, with transformers' reference ids)"
 if [ ! -x "$VENV/bin/python" ] || ! cmp -s scripts/spm-fixture/requirements.txt "$VENV/requirements.txt"; then

@@ -16,47 +16,15 @@ import os
 import sys
 
 import gguf
-import mistral_common
 import numpy as np
 import sentencepiece as spm
 import transformers
 from safetensors.numpy import save_file
-from sentencepiece import sentencepiece_model_pb2
 from transformers import LlamaTokenizer
 
-OUT = sys.argv[1]
-MODEL = os.path.join(os.path.dirname(mistral_common.__file__), "data", "tokenizer.model.v1")
+from mistral_spm import CHAT_TEMPLATE, MODEL, add_tokenizer, load
 
-# Mistral-7B-Instruct's chat template, as its Hugging Face tokenizer_config.json holds it (the revision that takes an
-# optional system message).
-CHAT_TEMPLATE = (
-    "{%- if messages[0]['role'] == 'system' %}\n"
-    "    {%- set system_message = messages[0]['content'] %}\n"
-    "    {%- set loop_messages = messages[1:] %}\n"
-    "{%- else %}\n"
-    "    {%- set loop_messages = messages %}\n"
-    "{%- endif %}\n"
-    "\n"
-    "{{- bos_token }}\n"
-    "{%- for message in loop_messages %}\n"
-    "    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}\n"
-    "        {{- raise_exception('After the optional system message, conversation roles must alternate "
-    "user/assistant/user/assistant/...') }}\n"
-    "    {%- endif %}\n"
-    "    {%- if message['role'] == 'user' %}\n"
-    "        {%- if loop.first and system_message is defined %}\n"
-    "            {{- ' [INST] ' + system_message + '\\n\\n' + message['content'] + ' [/INST]' }}\n"
-    "        {%- else %}\n"
-    "            {{- ' [INST] ' + message['content'] + ' [/INST]' }}\n"
-    "        {%- endif %}\n"
-    "    {%- elif message['role'] == 'assistant' %}\n"
-    "        {{- ' ' + message['content'] + eos_token}}\n"
-    "    {%- else %}\n"
-    "        {{- raise_exception('Only user and assistant roles are supported, with the exception of an initial "
-    "optional system message!') }}\n"
-    "    {%- endif %}\n"
-    "{%- endfor %}\n"
-)
+OUT = sys.argv[1]
 
 # Accents, digits, whitespace runs, tabs and newlines, emoji, scripts and symbols outside the vocabulary (byte
 # fallback), text around special-token strings, and the edges (empty, spaces only, leading and trailing spaces).
@@ -90,22 +58,6 @@ CONVERSATION = [
 ]
 
 
-def token_types(proto):
-    """Token types as llama.cpp writes them: 1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte."""
-    types = []
-    for piece in proto.pieces:
-        kind = {
-            piece.NORMAL: 1,
-            piece.UNKNOWN: 2,
-            piece.CONTROL: 3,
-            piece.USER_DEFINED: 4,
-            piece.UNUSED: 5,
-            piece.BYTE: 6,
-        }[piece.type]
-        types.append(kind)
-    return types
-
-
 def write_gguf(path, proto, sp):
     rng = np.random.default_rng(0)
     vocab, hidden, ffn, layers, heads, kv_heads = sp.get_piece_size(), 256, 512, 2, 4, 2
@@ -121,16 +73,7 @@ def write_gguf(path, proto, sp):
     w.add_rope_dimension_count(head_dim)
     w.add_layer_norm_rms_eps(1e-5)
     w.add_rope_freq_base(10000.0)
-    w.add_tokenizer_model("llama")
-    w.add_token_list([p.piece.encode("utf-8") for p in proto.pieces])
-    w.add_token_scores([p.score for p in proto.pieces])
-    w.add_token_types(token_types(proto))
-    w.add_bos_token_id(sp.bos_id())
-    w.add_eos_token_id(sp.eos_id())
-    w.add_unk_token_id(sp.unk_id())
-    w.add_add_bos_token(True)
-    w.add_add_eos_token(False)
-    w.add_chat_template(CHAT_TEMPLATE)
+    add_tokenizer(w, proto, sp)
 
     def tensor(name, *shape, scale=0.05):
         w.add_tensor(name, (rng.standard_normal(shape) * scale).astype(np.float32))
@@ -193,10 +136,7 @@ def write_adapter(path, hidden=256, ffn=512, layers=2, heads=4, kv_heads=2, r=8)
 
 
 def main():
-    proto = sentencepiece_model_pb2.ModelProto()
-    with open(MODEL, "rb") as f:
-        proto.ParseFromString(f.read())
-    sp = spm.SentencePieceProcessor(model_file=MODEL)
+    proto, sp = load()
     write_gguf(os.path.join(OUT, "tiny.gguf"), proto, sp)
     write_adapter(os.path.join(OUT, "adapters", "all_r8"))
 
