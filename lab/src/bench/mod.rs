@@ -14,6 +14,14 @@ pub mod workload;
 use clap::Args;
 use std::path::PathBuf;
 
+/// This process's peak resident memory in bytes (`VmHWM` of /proc/self/status; None where there is no such file).
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.trim_start_matches("VmHWM:").trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kib * 1024)
+}
+
 /// `loraland bench load` options.
 #[derive(Args, Debug)]
 pub struct LoadBenchArgs {
