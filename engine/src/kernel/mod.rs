@@ -1,12 +1,15 @@
 //! The CPU kernels, and the only `unsafe` SIMD code of the engine: vectorised `exp`, SwiGLU and dot products
-//! ([`vector`]), the fused attention's inner loop ([`attention`]), and Q8_0 quantization and matmuls ([`q8`]: AVX2
-//! on candle's storage, AVX-512 VNNI on a repacked copy). Each function here is safe to call: it checks its slices
-//! and the instruction set itself, and the instruction set is detected once, the first time any kernel asks
-//! ([`isa`]), like vLLM's one kernel wrapper per backend. Everything outside this module is `unsafe`-free (but for
-//! the memory-mapped weights and the CUDA kernel launches, each with its own `SAFETY`).
+//! ([`vector`]), the fused attention's inner loop ([`attention`]), Q8_0 quantization and matmuls ([`q8`]: AVX2
+//! on candle's storage, AVX-512 VNNI on a repacked copy), and the Q4_K and Q6_K matmuls for AVX-512 VNNI on
+//! compact repacked copies ([`q4k`], [`q6k`]). Each function here is safe to call: it checks its slices and the
+//! instruction set itself, and the instruction set is detected once, the first time any kernel asks ([`isa`]), like
+//! vLLM's one kernel wrapper per backend. Everything outside this module is `unsafe`-free (but for the
+//! memory-mapped weights and the CUDA kernel launches, each with its own `SAFETY`).
 #![allow(unsafe_code)]
 
 pub mod attention;
+pub mod q4k;
+pub mod q6k;
 pub mod q8;
 pub mod vector;
 
@@ -63,8 +66,8 @@ pub fn has_vnni() -> bool {
 #[derive(Clone, Copy)]
 pub(crate) struct SharedOut(*mut f32);
 
-// SAFETY: the matmuls that share it (`q8::avx2::matmul`, `VnniWeights::matmul`) write through it only at indices
-// that one task owns, while the buffer it came from is borrowed mutably for the whole matmul.
+// SAFETY: the matmuls that share it (`q8::avx2::matmul`, `VnniWeights::matmul`, `Q4kWeights::matmul`,
+// `Q6kWeights::matmul`) write through it only at indices that one task owns, while the buffer it came from is borrowed mutably for the whole matmul.
 unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
 

@@ -5,6 +5,7 @@
 mod attention;
 mod batch;
 mod dense;
+mod kquant;
 mod layer;
 mod linear;
 mod load;
