@@ -15,7 +15,7 @@ endif
 TEST_ENV := RAYON_NUM_THREADS=1 RUSTFLAGS="$(LEPTOS_RUSTFLAGS)"
 
 .PHONY: serve site test tools test-deps fmt lint unit clients e2e scale-out k8s-check fetch-model spm-fixture adapters \
-	cuda-toolchain cuda-check gpu-bundle peft-check clean
+	cuda-toolchain cuda-check gpu-bundle peft-check bench-7b clean
 
 ## Build the site in release mode and serve it (fetches the default model on first start).
 serve: tools test-deps-npm
@@ -76,6 +76,11 @@ k8s-check:
 ## Fetch the default model into data/models (the engine's SmolLM2 tests need it).
 fetch-model: site
 	target/release/loraland fetch-model
+
+## The 7B CPU benchmark against llama.cpp on Mistral-7B-shaped Q4_K_M and Q8_0 files (not part of `make test`:
+## about 35 minutes the first time, 27 GB of free disk; see scripts/bench-7b/run.sh).
+bench-7b: site
+	@scripts/bench-7b/run.sh
 
 ## Mistral-7B-v0.1's SentencePiece tokenizer in a tiny GGUF, with transformers' token ids, in data/fixtures/mistral-spm
 ## (from PyPI: mistral-common, gguf, sentencepiece, transformers; the engine's SentencePiece tests need it).
