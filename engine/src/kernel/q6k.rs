@@ -12,7 +12,9 @@
 //! per sub-block `j` of 16, the bracket an exact integer (`vpdpbusd` on the unsigned 6-bit values). Each row's
 //! arithmetic is the same whatever else is in the batch.
 
-use super::q4k::{store_tile, QK_K, TILE};
+#[cfg(target_arch = "x86_64")]
+use super::q4k::store_tile;
+use super::q4k::{QK_K, TILE};
 use super::q8::BLOCK;
 use crate::kernel::SharedOut;
 use half::f16;

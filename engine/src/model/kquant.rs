@@ -106,14 +106,15 @@ mod tests {
             eprintln!("skipped: no AVX-512 VNNI on this CPU");
             return;
         }
-        for dtype in [GgmlDType::Q4K, GgmlDType::Q6K] {
-            same_as_candle(dtype);
+        // 40 rows: two tiles of 16 and a padded one, two super-blocks per row; 9 rows: one padded tile, three.
+        for (n, k) in [(40, 512), (9, 768)] {
+            for dtype in [GgmlDType::Q4K, GgmlDType::Q6K] {
+                same_as_candle(dtype, n, k);
+            }
         }
     }
 
-    fn same_as_candle(dtype: GgmlDType) {
-        // 40 rows: two tiles of 16 and a padded one; two super-blocks per row.
-        let (n, k) = (40, 512);
+    fn same_as_candle(dtype: GgmlDType, n: usize, k: usize) {
         let q = QTensor::quantize(&random((n, k), 3), dtype).unwrap();
         let ours = KQuantMatrix::from_qtensor(&q).unwrap().expect("a K-quant on a VNNI CPU");
         let dense = q.dequantize(&Device::Cpu).unwrap();
@@ -121,8 +122,12 @@ mod tests {
         // Against the dequantized weights in f32 and against candle's own Q4_K matmul: only the activations'
         // quantization differs (Q8_0 blocks of 32 here, Q8_K of 256 there).
         let candle = QMatMul::from_arc(Arc::new(q)).unwrap();
+        // Activations whose size changes from one block of 32 to the next (by up to 16x), so that a block given a
+        // neighbour's scale or sum shows.
+        let sizes: Vec<f32> = (0..k).map(|c| (1 << ((c / 32) % 5)) as f32 / 4.0).collect();
+        let sizes = Tensor::from_vec(sizes, (1, k), &Device::Cpu).unwrap();
         for m in [1, 3, 8] {
-            let x = random((m, k), 20 + m as u64);
+            let x = random((m, k), 20 + m as u64).broadcast_mul(&sizes).unwrap();
             let got = ours.forward(&x).unwrap().to_vec2::<f32>().unwrap();
             let exact = x.matmul(&dense.t().unwrap()).unwrap().to_vec2::<f32>().unwrap();
             let theirs = candle.forward(&x).unwrap().to_vec2::<f32>().unwrap();
