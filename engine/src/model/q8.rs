@@ -116,7 +116,7 @@ pub(super) mod tests {
     use half::f16;
 
     /// A matrix of values uniform in [-0.5, 0.5) from a fixed seed.
-    pub(in crate::model) fn random(shape: (usize, usize), seed: u64) -> Tensor {
+    pub(crate) fn random(shape: (usize, usize), seed: u64) -> Tensor {
         let mut s = seed;
         let values: Vec<f32> = (0..shape.0 * shape.1)
             .map(|_| {
