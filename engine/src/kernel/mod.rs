@@ -80,3 +80,68 @@ impl SharedOut {
         self.0
     }
 }
+
+/// Weight rows per tile of the AVX-512 VNNI matmuls (`q8::vnni`, `q4k`, `q6k`): one 512-bit register of 16 sums.
+pub(crate) const TILE: usize = 16;
+
+/// Runs `tile(t)` for tiles `0..tiles`, split across candle's workers.
+pub(crate) fn for_each_tile(tiles: usize, tile: impl Fn(usize) + Sync) {
+    candle_core::utils::barrier_pool().execute_chunked(tiles, |range| range.for_each(&tile));
+}
+
+/// Runs `$call` for the activation rows `r..r + R` of `0..$m`, four rows at a time and then the three, two or one
+/// left, with `R` a constant: the VNNI matmuls' rows-by-tile functions keep `R` rows' sums in registers.
+macro_rules! row_groups {
+    ($m:expr, $r:ident, $rows:ident => $call:expr) => {{
+        let m = $m;
+        let mut $r = 0;
+        while $r < m {
+            let left = (m - $r).min(4);
+            match left {
+                4 => {
+                    const $rows: usize = 4;
+                    $call
+                }
+                3 => {
+                    const $rows: usize = 3;
+                    $call
+                }
+                2 => {
+                    const $rows: usize = 2;
+                    $call
+                }
+                _ => {
+                    const $rows: usize = 1;
+                    $call
+                }
+            }
+            $r += left;
+        }
+    }};
+}
+pub(crate) use row_groups;
+
+/// Writes a tile's 16 sums for activation row `row` to columns `16t..` of `out` (`[.., n]`), leaving out the lanes
+/// that pad the last tile.
+///
+/// # Safety
+/// The CPU has AVX-512F; `out` holds `row + 1` rows of `n` values and `16t < n`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+pub(crate) unsafe fn store_tile(acc: std::arch::x86_64::__m512, out: *mut f32, row: usize, t: usize, n: usize) {
+    use std::arch::x86_64::*;
+    let c0 = t * TILE;
+    let lanes = (n - c0).min(TILE);
+    // SAFETY: the caller's `out` holds `row + 1` rows of `n`, and `c0 + lanes <= n`.
+    let dst = unsafe { out.add(row * n + c0) };
+    if lanes == TILE {
+        unsafe { _mm512_storeu_ps(dst, acc) };
+    } else {
+        let mut tmp = [0f32; TILE];
+        unsafe { _mm512_storeu_ps(tmp.as_mut_ptr(), acc) };
+        for (l, &v) in tmp.iter().enumerate().take(lanes) {
+            unsafe { *dst.add(l) = v };
+        }
+    }
+}

@@ -17,15 +17,15 @@
 //! logits do not depend on the batch.
 
 use super::q8::BLOCK;
-use crate::kernel::SharedOut;
+#[cfg(target_arch = "x86_64")]
+use crate::kernel::store_tile;
+use crate::kernel::{for_each_tile, row_groups, SharedOut, TILE};
 use half::f16;
 
 /// Values per super-block.
 pub const QK_K: usize = 256;
 /// Bytes of one GGUF Q4_K super-block: `d`, `dmin` (f16), 12 bytes of packed scales and mins, 128 of values.
 pub const BLOCK_BYTES: usize = 2 + 2 + 12 + QK_K / 2;
-/// Weight rows per tile: one 512-bit register of 16 sums.
-pub(super) const TILE: usize = 16;
 /// Sub-blocks per super-block.
 const SUBS: usize = QK_K / BLOCK;
 /// Bytes of one tile's super-block of values: `[32 groups of 8 values][16 rows][4 bytes]`, byte `j` of a group
@@ -152,14 +152,9 @@ impl Q4kWeights {
         assert!(xq.len() >= m * blocks * BLOCK && xd.len() >= m * blocks && out.len() >= m * self.n);
         let xs = activation_terms(m * blocks, xq, xd);
         let out_ptr = SharedOut::new(out);
-        let tiles = self.n.div_ceil(TILE);
-        candle_core::utils::barrier_pool().execute_chunked(tiles, |range| {
-            for t in range {
-                // SAFETY: the CPU has the instructions (asserted above); the bounds above and the packing make every
-                // read valid, and tile `t` writes only its own output columns.
-                unsafe { tile(self, t, m, xq, &xs, out_ptr) };
-            }
-        });
+        // SAFETY: the CPU has the instructions (asserted above); the bounds above and the packing make every read
+        // valid, and tile `t` writes only its own output columns.
+        for_each_tile(self.n.div_ceil(TILE), |t| unsafe { tile(self, t, m, xq, &xs, out_ptr) });
     }
 }
 
@@ -178,19 +173,7 @@ fn activation_terms(blocks: usize, xq: &[i8], xd: &[f32]) -> Vec<[f32; 2]> {
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn tile(w: &Q4kWeights, t: usize, m: usize, xq: &[i8], xs: &[[f32; 2]], out: SharedOut) {
     let out = out.ptr();
-    let mut r = 0;
-    while r < m {
-        let rows = (m - r).min(4);
-        unsafe {
-            match rows {
-                4 => rows_x_tile::<4>(w, t, r, xq, xs, out),
-                3 => rows_x_tile::<3>(w, t, r, xq, xs, out),
-                2 => rows_x_tile::<2>(w, t, r, xq, xs, out),
-                _ => rows_x_tile::<1>(w, t, r, xq, xs, out),
-            }
-        }
-        r += rows;
-    }
+    row_groups!(m, r, R => unsafe { rows_x_tile::<R>(w, t, r, xq, xs, out) });
 }
 
 #[cfg(not(target_arch = "x86_64"))]
@@ -251,28 +234,6 @@ unsafe fn rows_x_tile<const R: usize>(w: &Q4kWeights, t: usize, r0: usize, xq: &
     }
     for r in 0..R {
         unsafe { store_tile(acc[r], out, r0 + r, t, w.n) };
-    }
-}
-
-/// Writes a tile's 16 sums for activation row `row` to columns `16t..` of `out` (`[.., n]`), leaving out the lanes
-/// that pad the last tile.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-#[inline]
-pub(super) unsafe fn store_tile(acc: std::arch::x86_64::__m512, out: *mut f32, row: usize, t: usize, n: usize) {
-    use std::arch::x86_64::*;
-    let c0 = t * TILE;
-    let lanes = (n - c0).min(TILE);
-    // SAFETY: the caller's `out` holds `row + 1` rows of `n`, and `c0 + lanes <= n`.
-    let dst = unsafe { out.add(row * n + c0) };
-    if lanes == TILE {
-        unsafe { _mm512_storeu_ps(dst, acc) };
-    } else {
-        let mut tmp = [0f32; TILE];
-        unsafe { _mm512_storeu_ps(tmp.as_mut_ptr(), acc) };
-        for (l, &v) in tmp.iter().enumerate().take(lanes) {
-            unsafe { *dst.add(l) = v };
-        }
     }
 }
 

@@ -12,11 +12,11 @@
 //! per sub-block `j` of 16, the bracket an exact integer (`vpdpbusd` on the unsigned 6-bit values). Each row's
 //! arithmetic is the same whatever else is in the batch.
 
-#[cfg(target_arch = "x86_64")]
-use super::q4k::store_tile;
-use super::q4k::{QK_K, TILE};
+use super::q4k::QK_K;
 use super::q8::BLOCK;
-use crate::kernel::SharedOut;
+use crate::kernel::{for_each_tile, SharedOut, TILE};
+#[cfg(target_arch = "x86_64")]
+use crate::kernel::{row_groups, store_tile};
 use half::f16;
 
 /// Bytes of one GGUF Q6_K super-block: 128 bytes of low four bits, 64 of high two, 16 signed scales, `d` (f16).
@@ -140,14 +140,9 @@ impl Q6kWeights {
         assert!(xq.len() >= m * blocks * BLOCK && xd.len() >= m * blocks && out.len() >= m * self.n);
         let xs = activation_terms(m * blocks, xq, xd);
         let out_ptr = SharedOut::new(out);
-        let tiles = self.n.div_ceil(TILE);
-        candle_core::utils::barrier_pool().execute_chunked(tiles, |range| {
-            for t in range {
-                // SAFETY: the CPU has the instructions (asserted above); the bounds above and the packing make every
-                // read valid, and tile `t` writes only its own output columns.
-                unsafe { tile(self, t, m, xq, &xs, out_ptr) };
-            }
-        });
+        // SAFETY: the CPU has the instructions (asserted above); the bounds above and the packing make every read
+        // valid, and tile `t` writes only its own output columns.
+        for_each_tile(self.n.div_ceil(TILE), |t| unsafe { tile(self, t, m, xq, &xs, out_ptr) });
     }
 }
 
@@ -163,19 +158,7 @@ fn activation_terms(blocks: usize, xq: &[i8], xd: &[f32]) -> Vec<(f32, i32)> {
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn tile(w: &Q6kWeights, t: usize, m: usize, xq: &[i8], xs: &[(f32, i32)], out: SharedOut) {
     let out = out.ptr();
-    let mut r = 0;
-    while r < m {
-        let rows = (m - r).min(4);
-        unsafe {
-            match rows {
-                4 => rows_x_tile::<4>(w, t, r, xq, xs, out),
-                3 => rows_x_tile::<3>(w, t, r, xq, xs, out),
-                2 => rows_x_tile::<2>(w, t, r, xq, xs, out),
-                _ => rows_x_tile::<1>(w, t, r, xq, xs, out),
-            }
-        }
-        r += rows;
-    }
+    row_groups!(m, r, R => unsafe { rows_x_tile::<R>(w, t, r, xq, xs, out) });
 }
 
 #[cfg(not(target_arch = "x86_64"))]

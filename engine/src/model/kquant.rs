@@ -27,9 +27,10 @@ impl KQuantMatrix {
     /// Takes `q` if a kernel here can run it: a 2-D Q4_K or Q6_K tensor on the CPU whose width is a multiple of
     /// 256, on a CPU with AVX-512 VNNI.
     pub fn from_qtensor(q: &QTensor) -> Result<Option<Self>> {
-        let block_bytes = match q.dtype() {
-            GgmlDType::Q4K => q4k::BLOCK_BYTES,
-            GgmlDType::Q6K => q6k::BLOCK_BYTES,
+        type Pack = fn(&[u8], usize, usize) -> Weights;
+        let (block_bytes, pack): (usize, Pack) = match q.dtype() {
+            GgmlDType::Q4K => (q4k::BLOCK_BYTES, |data, n, k| Weights::Q4k(Q4kWeights::pack(data, n, k))),
+            GgmlDType::Q6K => (q6k::BLOCK_BYTES, |data, n, k| Weights::Q6k(Q6kWeights::pack(data, n, k))),
             _ => return Ok(None),
         };
         if !crate::kernel::has_vnni() || !q.device().is_cpu() || q.shape().rank() != 2 {
@@ -40,19 +41,11 @@ impl KQuantMatrix {
             return Ok(None);
         }
         let data = q.data()?;
-        if data.len() != n * (k / QK_K) * block_bytes {
-            candle_core::bail!(
-                "{:?} tensor {n}x{k}: {} bytes, expected {}",
-                q.dtype(),
-                data.len(),
-                n * (k / QK_K) * block_bytes
-            );
+        let expected = n * (k / QK_K) * block_bytes;
+        if data.len() != expected {
+            candle_core::bail!("{:?} tensor {n}x{k}: {} bytes, expected {expected}", q.dtype(), data.len());
         }
-        let weights = match q.dtype() {
-            GgmlDType::Q4K => Weights::Q4k(Q4kWeights::pack(&data, n, k)),
-            _ => Weights::Q6k(Q6kWeights::pack(&data, n, k)),
-        };
-        Ok(Some(Self { n, k, weights }))
+        Ok(Some(Self { n, k, weights: pack(&data, n, k) }))
     }
 
     /// Bytes of weights a matmul reads.

@@ -57,7 +57,7 @@ pub fn random_adapters(model: &Model, n: usize, r: usize, seed: u64) -> anyhow::
 }
 
 /// The benchmark's prompt for row `row`: `len` token ids spread over the vocabulary (the same ids
-/// `scripts/bench-7b/llama_cpp.py` gives llama.cpp).
+/// `scripts/bench-7b/llama_cpp_rate.py` gives llama.cpp).
 pub fn prompt(vocab: u32, row: usize, len: usize) -> Vec<u32> {
     (0..len).map(|j| ((row * 31 + j * 7) as u32 + 100) % vocab).collect()
 }

@@ -9,11 +9,11 @@
 //! row runs alone or in a batch of any size, so a sequence's logits never depend on what else is in the batch.
 
 use super::BLOCK;
-use crate::kernel::SharedOut;
+use crate::kernel::{for_each_tile, SharedOut, TILE};
+#[cfg(target_arch = "x86_64")]
+use crate::kernel::{row_groups, store_tile};
 use half::f16;
 
-/// Weight rows per tile: one 512-bit register of 16 i32 sums.
-const TILE: usize = 16;
 /// Bytes of one tile's block: 32 values of 16 rows.
 const TILE_BLOCK_BYTES: usize = BLOCK * TILE;
 
@@ -81,14 +81,9 @@ impl VnniWeights {
         // 128 · Σx per activation block: the correction of the +128 weight offset.
         let corr: Vec<i32> = xq.chunks_exact(BLOCK).map(|b| 128 * b.iter().map(|&x| x as i32).sum::<i32>()).collect();
         let out_ptr = SharedOut::new(out);
-        let tiles = self.n.div_ceil(TILE);
-        candle_core::utils::barrier_pool().execute_chunked(tiles, |range| {
-            for t in range {
-                // SAFETY: the CPU has the instructions (asserted above); the bounds above and the packing make every
-                // read valid, and tile `t` writes only its own output columns.
-                unsafe { tile(self, t, m, xq, xd, &corr, out_ptr) };
-            }
-        });
+        // SAFETY: the CPU has the instructions (asserted above); the bounds above and the packing make every read
+        // valid, and tile `t` writes only its own output columns.
+        for_each_tile(self.n.div_ceil(TILE), |t| unsafe { tile(self, t, m, xq, xd, &corr, out_ptr) });
     }
 }
 
@@ -97,19 +92,7 @@ impl VnniWeights {
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn tile(w: &VnniWeights, t: usize, m: usize, xq: &[i8], xd: &[f32], corr: &[i32], out: SharedOut) {
     let out = out.ptr();
-    let mut r = 0;
-    while r < m {
-        let rows = (m - r).min(4);
-        unsafe {
-            match rows {
-                4 => rows_x_tile::<4>(w, t, r, xq, xd, corr, out),
-                3 => rows_x_tile::<3>(w, t, r, xq, xd, corr, out),
-                2 => rows_x_tile::<2>(w, t, r, xq, xd, corr, out),
-                _ => rows_x_tile::<1>(w, t, r, xq, xd, corr, out),
-            }
-        }
-        r += rows;
-    }
+    row_groups!(m, r, R => unsafe { rows_x_tile::<R>(w, t, r, xq, xd, corr, out) });
 }
 
 #[cfg(not(target_arch = "x86_64"))]
@@ -157,18 +140,7 @@ unsafe fn rows_x_tile<const R: usize>(
             acc[r] = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(exact), acc[r]);
         }
     }
-    let c0 = t * TILE;
-    let lanes = (w.n - c0).min(TILE);
     for r in 0..R {
-        let row = unsafe { out.add((r0 + r) * w.n + c0) };
-        if lanes == TILE {
-            unsafe { _mm512_storeu_ps(row, acc[r]) };
-        } else {
-            let mut tmp = [0f32; TILE];
-            unsafe { _mm512_storeu_ps(tmp.as_mut_ptr(), acc[r]) };
-            for (l, &v) in tmp.iter().enumerate().take(lanes) {
-                unsafe { *row.add(l) = v };
-            }
-        }
+        unsafe { store_tile(acc[r], out, r0 + r, t, w.n) };
     }
 }
