@@ -180,6 +180,43 @@ fn a_waiting_request_whose_adapter_is_evicted_gets_it_back() {
     assert_eq!(EngineStats::get(&stats.adapter_evictions) - evictions, 2);
 }
 
+/// A request too large for the room left in the batch is not passed over for as long as smaller requests keep the
+/// batch full: the requests submitted after it wait until it has joined. (Passed over, it waited for the whole
+/// backlog here, and for ever under steady load: a request that never ends while the server looks healthy.)
+#[test]
+fn a_large_request_is_not_starved_by_smaller_ones_that_keep_the_batch_full() {
+    let mut cfg = config(&fixture("tiny-llama/adapters"));
+    cfg.max_kv_tokens = 40;
+    let engine = Engine::spawn(cfg).unwrap();
+    // Resident: the large request waits only for room.
+    run_alone(&engine, &[1, 2, 3, 4], Some("qv_r8"), 1);
+    // Small base requests of 7 to 11 KV tokens with staggered ends: one leaving makes room for the next, never for
+    // the large one (34 of the 40), which fits only beside at most one of them.
+    let small = |i: usize| request(&[1, 5 + (i % 7) as u32, 9, 13], None, 3 + i % 5);
+    // Each submission between two instants: its engine-side submission time lies between them.
+    let submit = |r: GenerateRequest| {
+        let before = Instant::now();
+        let stream = engine.generate(r).unwrap();
+        (before, Instant::now(), stream)
+    };
+    let older: Vec<_> = (0..8).map(|i| submit(small(i))).collect();
+    let (large_before, _, large) = submit(request(&[1, 20, 30, 40], Some("qv_r8"), 30));
+    let younger: Vec<_> = (8..48).map(|i| submit(small(i))).collect();
+    let (tokens, large) = collect_within(large, 60).unwrap();
+    assert_eq!(tokens.len(), large.generated_tokens);
+    // When the large request joined the batch, at the earliest: and the latest each younger one could have joined.
+    let large_joined = large_before + large.timings.queue;
+    let mut joined_before = 0;
+    for (_, after, stream) in younger {
+        let (_, fin) = collect_within(stream, 60).unwrap();
+        joined_before += usize::from(after + fin.timings.queue < large_joined);
+    }
+    assert_eq!(joined_before, 0, "younger requests joined the batch before the large one");
+    for (_, _, stream) in older {
+        collect_within(stream, 60).unwrap();
+    }
+}
+
 #[test]
 fn a_corrupt_adapter_fails_only_its_own_requests() {
     let dir = tempfile::tempdir().unwrap();

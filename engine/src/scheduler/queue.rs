@@ -1,8 +1,11 @@
 //! Admission, as plain data: the requests waiting to join the batch, one queue per adapter (the base model's
 //! too), and which of them join next. Admission is round-robin over the adapters that are ready, one request each
 //! in turn starting after the adapter admitted last, within the batch's free rows and the KV budget; a request
-//! whose adapter is not resident waits without holding up the others. Generic over what waits, so that the policy
-//! is tested with plain values (as mistral.rs tests its admission queue with integers).
+//! whose adapter is not resident waits without holding up the others. A ready request too large for the room left
+//! holds back every request that came after it, so the batch drains until it fits: passed over instead, it would
+//! wait as long as smaller requests kept the batch full, for ever under steady load (TGI and vLLM admit in arrival
+//! order for the same reason). Generic over what waits, so that the policy is tested with plain values (as
+//! mistral.rs tests its admission queue with integers).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -88,10 +91,20 @@ impl<R: Waiting> Queue<R> {
     }
 
     /// The requests to admit now, in order: one per ready queue in turn, from the queue after the one admitted last,
-    /// while `room` lasts. A queue whose next request does not fit the KV budget is passed over this time.
+    /// while `room` lasts. A queue whose next request does not fit is passed over, and that request holds back the
+    /// requests submitted after it (see the module docs): only older ones may still join.
     pub fn admit(&mut self, mut room: Room, ready: impl Fn(&R::Key) -> bool) -> Vec<R> {
         let mut admitted = Vec::new();
         while room.rows > 0 {
+            let fits = |r: &R| r.kv_need() <= room.kv && r.rows() <= room.rows;
+            // Alone in an empty batch, any request may run: the budget can do no more for it.
+            let alone = room.batch_empty && admitted.is_empty();
+            let held_after = (self.queues.iter())
+                .filter(|(key, _)| ready(key))
+                .filter_map(|(_, queue)| queue.front())
+                .filter(|r| !fits(r))
+                .map(Waiting::submitted)
+                .min();
             let keys: Vec<R::Key> = self.queues.keys().cloned().collect();
             let start = match &self.last {
                 Some(last) => keys.iter().position(|k| k > last).unwrap_or(0),
@@ -103,11 +116,11 @@ impl<R: Waiting> Queue<R> {
                     continue;
                 }
                 let queue = self.queues.get_mut(key).expect("key listed");
-                let (need, rows) = queue.front().map_or((0, 1), |r| (r.kv_need(), r.rows()));
-                let alone = room.batch_empty && admitted.is_empty();
-                if (need > room.kv || rows > room.rows) && !alone {
+                let Some(front) = queue.front() else { continue };
+                if !(fits(front) || alone) || held_after.is_some_and(|t| front.submitted() > t) {
                     continue;
                 }
+                let (need, rows) = (front.kv_need(), front.rows());
                 let r = queue.pop_front().expect("queues are never empty");
                 if queue.is_empty() {
                     self.queues.remove(key);
@@ -200,13 +213,31 @@ mod tests {
     }
 
     #[test]
-    fn a_queue_that_is_not_ready_or_does_not_fit_the_kv_budget_is_passed_over() {
-        let mut q = queue(&[R(0, 50, 0), R(1, 10, 1), R(2, 10, 2)]);
+    fn a_queue_whose_adapter_is_not_ready_is_passed_over() {
+        let mut q = queue(&[R(0, 10, 0), R(1, 10, 1), R(2, 10, 2)]);
         let got = q.admit(Room { rows: 3, kv: 30, batch_empty: false }, |k| *k != 2);
-        assert_eq!(got, [R(1, 10, 1)], "queue 0 needs 50 of 30, queue 2's adapter is not resident");
-        // Alone in an empty batch, a request over the budget still runs (the budget can do no more for it).
-        assert_eq!(q.admit(Room { rows: 3, kv: 30, batch_empty: true }, |k| *k != 2), [R(0, 50, 0)]);
+        assert_eq!(got, [R(0, 10, 0), R(1, 10, 1)], "queue 2's adapter is not resident");
         assert_eq!(q.len(), 1);
+    }
+
+    #[test]
+    fn a_request_too_large_for_the_room_holds_back_younger_requests_until_it_fits() {
+        // Queue 1's request (KV 50, submitted at 5 ms) does not fit the 30 left; queue 0's requests of 10 keep
+        // coming. Passed over, it would wait for as long as they keep the batch full.
+        let mut q = queue(&[R(0, 10, 0), R(0, 10, 10), R(0, 10, 20), R(1, 50, 5), R(2, 10, 30)]);
+        let room = |kv, batch_empty| Room { rows: 8, kv, batch_empty };
+        assert_eq!(q.admit(room(30, false), ALL), [R(0, 10, 0)], "only the request older than it joins");
+        assert_eq!(q.admit(room(20, false), ALL), [], "the younger ones wait while the batch drains");
+        assert_eq!(q.admit(room(60, false), ALL), [R(1, 50, 5), R(2, 10, 30)], "it joins once it fits");
+        assert_eq!(q.admit(room(100, false), ALL), [R(0, 10, 10), R(0, 10, 20)]);
+        // Only a ready request holds: one whose adapter is not resident cannot run, and holds back nothing.
+        let mut q = queue(&[R(1, 50, 0), R(0, 10, 10)]);
+        assert_eq!(q.admit(room(30, false), |k| *k == 0), [R(0, 10, 10)]);
+        // Larger than the whole budget, it runs alone once the batch is empty, before the younger ones.
+        let mut q = queue(&[R(1, 500, 0), R(0, 10, 10)]);
+        assert_eq!(q.admit(room(100, false), ALL), []);
+        assert_eq!(q.admit(room(100, true), ALL), [R(1, 500, 0)]);
+        assert_eq!(q.admit(room(100, false), ALL), [R(0, 10, 10)]);
     }
 
     #[test]
