@@ -212,3 +212,33 @@ async fn votes_count_only_from_visitors_who_saw_the_run() {
     assert!(vote(Some(stranger), 0).await.unwrap().status().is_success());
     assert_eq!(votes().await, 1);
 }
+
+/// The first run after a server starts, made as the playground's browser test makes it (#17: once, its adapter pane
+/// never finished): a cold adapter's pane beside the base model's, 12 new tokens, the stream opened by the run's
+/// owner at once. Every round starts a new engine (its adapters cold) and a new server; both panes end done, each
+/// with its 12 tokens, within seconds, 200 times in a row (`LORALAND_COLD_ROUNDS` sets the rounds; 7 s here).
+#[tokio::test]
+async fn the_first_run_after_start_streams_both_panes_to_the_end() {
+    let rounds: usize = std::env::var("LORALAND_COLD_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(200);
+    for round in 0..rounds {
+        let mut cfg = engine_config();
+        cfg.max_input_tokens = 200;
+        let st = state(Some(cfg)).await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = server::router_with(st, &HttpOptions::default());
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        let sentence = "the plot is nothing but a string of tired clichés .";
+        let (id, cookie) = start_run(addr, sentence, json!(["qv_r8", null]), 12).await;
+        let events = tokio::time::timeout(Duration::from_secs(20), stream(addr, &id, Some(&cookie)))
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: the run's stream did not end within 20 s"));
+        for pane in [0, 1] {
+            let status = status_of(&events, pane);
+            assert_eq!(status["status"], "done", "round {round}, pane {pane}: {events:?}");
+            assert_eq!(status["timings"]["generated_tokens"], 12, "round {round}, pane {pane}: {status}");
+        }
+        // The server, its state and its engine go (the engine thread stops once its last handle is dropped).
+        server.abort();
+    }
+}
