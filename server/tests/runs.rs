@@ -213,6 +213,39 @@ async fn votes_count_only_from_visitors_who_saw_the_run() {
     assert_eq!(votes().await, 1);
 }
 
+/// A pane waiting for its first token (here a step that takes 6 s; in production an adapter coming from the hub, a
+/// full batch, a long prompt's prefill) keeps its row fresh while it waits, so that a replica following it, or one
+/// starting up, never takes it for a pane whose process died (`STALE_AFTER`) and cuts it off.
+#[tokio::test]
+async fn a_pane_waiting_for_its_first_token_keeps_its_row_fresh() {
+    let (addr, st) = live(|c| c.faults.stall_at_step = Some((0, Duration::from_secs(6)))).await;
+    let (id, cookie) = start_run(addr, "a fine , funny film .", json!([null]), 4).await;
+    let watch = tokio::spawn({
+        let id = id.clone();
+        async move { stream(addr, &id, Some(&cookie)).await }
+    });
+    let row = || async {
+        let row: (String, i64, String) =
+            sqlx::query_as("SELECT status, updated_at, text FROM outputs WHERE run_id = $1 AND pane = 0")
+                .bind(&id)
+                .fetch_one(&st.db)
+                .await
+                .unwrap();
+        row
+    };
+    while row().await.0 != "running" {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let (status, updated, text) = row().await;
+    let age = app::context::now_ms() - updated;
+    assert_eq!((status.as_str(), text.as_str()), ("running", ""), "still waiting for its first token");
+    let most = app::run::store::HEARTBEAT_EVERY + app::run::executor::FLUSH_EVERY + Duration::from_millis(500);
+    assert!(age < most.as_millis() as i64, "the row was last written {age} ms ago");
+    let events = watch.await.unwrap();
+    assert_eq!(status_of(&events, 0)["status"], "done");
+}
+
 /// The first run after a server starts, made as the playground's browser test makes it (#17: once, its adapter pane
 /// never finished): a cold adapter's pane beside the base model's, 12 new tokens, the stream opened by the run's
 /// owner at once. Every round starts a new engine (its adapters cold) and a new server; both panes end done, each

@@ -348,7 +348,7 @@ impl Generation {
         };
         let mut cancel = self.live.cancel.subscribe();
         let mut flush = tokio::time::interval(FLUSH_EVERY);
-        let (mut saved, mut orphaned) = (0usize, None::<Instant>);
+        let (mut saved, mut saved_at, mut orphaned) = (0usize, Instant::now(), None::<Instant>);
         loop {
             tokio::select! {
                 event = generation.next_event() => match event {
@@ -364,11 +364,14 @@ impl Generation {
                 }
                 _ = flush.tick() => {
                     let text = self.live.text();
-                    if text.len() != saved {
-                        if let Err(e) = store::save_text(&self.db, &self.key.run, self.key.pane, &text).await {
-                            tracing::warn!(run = %self.key.run, "storing a pane's text: {e}");
+                    // New text, or a heartbeat: the row of a pane still waiting for its first token stays fresh.
+                    if text.len() != saved || saved_at.elapsed() >= store::HEARTBEAT_EVERY {
+                        match store::save_text(&self.db, &self.key.run, self.key.pane, &text).await {
+                            Ok(true) => {}
+                            Ok(false) => tracing::warn!(run = %self.key.run, "the pane's row was ended by another process"),
+                            Err(e) => tracing::warn!(run = %self.key.run, "storing a pane's text: {e}"),
                         }
-                        saved = text.len();
+                        (saved, saved_at) = (text.len(), Instant::now());
                     }
                     orphaned = if self.live.watchers() > 0 { None } else { Some(orphaned.unwrap_or_else(Instant::now)) };
                     if orphaned.is_some_and(|t| t.elapsed() > ORPHAN_GRACE) {

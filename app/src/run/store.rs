@@ -10,8 +10,12 @@ use futures_util::stream::{self, BoxStream, StreamExt};
 use sqlx::Row;
 
 /// A pane whose row has not been written for this long while `running` was cut off with its process (a generating
-/// pane's text is written every [`FLUSH_EVERY`](super::executor::FLUSH_EVERY)).
+/// pane's row is written at least every [`HEARTBEAT_EVERY`]).
 pub const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(20);
+/// The longest a generating pane's row goes unwritten, new text or not: a pane waiting for its first token (its
+/// adapter coming from the hub, room in a full batch, a long prompt's prefill) is alive, and must not look like one
+/// whose process died to a replica that follows it or starts up.
+pub const HEARTBEAT_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 /// How often a pane generated elsewhere is read back from the database.
 pub const FOLLOW_EVERY: std::time::Duration = std::time::Duration::from_millis(400);
 
@@ -107,16 +111,19 @@ pub fn follow_row(db: Db, run: String, pane: i64, sent: usize) -> BoxStream<'sta
     rest.flat_map(stream::iter).boxed()
 }
 
-/// Stores a generating pane's text so far.
-pub async fn save_text(db: &Db, run: &str, pane: i64, text: &str) -> sqlx::Result<()> {
-    sqlx::query("UPDATE outputs SET text = $1, updated_at = $2 WHERE run_id = $3 AND pane = $4 AND status = 'running'")
-        .bind(text)
-        .bind(now_ms())
-        .bind(run)
-        .bind(pane)
-        .execute(db)
-        .await?;
-    Ok(())
+/// Stores a generating pane's text so far (the same text again says the pane is alive). False when the row is no
+/// longer `running`: something else ended it.
+pub async fn save_text(db: &Db, run: &str, pane: i64, text: &str) -> sqlx::Result<bool> {
+    let saved = sqlx::query(
+        "UPDATE outputs SET text = $1, updated_at = $2 WHERE run_id = $3 AND pane = $4 AND status = 'running'",
+    )
+    .bind(text)
+    .bind(now_ms())
+    .bind(run)
+    .bind(pane)
+    .execute(db)
+    .await?;
+    Ok(saved.rows_affected() == 1)
 }
 
 /// Stores a pane's end (or, for a transient failure, its return to `pending`).

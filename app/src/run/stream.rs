@@ -70,8 +70,37 @@ fn pane_events(
     owner: Option<Starter>,
 ) -> impl futures_util::Stream<Item = PaneEvent> + Send {
     let panes: Vec<BoxStream<'static, PaneEvent>> =
-        run.panes.iter().map(|p| pane(&state, &run, p, owner.as_ref())).collect();
+        run.panes.iter().map(|p| ending_with_status(p.pane, pane(&state, &run, p, owner.as_ref()))).collect();
     stream::select_all(panes)
+}
+
+/// A pane's events, their last one its status whatever happens: events that stop without one (a row that could not
+/// be read back, a generation that went away) end with an error that says so. The browser closes the run's stream
+/// at `end`, and a pane without a status would look as if it still ran, for ever.
+fn ending_with_status(pane: i64, events: BoxStream<'static, PaneEvent>) -> BoxStream<'static, PaneEvent> {
+    stream::unfold(Some((events, false)), move |state| async move {
+        let (mut events, ended) = state?;
+        match events.next().await {
+            Some(event) => {
+                let ended = matches!(event, PaneEvent::Status { .. });
+                Some((event, Some((events, ended))))
+            }
+            None if ended => None,
+            None => {
+                tracing::warn!(pane, "a pane's events stopped before its status");
+                let error = "the server lost track of this answer before it ended; open the run again to see it";
+                let status = PaneEvent::Status {
+                    pane,
+                    status: PaneStatus::Error,
+                    finish_reason: None,
+                    error: Some(error.into()),
+                    timings: None,
+                };
+                Some((status, None))
+            }
+        }
+    })
+    .boxed()
 }
 
 fn pane(state: &AppState, run: &RunView, p: &PaneView, owner: Option<&Starter>) -> BoxStream<'static, PaneEvent> {
@@ -111,4 +140,37 @@ fn follow(state: AppState, key: PaneKey, seen: PaneView) -> BoxStream<'static, P
 
 fn replay_text(p: &PaneView) -> BoxStream<'static, PaneEvent> {
     stream::iter((!p.text.is_empty()).then(|| PaneEvent::Text { pane: p.pane, text: p.text.clone() })).boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::run::types::FinishReason;
+
+    fn text(t: &str) -> PaneEvent {
+        PaneEvent::Text { pane: 1, text: t.into() }
+    }
+
+    #[tokio::test]
+    async fn a_panes_events_always_end_with_its_status() {
+        let done = PaneEvent::Status {
+            pane: 1,
+            status: PaneStatus::Done,
+            finish_reason: Some(FinishReason::Eos),
+            error: None,
+            timings: None,
+        };
+        let whole: Vec<PaneEvent> =
+            ending_with_status(1, stream::iter([text("a"), done.clone()]).boxed()).collect().await;
+        assert_eq!(whole, [text("a"), done], "a status at the end is kept as it is");
+        for cut in [vec![text("a")], vec![]] {
+            let events: Vec<PaneEvent> = ending_with_status(1, stream::iter(cut.clone()).boxed()).collect().await;
+            assert_eq!(events[..cut.len()], cut[..]);
+            let last = events.last().expect("a status");
+            assert!(
+                matches!(last, PaneEvent::Status { pane: 1, status: PaneStatus::Error, error: Some(e), .. } if e.contains("lost track")),
+                "{last:?}"
+            );
+        }
+    }
 }
