@@ -1,6 +1,7 @@
 //! No silent hangs: a request waiting for an adapter that never arrives fails with a deadline that says what the
 //! adapter was doing; a batching loop that stops beating is reported stalled; a panicking engine thread fails every
-//! request with a clear error and reports itself stopped. On the tiny Llama fixture.
+//! request with a clear error and reports itself stopped; a panic while loading an adapter fails that adapter's
+//! requests at once and the loader goes on. On the tiny Llama fixture.
 
 mod common;
 
@@ -285,4 +286,27 @@ fn hub_downloads_are_bounded_and_never_hold_up_local_loads() {
     let message = err.unwrap_err().to_string();
     assert!(message.contains("cannot fetch adapter someone/slow from the hub"), "{message}");
     assert!(start.elapsed() < Duration::from_secs(10));
+}
+
+/// A panic while loading one adapter fails that adapter's requests at once, with an error that names it, and the
+/// loader goes on loading the others. (The panic used to end the loader thread: the adapter stayed marked as
+/// loading, its requests waited for the whole load timeout, and every later load failed.)
+#[test]
+fn a_panic_while_loading_an_adapter_fails_only_its_requests_and_the_loader_goes_on() {
+    let mut cfg = config();
+    cfg.faults.panic_loading = Some(AdapterId::new("qv_r8").unwrap());
+    let engine = Engine::spawn(cfg).unwrap();
+    let start = Instant::now();
+    let (tokens, end) = finish(engine.generate(request(Some("qv_r8"), 4)).unwrap());
+    let err = end.unwrap_err();
+    assert!(matches!(&err, Error::AdapterLoad { id, .. } if id.as_str() == "qv_r8"), "{err:?}");
+    assert_eq!(tokens, 0);
+    assert!(start.elapsed() < Duration::from_secs(10), "failed after {:?}, not at once", start.elapsed());
+    for adapter in [Some("all_r4"), None, Some("mlp_r2")] {
+        let (tokens, end) = finish(engine.generate(request(adapter, 4)).unwrap());
+        assert_eq!((tokens, end.map_err(|e| e.to_string())), (4, Ok(())), "{adapter:?}");
+    }
+    // Asked for again, it is tried again (and fails again the same way), not left waiting.
+    let (_, again) = finish(engine.generate(request(Some("qv_r8"), 4)).unwrap());
+    assert!(matches!(again, Err(Error::AdapterLoad { .. })), "{again:?}");
 }

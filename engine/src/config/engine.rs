@@ -85,6 +85,8 @@ pub struct Faults {
     pub step_delay: Option<Duration>,
     /// Make every output constraint allow no token once its sequence has this many tokens (a grammar that dead-ends).
     pub dead_end_after: Option<usize>,
+    /// Panic the adapter loader while it loads this adapter.
+    pub panic_loading: Option<AdapterId>,
 }
 
 /// An architecture and a seed for [`crate::Model::random`].

@@ -45,6 +45,8 @@ struct Worker {
     host: Option<Arc<Mutex<HostCache>>>,
     hub: HubLimits,
     done: LoadDone,
+    /// [`crate::config::Faults::panic_loading`].
+    panic_loading: Option<AdapterId>,
 }
 
 impl Worker {
@@ -55,7 +57,7 @@ impl Worker {
             .spawn(move || {
                 for (id, source, span) in rx {
                     let start = Instant::now();
-                    let result = span.in_scope(|| self.load(&id, &source));
+                    let result = span.in_scope(|| self.load_caught(&id, &source));
                     if !(self.done)(id, result, start.elapsed(), span) {
                         break;
                     }
@@ -63,6 +65,23 @@ impl Worker {
             })
             .map_err(|e| Error::Config(format!("cannot start the adapter loader thread: {e}")))?;
         Ok(tx)
+    }
+
+    /// [`Worker::load`], with a panic turned into that adapter's load error: the thread goes on loading the others.
+    /// (A panic that ended the thread left the adapter marked as loading until its requests timed out, and every
+    /// later load failing.)
+    fn load_caught(&self, id: &AdapterId, source: &AdapterSource) -> Result<Arc<LoraAdapter>> {
+        let load = || {
+            if self.panic_loading.as_ref() == Some(id) {
+                panic!("injected fault: a panic while loading {id}");
+            }
+            self.load(id, source)
+        };
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(load)).unwrap_or_else(|panic| {
+            let what = crate::error::panic_message(&*panic);
+            tracing::error!(adapter = %id, "the adapter loader panicked: {what}");
+            Err(Error::AdapterLoad { id: id.clone(), reason: "the loader failed on it (an internal error)".into() })
+        })
     }
 
     fn load(&self, id: &AdapterId, source: &AdapterSource) -> Result<Arc<LoraAdapter>> {
@@ -86,14 +105,16 @@ impl Worker {
 
 impl Loader {
     /// Starts the loader threads for `target`; `done` hears of every load and returns false to stop them.
+    /// `panic_loading` is [`crate::config::Faults::panic_loading`].
     pub(crate) fn spawn(
         target: AdapterTarget,
         host_cache_bytes: usize,
         hub: HubLimits,
         done: LoadDone,
+        panic_loading: Option<AdapterId>,
     ) -> Result<Arc<Self>> {
         let host = (!target.device.is_cpu()).then(|| Arc::new(Mutex::new(HostCache::new(host_cache_bytes))));
-        let worker = Worker { target, host: host.clone(), hub, done };
+        let worker = Worker { target, host: host.clone(), hub, done, panic_loading };
         let local = worker.clone().spawn("loraland-adapter-loader")?;
         let hub = worker.spawn("loraland-hub-loader")?;
         Ok(Arc::new(Self { local, hub, tracked: Mutex::new(HashMap::new()), host }))
@@ -162,7 +183,7 @@ mod tests {
         let tx = Mutex::new(tx);
         let done: LoadDone =
             Arc::new(move |id, result, _, _| tx.lock().unwrap().send((id, result.map(|a| a.max_rank()))).is_ok());
-        let loader = Loader::spawn(t, 0, HubLimits::default(), done).unwrap();
+        let loader = Loader::spawn(t, 0, HubLimits::default(), done, None).unwrap();
         let a = AdapterId::new("a").unwrap();
         let src = AdapterSource::Local(dir.path().join("a"));
         for _ in 0..3 {

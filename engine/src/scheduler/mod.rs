@@ -170,7 +170,9 @@ pub(crate) fn run(
     };
     let done: LoadDone =
         Arc::new(move |id, result, took, span| tx.send(Command::Loaded { id, result, took, span }).is_ok());
-    let loader = match Loader::spawn(model.adapter_target(), cfg.limits.host_cache_bytes, cfg.hub, done) {
+    let panic_loading = cfg.faults.panic_loading.clone();
+    let loader = match Loader::spawn(model.adapter_target(), cfg.limits.host_cache_bytes, cfg.hub, done, panic_loading)
+    {
         Ok(loader) => loader,
         Err(e) => {
             let _ = ready.send(Err(e));
@@ -210,11 +212,7 @@ pub(crate) fn run(
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| s.serve(rx)));
     s.stats.liveness.stop();
     if let Err(panic) = outcome {
-        let what = panic
-            .downcast_ref::<&str>()
-            .map(|m| m.to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_default();
+        let what = crate::error::panic_message(&*panic);
         tracing::error!(running = s.running.len(), "the engine thread panicked: {what}; every request fails");
         s.fail_all(Error::EngineStopped);
     }
