@@ -182,6 +182,13 @@ impl Executor {
         let watcher = live.watch(key.pane);
         // A child of the request that started it: the engine's lines about this pane carry that request's id.
         let span = tracing::info_span!("pane", run = %key.run, pane = key.pane);
+        let watchdog = Watchdog {
+            db: db.clone(),
+            panes: self.live.clone(),
+            key: key.clone(),
+            adapter: adapter.clone(),
+            live: live.clone(),
+        };
         let task = Generation {
             db: db.clone(),
             engine: engine.clone(),
@@ -191,7 +198,8 @@ impl Executor {
             live,
             _permit: permit,
         };
-        tokio::spawn(tracing::Instrument::instrument(task.run(request()), span));
+        let generation = tokio::spawn(tracing::Instrument::instrument(task.run(request()), span.clone()));
+        tokio::spawn(tracing::Instrument::instrument(watchdog.after(generation), span));
         watcher
     }
 
@@ -210,6 +218,41 @@ impl Executor {
     pub fn generating(&self) -> usize {
         let map = self.live.lock().expect("not poisoned");
         map.values().filter(|l| l.state.lock().is_ok_and(|s| s.end.is_none())).count()
+    }
+}
+
+/// Ends a pane whose generation task died without ending it (it panicked): its watchers would otherwise wait for
+/// ever, and so would every stream that joined the pane later, since the dead generation stays listed.
+struct Watchdog {
+    db: Db,
+    panes: Arc<Mutex<HashMap<PaneKey, Arc<Live>>>>,
+    key: PaneKey,
+    adapter: Option<String>,
+    live: Arc<Live>,
+}
+
+impl Watchdog {
+    async fn after(self, generation: tokio::task::JoinHandle<()>) {
+        let Err(e) = generation.await else { return };
+        let ended = self.live.state.lock().is_ok_and(|s| s.end.is_some());
+        tracing::error!(run = %self.key.run, pane = self.key.pane, ended, "the pane's generation failed: {e}");
+        if !ended {
+            let view = PaneView {
+                pane: self.key.pane,
+                adapter: self.adapter.clone(),
+                text: self.live.text(),
+                status: PaneStatus::Error,
+                finish_reason: None,
+                error: Some("the server failed while generating this answer (an internal error)".into()),
+                timings: None,
+            };
+            if let Err(e) = store::finish_pane(&self.db, &self.key.run, &view).await {
+                tracing::error!(run = %self.key.run, pane = self.key.pane, "storing the pane's end: {e}");
+            }
+            self.live.end(view);
+        }
+        tokio::time::sleep(KEEP_ENDED).await;
+        self.panes.lock().expect("not poisoned").remove(&self.key);
     }
 }
 
@@ -468,6 +511,37 @@ mod tests {
             assert_eq!(texts(&events), "Hello world");
             assert!(matches!(events.last(), Some(PaneEvent::Status { status: PaneStatus::Done, .. })), "{events:?}");
         }
+    }
+
+    /// A generation that dies (panics) before it ends its pane: the watchdog ends it with an error, stored, so
+    /// that its watchers, and streams that open it later, do not wait for ever (they did: nothing ended the pane).
+    #[tokio::test]
+    async fn a_pane_whose_generation_panics_ends_with_an_error() {
+        let db = crate::db::connect("sqlite::memory:").await.unwrap();
+        let request = crate::run::types::RunRequest {
+            task: "glue_sst2".into(),
+            inputs: Default::default(),
+            params: Default::default(),
+            panes: vec![None],
+        };
+        let session = crate::session::create_session(&db).await.unwrap();
+        let run = store::insert_run(&db, &session, &request, "prompt").await.unwrap();
+        let live = Live::new();
+        live.push("half an ans");
+        let watcher = live.watch(0);
+        let key = PaneKey { run: run.clone(), pane: 0 };
+        let panes = Arc::new(Mutex::new(HashMap::from([(key.clone(), live.clone())])));
+        let watchdog = Watchdog { db: db.clone(), panes: panes.clone(), key, adapter: None, live };
+        let generation = tokio::spawn(async { panic!("a bug in the generation") });
+        tokio::spawn(watchdog.after(generation));
+        let events: Vec<PaneEvent> = tokio::time::timeout(Duration::from_secs(5), watcher.collect()).await.unwrap();
+        assert_eq!(texts(&events), "half an ans");
+        assert!(
+            matches!(events.last(), Some(PaneEvent::Status { status: PaneStatus::Error, error: Some(e), .. }) if e.contains("internal error")),
+            "{events:?}"
+        );
+        let (stored, _) = store::load_pane(&db, &run, 0).await.unwrap().unwrap();
+        assert_eq!((stored.status, stored.text.as_str()), (PaneStatus::Error, "half an ans"));
     }
 
     #[tokio::test]
