@@ -14,8 +14,11 @@ fn main() -> ExitCode {
         Some(Command::Serve(c)) => c.log.clone(),
         _ => cli.serve.log.clone(),
     };
-    init_tracing(&log);
-    match run(cli) {
+    let log_writer = init_tracing(&log);
+    let outcome = run(cli);
+    // The log's last lines are written before the error line below.
+    drop(log_writer);
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             #[allow(clippy::print_stderr)]
@@ -51,10 +54,20 @@ fn serve(config: server::config::ServeConfig) -> anyhow::Result<()> {
     runtime.block_on(server::serve::run_with(config, std::sync::Arc::new(lab::tasks::AppLab)))
 }
 
-fn init_tracing(filter: &str) {
+/// Logs to stderr through a thread of its own: a line the reader of stderr is not taking (a stalled pipe, a log
+/// collector that fell behind) is buffered, then dropped and counted (`loraland_log_lines_dropped_total` on
+/// /metrics), never waited for. Written directly, a full pipe stopped every thread that logged, the engine's
+/// included: the server froze. The guard flushes what is left when it is dropped.
+fn init_tracing(filter: &str) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(server::config::DEFAULT_LOG_FILTER));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .thread_name("loraland-log")
+        .finish(std::io::stderr());
+    server::metrics::count_dropped_log_lines(writer.error_counter());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer).init();
+    guard
 }
 
 /// The error and its causes on one line, skipping a cause whose text its parent already includes (sqlx and io

@@ -94,11 +94,77 @@ fn model_that_fails_to_load_stops_the_server() {
     assert_refused(&out, "cannot load the model");
 }
 
+/// One HTTP/1.1 exchange with a server on `addr` (the whole reply), or `None` if it fails or takes over 30 s.
+fn http(addr: &str, request: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(addr).ok()?;
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(30))).ok()?;
+    conn.write_all(request.as_bytes()).ok()?;
+    let mut reply = String::new();
+    conn.read_to_string(&mut reply).ok()?;
+    Some(reply)
+}
+
+/// Waits for `/health` on `addr` to answer 200.
+fn wait_ready(addr: &str) {
+    let health = "GET /health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !http(addr, health).is_some_and(|r| r.starts_with("HTTP/1.1 200")) {
+        assert!(std::time::Instant::now() < deadline, "the server never became ready");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// A `POST /generate` of `body`, closing the connection after the reply.
+fn generate_request(body: &str) -> String {
+    format!(
+        "POST /generate HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// A server whose log nobody reads keeps serving: the lines its reader does not take are dropped and counted, not
+/// waited for. (Written straight to stderr, they stopped every thread that logged, the engine's included, once the
+/// pipe's 64 KiB were full: at debug level after about 30 requests, and the server answered nothing more.)
+#[test]
+fn a_log_that_nobody_reads_does_not_stop_the_server() {
+    let data = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_loraland"))
+        .args(["serve", "--model", fixture_model().to_str().unwrap(), "--data-dir", data.path().to_str().unwrap()])
+        .args(["--addr", &addr, "--client-requests-per-minute", "0"])
+        .env("RUST_LOG", "debug")
+        .env_remove("LEPTOS_SITE_ADDR")
+        // Held open, never read.
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_ready(&addr);
+    let mut answered = 0;
+    for i in 0..300 {
+        let body = format!(r#"{{"inputs": "hello {i}", "parameters": {{"max_new_tokens": 4}}}}"#);
+        match http(&addr, &generate_request(&body)) {
+            Some(reply) if reply.starts_with("HTTP/1.1 200") => answered += 1,
+            reply => {
+                let _ = child.kill();
+                panic!("request {i} after {answered} answered: {reply:?}");
+            }
+        }
+    }
+    let metrics = http(&addr, "GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").unwrap_or_default();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(answered, 300);
+    assert!(metrics.contains("loraland_log_lines_dropped_total"), "{metrics}");
+}
+
 /// A serving process whose engine thread dies answers its requests with a clear error, says so on /health, and
 /// exits non-zero (for its supervisor to start a fresh one) instead of serving errors forever.
 #[test]
 fn an_engine_that_stops_takes_the_server_down_with_an_error() {
-    use std::io::{Read, Write};
+    use std::io::Read;
     let data = tempfile::tempdir().unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let addr = format!("127.0.0.1:{port}");
@@ -110,26 +176,10 @@ fn an_engine_that_stops_takes_the_server_down_with_an_error() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let http = |request: &str| -> Option<String> {
-        let mut conn = std::net::TcpStream::connect(&addr).ok()?;
-        conn.set_read_timeout(Some(std::time::Duration::from_secs(30))).ok()?;
-        conn.write_all(request.as_bytes()).ok()?;
-        let mut reply = String::new();
-        conn.read_to_string(&mut reply).ok()?;
-        Some(reply)
-    };
-    let health = "GET /health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n";
+    wait_ready(&addr);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !http(health).is_some_and(|r| r.starts_with("HTTP/1.1 200")) {
-        assert!(std::time::Instant::now() < deadline, "the server never became ready");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
     let body = r#"{"inputs": "hello", "parameters": {"max_new_tokens": 3}}"#;
-    let generate = format!(
-        "POST /generate HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let reply = http(&generate).expect("an answer to /generate");
+    let reply = http(&addr, &generate_request(body)).expect("an answer to /generate");
     assert!(reply.starts_with("HTTP/1.1 503"), "{reply}");
     assert!(reply.contains("the inference engine has stopped"), "{reply}");
     let status = loop {

@@ -16,6 +16,13 @@ use std::time::Duration;
 const SECONDS_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0];
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+static LOG_DROPS: OnceLock<tracing_appender::non_blocking::ErrorCounter> = OnceLock::new();
+
+/// Reports the log lines that the process's non-blocking log writer dropped (its reader fell behind) as
+/// `loraland_log_lines_dropped_total`.
+pub fn count_dropped_log_lines(dropped: tracing_appender::non_blocking::ErrorCounter) {
+    let _ = LOG_DROPS.set(dropped);
+}
 
 /// Installs the process-wide recorder (once; later calls return the same handle). `None` if another recorder was
 /// installed first.
@@ -61,6 +68,9 @@ pub fn observe_generation(adapter: &str, f: &Finished) {
 pub fn render(engine: Option<&EngineHandle>) -> String {
     let Some(handle) = install() else { return String::from("# metrics recorder unavailable\n") };
     gauge!("loraland_model_ready").set(if engine.is_some() { 1.0 } else { 0.0 });
+    if let Some(dropped) = LOG_DROPS.get() {
+        counter!("loraland_log_lines_dropped_total").absolute(dropped.dropped_lines() as u64);
+    }
     if let Some(bytes) = resident_memory_bytes() {
         gauge!("loraland_process_resident_memory_bytes").set(bytes as f64);
     }
