@@ -180,6 +180,38 @@ fn a_waiting_request_whose_adapter_is_evicted_gets_it_back() {
     assert_eq!(EngineStats::get(&stats.adapter_evictions) - evictions, 2);
 }
 
+/// An adapter discarded while a load of its old files is still on its way serves its new files: the old load,
+/// no longer the current one, is dropped instead of becoming resident in place of the load started since (it did,
+/// and the adapter served its old weights until evicted).
+#[test]
+fn an_adapter_discarded_while_it_loads_serves_its_new_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let copy = |from: &str| {
+        let d = dir.path().join("mine");
+        std::fs::create_dir_all(&d).unwrap();
+        for f in ["adapter_config.json", "adapter_model.safetensors"] {
+            std::fs::copy(fixture("tiny-llama/adapters").join(from).join(f), d.join(f)).unwrap();
+        }
+    };
+    let mut cfg = config(dir.path());
+    cfg.faults.slow_loading = Some((AdapterId::new("mine").unwrap(), Duration::from_millis(600)));
+    let engine = Engine::spawn(cfg).unwrap();
+    let reference = Engine::spawn(config(&fixture("tiny-llama/adapters"))).unwrap();
+    let prompt = [1u32, 20, 30, 40, 50];
+    copy("qv_r8");
+    // Its load reads qv_r8's files, then takes its time; meanwhile the files change and the adapter is discarded.
+    let before = engine.generate(request(&prompt, Some("mine"), 8)).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    copy("all_r4");
+    engine.discard_adapter(AdapterId::new("mine").unwrap()).unwrap();
+    let after = engine.generate(request(&prompt, Some("mine"), 8)).unwrap();
+    let new = run_alone(&reference, &prompt, Some("all_r4"), 8);
+    assert_ne!(new, run_alone(&reference, &prompt, Some("qv_r8"), 8));
+    assert_eq!(collect_within(after, 30).unwrap().0, new, "a request after the discard gets the new files");
+    assert_eq!(collect_within(before, 30).unwrap().0, new, "so does the one that waited through it");
+    assert_eq!(EngineStats::get(&engine.stats().adapter_loads), 1, "the old load was dropped, not counted");
+}
+
 /// A request too large for the room left in the batch is not passed over for as long as smaller requests keep the
 /// batch full: the requests submitted after it wait until it has joined. (Passed over, it waited for the whole
 /// backlog here, and for ever under steady load: a request that never ends while the server looks healthy.)

@@ -87,6 +87,8 @@ pub struct Faults {
     pub dead_end_after: Option<usize>,
     /// Panic the adapter loader while it loads this adapter.
     pub panic_loading: Option<AdapterId>,
+    /// Hold each load of this adapter this long after its files were read, before it is reported.
+    pub slow_loading: Option<(AdapterId, Duration)>,
 }
 
 /// An architecture and a seed for [`crate::Model::random`].

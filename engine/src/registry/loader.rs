@@ -7,7 +7,10 @@
 //! load runs while the engine computes the current step and the adapter is ready when the engine next looks (the
 //! engine thread only reads commands between steps: starting the load there would add a step to every cold
 //! request's first token); the engine thread itself for preloads and for waiting requests whose adapter was evicted
-//! or failed. [`Loader::ensure`] starts at most one load per adapter until the engine forgets it.
+//! or failed. [`Loader::ensure`] starts at most one load per adapter until the engine forgets it. Each load has a
+//! number: a load that finishes after its adapter was forgotten (discarded because its files changed, or failed
+//! meanwhile) is not the current one, and the engine drops it ([`Loader::is_current`]) rather than make the old
+//! files resident in place of the load it started since.
 
 use super::{AdapterId, AdapterSource, HostCache, HubLimits};
 use crate::adapter::{AdapterTarget, LoraAdapter};
@@ -17,13 +20,31 @@ use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// What the loader reports for each load: the adapter, the result, how long it took and the span of whoever asked
-/// for it; false stops the loader.
-pub(crate) type LoadDone =
-    Arc<dyn Fn(AdapterId, Result<Arc<LoraAdapter>>, Duration, tracing::Span) -> bool + Send + Sync>;
+/// A finished load, as the loader reports it.
+#[derive(Debug)]
+pub(crate) struct Loaded {
+    pub id: AdapterId,
+    /// Which load of `id` this was (see [`Loader::is_current`]).
+    pub load: u64,
+    pub result: Result<Arc<LoraAdapter>>,
+    pub took: Duration,
+    /// The span of whoever asked for it.
+    pub span: tracing::Span,
+}
 
-/// One load to do: the adapter, its source, and the span of whoever asked for it (its log lines go there).
-type Job = (AdapterId, AdapterSource, tracing::Span);
+/// Hears of every finished load; false stops the loader.
+pub(crate) type LoadDone = Arc<dyn Fn(Loaded) -> bool + Send + Sync>;
+
+/// One load to do: the adapter, its source, the load's number, and the span of whoever asked for it (its log lines
+/// go there).
+type Job = (AdapterId, AdapterSource, u64, tracing::Span);
+
+/// A tracked adapter: when its load started, and that load's number.
+#[derive(Clone, Copy, Debug)]
+struct Tracked {
+    started: Instant,
+    load: u64,
+}
 
 /// The shared side of the loader threads.
 #[derive(Debug)]
@@ -31,8 +52,8 @@ pub(crate) struct Loader {
     local: Sender<Job>,
     hub: Sender<Job>,
     /// Adapters resident, loaded and waiting for room, or being loaded (the ones no one needs to load), with the
-    /// time their load was started.
-    tracked: Mutex<HashMap<AdapterId, Instant>>,
+    /// time their load was started and its number; and the number of the next load.
+    tracked: Mutex<(HashMap<AdapterId, Tracked>, u64)>,
     /// The workers' host cache (on a GPU).
     host: Option<Arc<Mutex<HostCache>>>,
 }
@@ -45,8 +66,16 @@ struct Worker {
     host: Option<Arc<Mutex<HostCache>>>,
     hub: HubLimits,
     done: LoadDone,
+    faults: LoadFaults,
+}
+
+/// The loader's share of [`crate::config::Faults`].
+#[derive(Clone, Debug, Default)]
+pub(crate) struct LoadFaults {
     /// [`crate::config::Faults::panic_loading`].
-    panic_loading: Option<AdapterId>,
+    pub panic_loading: Option<AdapterId>,
+    /// [`crate::config::Faults::slow_loading`].
+    pub slow_loading: Option<(AdapterId, Duration)>,
 }
 
 impl Worker {
@@ -55,10 +84,10 @@ impl Worker {
         std::thread::Builder::new()
             .name(name.into())
             .spawn(move || {
-                for (id, source, span) in rx {
+                for (id, source, load, span) in rx {
                     let start = Instant::now();
                     let result = span.in_scope(|| self.load_caught(&id, &source));
-                    if !(self.done)(id, result, start.elapsed(), span) {
+                    if !(self.done)(Loaded { id, load, result, took: start.elapsed(), span }) {
                         break;
                     }
                 }
@@ -72,10 +101,15 @@ impl Worker {
     /// later load failing.)
     fn load_caught(&self, id: &AdapterId, source: &AdapterSource) -> Result<Arc<LoraAdapter>> {
         let load = || {
-            if self.panic_loading.as_ref() == Some(id) {
+            if self.faults.panic_loading.as_ref() == Some(id) {
                 panic!("injected fault: a panic while loading {id}");
             }
-            self.load(id, source)
+            let loaded = self.load(id, source);
+            // After the files were read: they may change while this load is still on its way.
+            if let Some((_, pause)) = self.faults.slow_loading.as_ref().filter(|(slow, _)| slow == id) {
+                std::thread::sleep(*pause);
+            }
+            loaded
         };
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(load)).unwrap_or_else(|panic| {
             let what = crate::error::panic_message(&*panic);
@@ -105,25 +139,25 @@ impl Worker {
 
 impl Loader {
     /// Starts the loader threads for `target`; `done` hears of every load and returns false to stop them.
-    /// `panic_loading` is [`crate::config::Faults::panic_loading`].
     pub(crate) fn spawn(
         target: AdapterTarget,
         host_cache_bytes: usize,
         hub: HubLimits,
         done: LoadDone,
-        panic_loading: Option<AdapterId>,
+        faults: LoadFaults,
     ) -> Result<Arc<Self>> {
         let host = (!target.device.is_cpu()).then(|| Arc::new(Mutex::new(HostCache::new(host_cache_bytes))));
-        let worker = Worker { target, host: host.clone(), hub, done, panic_loading };
+        let worker = Worker { target, host: host.clone(), hub, done, faults };
         let local = worker.clone().spawn("loraland-adapter-loader")?;
         let hub = worker.spawn("loraland-hub-loader")?;
-        Ok(Arc::new(Self { local, hub, tracked: Mutex::new(HashMap::new()), host }))
+        Ok(Arc::new(Self { local, hub, tracked: Mutex::new((HashMap::new(), 0)), host }))
     }
 
     /// Starts loading `id` from `source` unless it is resident, waiting for room or being loaded; the load logs in
     /// the caller's current span. Fails only if the loader thread has stopped.
     pub(crate) fn ensure(&self, id: &AdapterId, source: &AdapterSource) -> Result<()> {
-        let mut tracked = self.tracked.lock().expect("not poisoned");
+        let mut guard = self.tracked.lock().expect("not poisoned");
+        let (tracked, next) = &mut *guard;
         if tracked.contains_key(id) {
             return Ok(());
         }
@@ -134,21 +168,29 @@ impl Loader {
             AdapterSource::Merged(m) if m.uses_hub() => &self.hub,
             AdapterSource::Merged(_) => &self.local,
         };
-        if queue.send((id.clone(), source.clone(), tracing::Span::current())).is_err() {
+        let load = *next;
+        if queue.send((id.clone(), source.clone(), load, tracing::Span::current())).is_err() {
             return Err(Error::AdapterLoad { id: id.clone(), reason: "the adapter loader has stopped".into() });
         }
-        tracked.insert(id.clone(), Instant::now());
+        *next += 1;
+        tracked.insert(id.clone(), Tracked { started: Instant::now(), load });
         Ok(())
     }
 
     /// When the load of `id` was started, if the loader tracks it (loading, loaded or resident).
     pub(crate) fn started(&self, id: &AdapterId) -> Option<Instant> {
-        self.tracked.lock().expect("not poisoned").get(id).copied()
+        self.tracked.lock().expect("not poisoned").0.get(id).map(|t| t.started)
+    }
+
+    /// Whether `load` is the load of `id` the loader tracks now: false once `id` was forgotten (or forgotten and
+    /// loaded again) after that load started, so that its result is not the adapter's any more.
+    pub(crate) fn is_current(&self, id: &AdapterId, load: u64) -> bool {
+        self.tracked.lock().expect("not poisoned").0.get(id).is_some_and(|t| t.load == load)
     }
 
     /// Forgets `id` (evicted, or its load failed): the next request for it loads it again.
     pub(crate) fn forget(&self, id: &AdapterId) {
-        self.tracked.lock().expect("not poisoned").remove(id);
+        self.tracked.lock().expect("not poisoned").0.remove(id);
     }
 
     /// Forgets `id` and drops its host copy (its files changed): the next request reads it from its source.
@@ -182,8 +224,8 @@ mod tests {
         let (tx, rx) = mpsc::channel();
         let tx = Mutex::new(tx);
         let done: LoadDone =
-            Arc::new(move |id, result, _, _| tx.lock().unwrap().send((id, result.map(|a| a.max_rank()))).is_ok());
-        let loader = Loader::spawn(t, 0, HubLimits::default(), done, None).unwrap();
+            Arc::new(move |l: Loaded| tx.lock().unwrap().send((l.id, l.result.map(|a| a.max_rank()))).is_ok());
+        let loader = Loader::spawn(t, 0, HubLimits::default(), done, LoadFaults::default()).unwrap();
         let a = AdapterId::new("a").unwrap();
         let src = AdapterSource::Local(dir.path().join("a"));
         for _ in 0..3 {

@@ -12,7 +12,7 @@ mod step;
 use crate::config::{EngineConfig, ModelInfo};
 use crate::constraint::Guide;
 use crate::output::{eos_tokens, TextOutput};
-use crate::registry::{AdapterId, AdapterSource, LoadDone, Loader, Residency};
+use crate::registry::{AdapterId, AdapterSource, LoadDone, LoadFaults, Loaded, Loader, Residency};
 use crate::request::{Event, GenerateRequest};
 use crate::sampling::{Sampler, SamplingParams};
 use crate::stats::EngineStats;
@@ -22,7 +22,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 type Events = tokio::sync::mpsc::UnboundedSender<Result<Event>>;
 
@@ -73,12 +73,7 @@ impl Waiting for Submission {
 #[derive(Debug)]
 pub(crate) enum Command {
     Submit(Box<Submission>),
-    Loaded {
-        id: AdapterId,
-        result: Result<Arc<crate::LoraAdapter>>,
-        took: Duration,
-        span: tracing::Span,
-    },
+    Loaded(Loaded),
     /// [`crate::EngineHandle::discard_adapter`].
     Discard(AdapterId),
     Shutdown,
@@ -168,11 +163,10 @@ pub(crate) fn run(
         eos_token_ids: eos_tokens(model.config(), &tokenizer),
         device: if model.device().is_cpu() { "cpu".into() } else { format!("{:?}", model.device().location()) },
     };
-    let done: LoadDone =
-        Arc::new(move |id, result, took, span| tx.send(Command::Loaded { id, result, took, span }).is_ok());
-    let panic_loading = cfg.faults.panic_loading.clone();
-    let loader = match Loader::spawn(model.adapter_target(), cfg.limits.host_cache_bytes, cfg.hub, done, panic_loading)
-    {
+    let done: LoadDone = Arc::new(move |loaded| tx.send(Command::Loaded(loaded)).is_ok());
+    let faults =
+        LoadFaults { panic_loading: cfg.faults.panic_loading.clone(), slow_loading: cfg.faults.slow_loading.clone() };
+    let loader = match Loader::spawn(model.adapter_target(), cfg.limits.host_cache_bytes, cfg.hub, done, faults) {
         Ok(loader) => loader,
         Err(e) => {
             let _ = ready.send(Err(e));
@@ -257,7 +251,7 @@ impl Scheduler {
             Command::Submit(sub) => {
                 self.waiting.push(*sub);
             }
-            Command::Loaded { id, result, took, span } => span.in_scope(|| self.on_loaded(id, result, took)),
+            Command::Loaded(loaded) => loaded.span.clone().in_scope(|| self.on_loaded(loaded)),
             Command::Discard(id) => {
                 if !self.discarded.contains(&id) {
                     self.discarded.push(id);
@@ -283,7 +277,13 @@ impl Scheduler {
         }
     }
 
-    fn on_loaded(&mut self, id: AdapterId, result: Result<Arc<crate::LoraAdapter>>, took: Duration) {
+    fn on_loaded(&mut self, Loaded { id, load, result, took, .. }: Loaded) {
+        if !self.loader.is_current(&id, load) {
+            // Discarded (its files changed) or failed while this load was on its way: the old files, or a failure
+            // that is no longer the adapter's. A waiting request has a newer load started for it.
+            tracing::info!(adapter = %id, "a load that is no longer current (the adapter was discarded); dropped");
+            return;
+        }
         let checked = result.and_then(|a| self.residency.check(&a).map(|()| a));
         match checked {
             Ok(adapter) => {
