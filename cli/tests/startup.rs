@@ -123,24 +123,31 @@ fn generate_request(body: &str) -> String {
     )
 }
 
+/// `loraland serve` of the tiny fixture model on a free loopback port with a fresh data folder, logging at `log`,
+/// with `extra` arguments: the command (stderr piped), the address and the folder (kept while the test runs).
+fn serve_on_a_free_port(log: &str, extra: &[&str]) -> (Command, String, tempfile::TempDir) {
+    let data = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_loraland"));
+    command
+        .args(["serve", "--model", fixture_model().to_str().unwrap(), "--data-dir", data.path().to_str().unwrap()])
+        .args(["--addr", &addr])
+        .args(extra)
+        .env("RUST_LOG", log)
+        .env_remove("LEPTOS_SITE_ADDR")
+        .stderr(std::process::Stdio::piped());
+    (command, addr, data)
+}
+
 /// A server whose log nobody reads keeps serving: the lines its reader does not take are dropped and counted, not
 /// waited for. (Written straight to stderr, they stopped every thread that logged, the engine's included, once the
 /// pipe's 64 KiB were full: at debug level after about 30 requests, and the server answered nothing more.)
 #[test]
 fn a_log_that_nobody_reads_does_not_stop_the_server() {
-    let data = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let addr = format!("127.0.0.1:{port}");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_loraland"))
-        .args(["serve", "--model", fixture_model().to_str().unwrap(), "--data-dir", data.path().to_str().unwrap()])
-        .args(["--addr", &addr, "--client-requests-per-minute", "0"])
-        .env("RUST_LOG", "debug")
-        .env_remove("LEPTOS_SITE_ADDR")
-        // Held open, never read.
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let (mut command, addr, _data) = serve_on_a_free_port("debug", &["--client-requests-per-minute", "0"]);
+    // Both held open, never read.
+    let mut child = command.stdout(std::process::Stdio::piped()).spawn().unwrap();
     wait_ready(&addr);
     let mut answered = 0;
     for i in 0..300 {
@@ -165,17 +172,8 @@ fn a_log_that_nobody_reads_does_not_stop_the_server() {
 #[test]
 fn an_engine_that_stops_takes_the_server_down_with_an_error() {
     use std::io::Read;
-    let data = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let addr = format!("127.0.0.1:{port}");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_loraland"))
-        .args(["serve", "--model", fixture_model().to_str().unwrap(), "--data-dir", data.path().to_str().unwrap()])
-        .args(["--addr", &addr, "--inject-panic-at-step", "0"])
-        .env("RUST_LOG", "error")
-        .env_remove("LEPTOS_SITE_ADDR")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let (mut command, addr, _data) = serve_on_a_free_port("error", &["--inject-panic-at-step", "0"]);
+    let mut child = command.spawn().unwrap();
     wait_ready(&addr);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let body = r#"{"inputs": "hello", "parameters": {"max_new_tokens": 3}}"#;
