@@ -60,6 +60,7 @@ impl Engine {
             max_prompt_bytes: max_input_tokens.saturating_mul(tokenizer.max_token_bytes()),
             vocab_size: info.vocab_size,
             max_choices: crate::request::MAX_CHOICES.min(config.max_batch_size),
+            max_kv_tokens: config.max_kv_tokens,
         };
         let grammars = Grammars::new(tokenizer.clone(), info.vocab_size, info.eos_token_ids.clone());
         Ok(EngineHandle {

@@ -247,6 +247,9 @@ pub struct Limits {
     pub vocab_size: usize,
     /// Most continuations of one request: [`MAX_CHOICES`], at most the batch size.
     pub max_choices: usize,
+    /// The KV budget of the whole batch ([`crate::EngineConfig::max_kv_tokens`]): one request's prompt plus
+    /// `max_new_tokens`, times its continuations, must fit it.
+    pub max_kv_tokens: usize,
 }
 
 impl Limits {
@@ -361,6 +364,17 @@ impl Limits {
         };
         if wanted > room {
             return Err(Error::ContextExceeded { prompt: prompt.len(), max_new_tokens: wanted, context: self.context });
+        }
+        // A request larger than the batch's whole KV budget could never be admitted beside anything.
+        let (n, need) = (request.choices(), (prompt.len() + wanted) * request.choices());
+        if need > self.max_kv_tokens {
+            let reason = format!(
+                "with the prompt's {} tokens and {n} continuation(s), needs {need} tokens of KV cache, more than this \
+                 server's budget of {}: ask for fewer tokens or continuations",
+                prompt.len(),
+                self.max_kv_tokens
+            );
+            return Err(Error::Invalid { field: Field::MaxNewTokens, reason });
         }
         Ok(wanted)
     }

@@ -6,7 +6,7 @@ mod common;
 use common::{fixture, token_rows};
 use engine::registry::ResidencyLimits;
 use engine::{
-    AdapterId, Catalog, Engine, EngineConfig, EngineHandle, EngineStats, Error, Event, FinishReason, Finished,
+    AdapterId, Catalog, Engine, EngineConfig, EngineHandle, EngineStats, Error, Event, Field, FinishReason, Finished,
     GenerateRequest, Prompt, SamplingParams,
 };
 use std::path::Path;
@@ -181,28 +181,34 @@ fn a_waiting_request_whose_adapter_is_evicted_gets_it_back() {
 }
 
 /// An adapter discarded while a load of its old files is still on its way serves its new files: the old load,
-/// no longer the current one, is dropped instead of becoming resident in place of the load started since (it did,
-/// and the adapter served its old weights until evicted).
+/// no longer the current one, is dropped; kept, it took the adapter's place, the load started after the discard was
+/// dropped as a duplicate, and the adapter served its old weights until evicted.
 #[test]
 fn an_adapter_discarded_while_it_loads_serves_its_new_files() {
     let dir = tempfile::tempdir().unwrap();
-    let copy = |from: &str| {
-        let d = dir.path().join("mine");
-        std::fs::create_dir_all(&d).unwrap();
+    // The adapter's folder is swapped whole (a rename), so that a load reads either files, never a mix.
+    let install = |from: &str| {
+        let staged = dir.path().join(format!("staged-{from}"));
+        std::fs::create_dir(&staged).unwrap();
         for f in ["adapter_config.json", "adapter_model.safetensors"] {
-            std::fs::copy(fixture("tiny-llama/adapters").join(from).join(f), d.join(f)).unwrap();
+            std::fs::copy(fixture("tiny-llama/adapters").join(from).join(f), staged.join(f)).unwrap();
         }
+        let mine = dir.path().join("mine");
+        if mine.exists() {
+            std::fs::rename(&mine, dir.path().join(format!("old-{from}"))).unwrap();
+        }
+        std::fs::rename(staged, mine).unwrap();
     };
     let mut cfg = config(dir.path());
-    cfg.faults.slow_loading = Some((AdapterId::new("mine").unwrap(), Duration::from_millis(600)));
+    // Each load of it waits 2 s after reading the files: time to change them and discard it meanwhile.
+    cfg.faults.slow_loading = Some((AdapterId::new("mine").unwrap(), Duration::from_secs(2)));
     let engine = Engine::spawn(cfg).unwrap();
     let reference = Engine::spawn(config(&fixture("tiny-llama/adapters"))).unwrap();
     let prompt = [1u32, 20, 30, 40, 50];
-    copy("qv_r8");
-    // Its load reads qv_r8's files, then takes its time; meanwhile the files change and the adapter is discarded.
+    install("qv_r8");
     let before = engine.generate(request(&prompt, Some("mine"), 8)).unwrap();
-    std::thread::sleep(Duration::from_millis(200));
-    copy("all_r4");
+    std::thread::sleep(Duration::from_millis(100));
+    install("all_r4");
     engine.discard_adapter(AdapterId::new("mine").unwrap()).unwrap();
     let after = engine.generate(request(&prompt, Some("mine"), 8)).unwrap();
     let new = run_alone(&reference, &prompt, Some("all_r4"), 8);
@@ -247,6 +253,30 @@ fn a_large_request_is_not_starved_by_smaller_ones_that_keep_the_batch_full() {
     for (_, _, stream) in older {
         collect_within(stream, 60).unwrap();
     }
+}
+
+/// A request larger than the batch's whole KV budget (prompt plus `max_new_tokens`, times its continuations) is
+/// refused at once by the request contract, naming the field to lower: it could never join the batch beside anything.
+#[test]
+fn a_request_over_the_kv_budget_is_refused_at_once() {
+    let mut cfg = config(&fixture("tiny-llama/adapters"));
+    cfg.max_kv_tokens = 40;
+    let engine = Engine::spawn(cfg).unwrap();
+    let over = |err: &Error, need: &str| {
+        matches!(err, Error::Invalid { field: Field::MaxNewTokens, reason }
+            if reason.contains(&format!("needs {need} tokens of KV cache")) && reason.contains("budget of 40"))
+    };
+    let err = engine.generate(request(&[1, 2, 3, 4], None, 37)).unwrap_err();
+    assert!(over(&err, "41"), "{err}");
+    let n = |n| GenerateRequest { n: Some(n), ..request(&[1, 2, 3, 4], None, 6) };
+    let err = engine.generate(n(5)).unwrap_err();
+    assert!(over(&err, "50"), "{err}");
+    let mut four = engine.generate(n(4)).expect("4 x (4 + 6) fits");
+    let mut finished = 0;
+    while let Some(event) = four.blocking_next() {
+        finished += usize::from(matches!(event.unwrap(), Event::Finished(_)));
+    }
+    assert_eq!(finished, 4);
 }
 
 #[test]

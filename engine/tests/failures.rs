@@ -289,12 +289,14 @@ fn hub_downloads_are_bounded_and_never_hold_up_local_loads() {
 }
 
 /// A panic while loading one adapter fails that adapter's requests at once, with an error that names it, and the
-/// loader goes on loading the others. (The panic used to end the loader thread: the adapter stayed marked as
+/// loader goes on loading the others. (Uncaught, the panic ended the loader thread: the adapter stayed marked as
 /// loading, its requests waited for the whole load timeout, and every later load failed.)
 #[test]
 fn a_panic_while_loading_an_adapter_fails_only_its_requests_and_the_loader_goes_on() {
     let mut cfg = config();
     cfg.faults.panic_loading = Some(AdapterId::new("qv_r8").unwrap());
+    // Without the panic caught, its request would wait for this long and end with a timeout.
+    cfg.adapter_load_timeout = Duration::from_secs(5);
     let engine = Engine::spawn(cfg).unwrap();
     let start = Instant::now();
     let (tokens, end) = finish(engine.generate(request(Some("qv_r8"), 4)).unwrap());

@@ -1,19 +1,19 @@
 //! Loading adapters off the batching thread. Two loader threads read adapters from their sources, one for local
 //! folders and one for Hugging Face hub downloads, so that a slow download never holds up a local load behind it
 //! (on a GPU they also keep host copies in a shared [`HostCache`]); the engine thread hears of each load through a
-//! callback.
+//! callback. A panic while loading is that adapter's load error, and the thread goes on.
 //!
 //! Loads are started by whoever first needs an adapter: the request's caller, as soon as the request is queued, so a
 //! load runs while the engine computes the current step and the adapter is ready when the engine next looks (the
 //! engine thread only reads commands between steps: starting the load there would add a step to every cold
 //! request's first token); the engine thread itself for preloads and for waiting requests whose adapter was evicted
 //! or failed. [`Loader::ensure`] starts at most one load per adapter until the engine forgets it. Each load has a
-//! number: a load that finishes after its adapter was forgotten (discarded because its files changed, or failed
-//! meanwhile) is not the current one, and the engine drops it ([`Loader::is_current`]) rather than make the old
-//! files resident in place of the load it started since.
+//! number: a load still on its way when its adapter is discarded (its files changed) is no longer the current one,
+//! and neither the engine ([`Loader::is_current`]) nor the host cache keeps what it read.
 
 use super::{AdapterId, AdapterSource, HostCache, HubLimits};
 use crate::adapter::{AdapterTarget, LoraAdapter};
+use crate::config::Faults;
 use crate::{Error, Result};
 use std::collections::HashMap;
 use std::sync::mpsc::Sender;
@@ -23,10 +23,13 @@ use std::time::{Duration, Instant};
 /// A finished load, as the loader reports it.
 #[derive(Debug)]
 pub(crate) struct Loaded {
+    /// The adapter.
     pub id: AdapterId,
     /// Which load of `id` this was (see [`Loader::is_current`]).
     pub load: u64,
+    /// The adapter as loaded, or why it could not be.
     pub result: Result<Arc<LoraAdapter>>,
+    /// How long the load took.
     pub took: Duration,
     /// The span of whoever asked for it.
     pub span: tracing::Span,
@@ -35,9 +38,23 @@ pub(crate) struct Loaded {
 /// Hears of every finished load; false stops the loader.
 pub(crate) type LoadDone = Arc<dyn Fn(Loaded) -> bool + Send + Sync>;
 
-/// One load to do: the adapter, its source, the load's number, and the span of whoever asked for it (its log lines
-/// go there).
-type Job = (AdapterId, AdapterSource, u64, tracing::Span);
+/// One load to do.
+struct Job {
+    id: AdapterId,
+    source: AdapterSource,
+    /// The load's number.
+    load: u64,
+    /// The span of whoever asked for it: the load's log lines go there.
+    span: tracing::Span,
+}
+
+/// The adapters the loader tracks: resident, loaded and waiting for room, or being loaded (the ones no one needs to
+/// load), each with its load; and the number the next load gets.
+#[derive(Debug, Default)]
+struct Tracking {
+    adapters: HashMap<AdapterId, Tracked>,
+    next_load: u64,
+}
 
 /// A tracked adapter: when its load started, and that load's number.
 #[derive(Clone, Copy, Debug)]
@@ -51,9 +68,7 @@ struct Tracked {
 pub(crate) struct Loader {
     local: Sender<Job>,
     hub: Sender<Job>,
-    /// Adapters resident, loaded and waiting for room, or being loaded (the ones no one needs to load), with the
-    /// time their load was started and its number; and the number of the next load.
-    tracked: Mutex<(HashMap<AdapterId, Tracked>, u64)>,
+    tracking: Mutex<Tracking>,
     /// The workers' host cache (on a GPU).
     host: Option<Arc<Mutex<HostCache>>>,
 }
@@ -66,16 +81,8 @@ struct Worker {
     host: Option<Arc<Mutex<HostCache>>>,
     hub: HubLimits,
     done: LoadDone,
-    faults: LoadFaults,
-}
-
-/// The loader's share of [`crate::config::Faults`].
-#[derive(Clone, Debug, Default)]
-pub(crate) struct LoadFaults {
-    /// [`crate::config::Faults::panic_loading`].
-    pub panic_loading: Option<AdapterId>,
-    /// [`crate::config::Faults::slow_loading`].
-    pub slow_loading: Option<(AdapterId, Duration)>,
+    /// Those the loader injects: [`Faults::panic_loading`], [`Faults::slow_loading`].
+    faults: Faults,
 }
 
 impl Worker {
@@ -84,9 +91,9 @@ impl Worker {
         std::thread::Builder::new()
             .name(name.into())
             .spawn(move || {
-                for (id, source, load, span) in rx {
+                for Job { id, source, load, span } in rx {
                     let start = Instant::now();
-                    let result = span.in_scope(|| self.load_caught(&id, &source));
+                    let result = span.in_scope(|| self.load_caught(&id, &source, load));
                     if !(self.done)(Loaded { id, load, result, took: start.elapsed(), span }) {
                         break;
                     }
@@ -96,29 +103,28 @@ impl Worker {
         Ok(tx)
     }
 
-    /// [`Worker::load`], with a panic turned into that adapter's load error: the thread goes on loading the others.
-    /// (A panic that ended the thread left the adapter marked as loading until its requests timed out, and every
-    /// later load failing.)
-    fn load_caught(&self, id: &AdapterId, source: &AdapterSource) -> Result<Arc<LoraAdapter>> {
-        let load = || {
+    /// [`Worker::load`], with a panic turned into that adapter's load error, so that the thread goes on loading
+    /// the others (and the adapter is not left looking as if it still loaded).
+    fn load_caught(&self, id: &AdapterId, source: &AdapterSource, load: u64) -> Result<Arc<LoraAdapter>> {
+        let run = || {
             if self.faults.panic_loading.as_ref() == Some(id) {
                 panic!("injected fault: a panic while loading {id}");
             }
-            let loaded = self.load(id, source);
+            let loaded = self.load(id, source, load);
             // After the files were read: they may change while this load is still on its way.
             if let Some((_, pause)) = self.faults.slow_loading.as_ref().filter(|(slow, _)| slow == id) {
                 std::thread::sleep(*pause);
             }
             loaded
         };
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(load)).unwrap_or_else(|panic| {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).unwrap_or_else(|panic| {
             let what = crate::error::panic_message(&*panic);
             tracing::error!(adapter = %id, "the adapter loader panicked: {what}");
             Err(Error::AdapterLoad { id: id.clone(), reason: "the loader failed on it (an internal error)".into() })
         })
     }
 
-    fn load(&self, id: &AdapterId, source: &AdapterSource) -> Result<Arc<LoraAdapter>> {
+    fn load(&self, id: &AdapterId, source: &AdapterSource, load: u64) -> Result<Arc<LoraAdapter>> {
         let Some(host) = &self.host else { return super::load(id, source, &self.target, &self.hub) };
         let cached = host.lock().expect("not poisoned").get(id);
         let on_host = match cached {
@@ -129,7 +135,7 @@ impl Worker {
             None => {
                 let host_target = AdapterTarget { device: candle_core::Device::Cpu, ..self.target.clone() };
                 let a = super::load(id, source, &host_target, &self.hub)?;
-                host.lock().expect("not poisoned").insert(id.clone(), a.clone());
+                host.lock().expect("not poisoned").insert(id.clone(), a.clone(), load);
                 a
             }
         };
@@ -144,21 +150,20 @@ impl Loader {
         host_cache_bytes: usize,
         hub: HubLimits,
         done: LoadDone,
-        faults: LoadFaults,
+        faults: Faults,
     ) -> Result<Arc<Self>> {
         let host = (!target.device.is_cpu()).then(|| Arc::new(Mutex::new(HostCache::new(host_cache_bytes))));
         let worker = Worker { target, host: host.clone(), hub, done, faults };
         let local = worker.clone().spawn("loraland-adapter-loader")?;
         let hub = worker.spawn("loraland-hub-loader")?;
-        Ok(Arc::new(Self { local, hub, tracked: Mutex::new((HashMap::new(), 0)), host }))
+        Ok(Arc::new(Self { local, hub, tracking: Mutex::default(), host }))
     }
 
     /// Starts loading `id` from `source` unless it is resident, waiting for room or being loaded; the load logs in
     /// the caller's current span. Fails only if the loader thread has stopped.
     pub(crate) fn ensure(&self, id: &AdapterId, source: &AdapterSource) -> Result<()> {
-        let mut guard = self.tracked.lock().expect("not poisoned");
-        let (tracked, next) = &mut *guard;
-        if tracked.contains_key(id) {
+        let mut tracking = self.tracking.lock().expect("not poisoned");
+        if tracking.adapters.contains_key(id) {
             return Ok(());
         }
         tracing::info!(adapter = %id, ?source, "loading adapter");
@@ -168,36 +173,39 @@ impl Loader {
             AdapterSource::Merged(m) if m.uses_hub() => &self.hub,
             AdapterSource::Merged(_) => &self.local,
         };
-        let load = *next;
-        if queue.send((id.clone(), source.clone(), load, tracing::Span::current())).is_err() {
+        let load = tracking.next_load;
+        let job = Job { id: id.clone(), source: source.clone(), load, span: tracing::Span::current() };
+        if queue.send(job).is_err() {
             return Err(Error::AdapterLoad { id: id.clone(), reason: "the adapter loader has stopped".into() });
         }
-        *next += 1;
-        tracked.insert(id.clone(), Tracked { started: Instant::now(), load });
+        tracking.next_load += 1;
+        tracking.adapters.insert(id.clone(), Tracked { started: Instant::now(), load });
         Ok(())
     }
 
     /// When the load of `id` was started, if the loader tracks it (loading, loaded or resident).
     pub(crate) fn started(&self, id: &AdapterId) -> Option<Instant> {
-        self.tracked.lock().expect("not poisoned").0.get(id).map(|t| t.started)
+        self.tracking.lock().expect("not poisoned").adapters.get(id).map(|t| t.started)
     }
 
-    /// Whether `load` is the load of `id` the loader tracks now: false once `id` was forgotten (or forgotten and
-    /// loaded again) after that load started, so that its result is not the adapter's any more.
+    /// Whether `load` is the load of `id` the loader tracks now: false once `id` was discarded (and maybe loaded
+    /// again) after that load started, so that what it read is not the adapter any more.
     pub(crate) fn is_current(&self, id: &AdapterId, load: u64) -> bool {
-        self.tracked.lock().expect("not poisoned").0.get(id).is_some_and(|t| t.load == load)
+        self.tracking.lock().expect("not poisoned").adapters.get(id).is_some_and(|t| t.load == load)
     }
 
     /// Forgets `id` (evicted, or its load failed): the next request for it loads it again.
     pub(crate) fn forget(&self, id: &AdapterId) {
-        self.tracked.lock().expect("not poisoned").0.remove(id);
+        self.tracking.lock().expect("not poisoned").adapters.remove(id);
     }
 
-    /// Forgets `id` and drops its host copy (its files changed): the next request reads it from its source.
+    /// Forgets `id` and drops its host copy (its files changed): the next request reads it from its source, and a
+    /// load of it already on its way keeps no host copy either.
     pub(crate) fn discard(&self, id: &AdapterId) {
-        self.forget(id);
+        let mut tracking = self.tracking.lock().expect("not poisoned");
+        tracking.adapters.remove(id);
         if let Some(host) = &self.host {
-            host.lock().expect("not poisoned").remove(id);
+            host.lock().expect("not poisoned").discard(id, tracking.next_load);
         }
     }
 }
@@ -225,7 +233,7 @@ mod tests {
         let tx = Mutex::new(tx);
         let done: LoadDone =
             Arc::new(move |l: Loaded| tx.lock().unwrap().send((l.id, l.result.map(|a| a.max_rank()))).is_ok());
-        let loader = Loader::spawn(t, 0, HubLimits::default(), done, LoadFaults::default()).unwrap();
+        let loader = Loader::spawn(t, 0, HubLimits::default(), done, Faults::default()).unwrap();
         let a = AdapterId::new("a").unwrap();
         let src = AdapterSource::Local(dir.path().join("a"));
         for _ in 0..3 {

@@ -9,7 +9,7 @@ mod resident;
 
 pub use host_cache::HostCache;
 pub use id::{AdapterId, InvalidAdapterId, MAX_ID_LEN};
-pub(crate) use loader::{LoadDone, LoadFaults, Loaded, Loader};
+pub(crate) use loader::{LoadDone, Loaded, Loader};
 pub use merged::MergedSource;
 pub use resident::{Residency, ResidencyLimits};
 

@@ -12,7 +12,7 @@ mod step;
 use crate::config::{EngineConfig, ModelInfo};
 use crate::constraint::Guide;
 use crate::output::{eos_tokens, TextOutput};
-use crate::registry::{AdapterId, AdapterSource, LoadDone, LoadFaults, Loaded, Loader, Residency};
+use crate::registry::{AdapterId, AdapterSource, LoadDone, Loaded, Loader, Residency};
 use crate::request::{Event, GenerateRequest};
 use crate::sampling::{Sampler, SamplingParams};
 use crate::stats::EngineStats;
@@ -164,8 +164,7 @@ pub(crate) fn run(
         device: if model.device().is_cpu() { "cpu".into() } else { format!("{:?}", model.device().location()) },
     };
     let done: LoadDone = Arc::new(move |loaded| tx.send(Command::Loaded(loaded)).is_ok());
-    let faults =
-        LoadFaults { panic_loading: cfg.faults.panic_loading.clone(), slow_loading: cfg.faults.slow_loading.clone() };
+    let faults = cfg.faults.clone();
     let loader = match Loader::spawn(model.adapter_target(), cfg.limits.host_cache_bytes, cfg.hub, done, faults) {
         Ok(loader) => loader,
         Err(e) => {
@@ -279,8 +278,8 @@ impl Scheduler {
 
     fn on_loaded(&mut self, Loaded { id, load, result, took, .. }: Loaded) {
         if !self.loader.is_current(&id, load) {
-            // Discarded (its files changed) or failed while this load was on its way: the old files, or a failure
-            // that is no longer the adapter's. A waiting request has a newer load started for it.
+            // Discarded (its files changed) while this load was on its way: it read the old files. A waiting
+            // request has a newer load started for it.
             tracing::info!(adapter = %id, "a load that is no longer current (the adapter was discarded); dropped");
             return;
         }
@@ -426,7 +425,6 @@ impl Scheduler {
         let room = Room {
             rows: self.cfg.max_batch_size.saturating_sub(self.rows_reserved()),
             kv: self.cfg.max_kv_tokens.saturating_sub(self.kv_reserved()),
-            batch_empty: self.running.is_empty(),
         };
         let (residency, discarded) = (&self.residency, &self.discarded);
         let ready = |key: &Option<AdapterId>| {

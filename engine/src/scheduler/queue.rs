@@ -39,16 +39,14 @@ impl<R: Waiting> Default for Queue<R> {
     }
 }
 
-/// Room in the batch for admissions.
+/// Room in the batch for admissions. (No request needs more than an empty batch has: the request contract refuses
+/// one over the KV budget, and more continuations than the batch's rows.)
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Room {
     /// Rows free in the batch.
     pub rows: usize,
     /// KV tokens free in the budget.
     pub kv: usize,
-    /// Whether nothing runs: then a request over the KV budget is admitted anyway (alone it is the most the budget
-    /// can do for it).
-    pub batch_empty: bool,
 }
 
 impl<R: Waiting> Queue<R> {
@@ -97,8 +95,6 @@ impl<R: Waiting> Queue<R> {
         let mut admitted = Vec::new();
         while room.rows > 0 {
             let fits = |r: &R| r.kv_need() <= room.kv && r.rows() <= room.rows;
-            // Alone in an empty batch, any request may run: the budget can do no more for it.
-            let alone = room.batch_empty && admitted.is_empty();
             let held_after = (self.queues.iter())
                 .filter(|(key, _)| ready(key))
                 .filter_map(|(_, queue)| queue.front())
@@ -117,7 +113,7 @@ impl<R: Waiting> Queue<R> {
                 }
                 let queue = self.queues.get_mut(key).expect("key listed");
                 let Some(front) = queue.front() else { continue };
-                if !(fits(front) || alone) || held_after.is_some_and(|t| front.submitted() > t) {
+                if !fits(front) || held_after.is_some_and(|t| front.submitted() > t) {
                     continue;
                 }
                 let (need, rows) = (front.kv_need(), front.rows());
@@ -204,7 +200,7 @@ mod tests {
     #[test]
     fn admission_is_round_robin_over_queues_and_resumes_after_the_last() {
         let mut q = queue(&[R(0, 1, 0), R(0, 1, 1), R(0, 1, 2), R(1, 1, 3), R(2, 1, 4), R(2, 1, 5)]);
-        let room = |rows| Room { rows, kv: 100, batch_empty: false };
+        let room = |rows| Room { rows, kv: 100 };
         let keys = |v: Vec<R>| v.iter().map(|r| r.0).collect::<Vec<_>>();
         assert_eq!(keys(q.admit(room(4), ALL)), [0, 1, 2, 0], "one per queue in turn");
         assert_eq!(keys(q.admit(room(1), ALL)), [2], "the next turn starts after queue 0");
@@ -215,7 +211,7 @@ mod tests {
     #[test]
     fn a_queue_whose_adapter_is_not_ready_is_passed_over() {
         let mut q = queue(&[R(0, 10, 0), R(1, 10, 1), R(2, 10, 2)]);
-        let got = q.admit(Room { rows: 3, kv: 30, batch_empty: false }, |k| *k != 2);
+        let got = q.admit(Room { rows: 3, kv: 30 }, |k| *k != 2);
         assert_eq!(got, [R(0, 10, 0), R(1, 10, 1)], "queue 2's adapter is not resident");
         assert_eq!(q.len(), 1);
     }
@@ -225,19 +221,14 @@ mod tests {
         // Queue 1's request (KV 50, submitted at 5 ms) does not fit the 30 left; queue 0's requests of 10 keep
         // coming. Passed over, it would wait for as long as they keep the batch full.
         let mut q = queue(&[R(0, 10, 0), R(0, 10, 10), R(0, 10, 20), R(1, 50, 5), R(2, 10, 30)]);
-        let room = |kv, batch_empty| Room { rows: 8, kv, batch_empty };
-        assert_eq!(q.admit(room(30, false), ALL), [R(0, 10, 0)], "only the request older than it joins");
-        assert_eq!(q.admit(room(20, false), ALL), [], "the younger ones wait while the batch drains");
-        assert_eq!(q.admit(room(60, false), ALL), [R(1, 50, 5), R(2, 10, 30)], "it joins once it fits");
-        assert_eq!(q.admit(room(100, false), ALL), [R(0, 10, 10), R(0, 10, 20)]);
+        let room = |kv| Room { rows: 8, kv };
+        assert_eq!(q.admit(room(30), ALL), [R(0, 10, 0)], "only the request older than it joins");
+        assert_eq!(q.admit(room(20), ALL), [], "the younger ones wait while the batch drains");
+        assert_eq!(q.admit(room(60), ALL), [R(1, 50, 5), R(2, 10, 30)], "it joins once it fits");
+        assert_eq!(q.admit(room(100), ALL), [R(0, 10, 10), R(0, 10, 20)]);
         // Only a ready request holds: one whose adapter is not resident cannot run, and holds back nothing.
         let mut q = queue(&[R(1, 50, 0), R(0, 10, 10)]);
-        assert_eq!(q.admit(room(30, false), |k| *k == 0), [R(0, 10, 10)]);
-        // Larger than the whole budget, it runs alone once the batch is empty, before the younger ones.
-        let mut q = queue(&[R(1, 500, 0), R(0, 10, 10)]);
-        assert_eq!(q.admit(room(100, false), ALL), []);
-        assert_eq!(q.admit(room(100, true), ALL), [R(1, 500, 0)]);
-        assert_eq!(q.admit(room(100, false), ALL), [R(0, 10, 10)]);
+        assert_eq!(q.admit(room(30), |k| *k == 0), [R(0, 10, 10)]);
     }
 
     #[test]
