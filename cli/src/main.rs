@@ -56,8 +56,8 @@ fn serve(config: server::config::ServeConfig) -> anyhow::Result<()> {
 
 /// Logs to stderr through a thread of its own: a line the reader of stderr is not taking (a stalled pipe, a log
 /// collector that fell behind) is buffered, then dropped and counted (`loraland_log_lines_dropped_total` on
-/// /metrics), never waited for. Written directly, a full pipe stopped every thread that logged, the engine's
-/// included: the server froze. The guard flushes what is left when it is dropped.
+/// /metrics), never waited for: written directly, a full pipe stops every thread that logs, the engine's included.
+/// The guard flushes what is left when it is dropped (for at most about a second).
 fn init_tracing(filter: &str) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(server::config::DEFAULT_LOG_FILTER));

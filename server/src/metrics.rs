@@ -176,4 +176,37 @@ mod tests {
         );
         assert!(text.contains("# TYPE vllm:lora_requests_info gauge\n"));
     }
+
+    /// A writer that takes nothing: its first write waits for ever, like a pipe nobody reads.
+    struct Stalled;
+
+    impl std::io::Write for Stalled {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            std::thread::park();
+            Ok(0)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Lines the log writer drops while its reader is stalled are counted on /metrics, and writing them does not
+    /// wait.
+    #[test]
+    fn dropped_log_lines_are_counted() {
+        use std::io::Write;
+        let (mut writer, _guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+            .lossy(true)
+            .buffered_lines_limit(2)
+            .finish(Stalled);
+        count_dropped_log_lines(writer.error_counter());
+        for _ in 0..10 {
+            writer.write_all(b"a line\n").unwrap();
+        }
+        let dropped: u64 = render(None)
+            .lines()
+            .find_map(|l| l.strip_prefix("loraland_log_lines_dropped_total ")?.parse().ok())
+            .expect("the counter is rendered");
+        assert!((7..=9).contains(&dropped), "{dropped} of 10 lines dropped with room for 2 (and 1 taken)");
+    }
 }

@@ -13,7 +13,9 @@ use crate::db::Db;
 use crate::limits::{ClientPermit, LimitError};
 use engine::{Event, Field, GenerateRequest};
 use futures_util::stream::{self, BoxStream, StreamExt};
+use futures_util::FutureExt;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, watch};
@@ -62,31 +64,36 @@ impl Live {
         Arc::new(Self { state, cancel: watch::channel(false).0 })
     }
 
+    /// The state, also after a panic while it was held: a pane must still be able to end (see [`Generation::spawn`]).
+    fn lock(&self) -> std::sync::MutexGuard<'_, LiveState> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn push(&self, piece: &str) {
-        let mut st = self.state.lock().expect("not poisoned");
+        let mut st = self.lock();
         let offset = st.text.len();
         st.text.push_str(piece);
         let _ = st.tx.send(Update::Text { offset, text: piece.to_string() });
     }
 
     fn end(&self, view: PaneView) {
-        let mut st = self.state.lock().expect("not poisoned");
+        let mut st = self.lock();
         st.end = Some(view.clone());
         let _ = st.tx.send(Update::End(Box::new(view)));
     }
 
     fn watchers(&self) -> usize {
-        self.state.lock().expect("not poisoned").tx.receiver_count()
+        self.lock().tx.receiver_count()
     }
 
     fn text(&self) -> String {
-        self.state.lock().expect("not poisoned").text.clone()
+        self.lock().text.clone()
     }
 
     /// A watcher: the text so far and everything after it.
     fn watch(self: &Arc<Self>, pane: i64) -> BoxStream<'static, PaneEvent> {
         let (rx, text, end) = {
-            let st = self.state.lock().expect("not poisoned");
+            let st = self.lock();
             (st.tx.subscribe(), st.text.clone(), st.end.clone())
         };
         let sent = text.len();
@@ -101,7 +108,7 @@ impl Live {
                     Ok(update) => update,
                     // Behind the broadcast, or it is gone: catch up from the text itself.
                     Err(_) => {
-                        let st = live.state.lock().expect("not poisoned");
+                        let st = live.lock();
                         match &st.end {
                             Some(end) => Update::End(Box::new(end.clone())),
                             None => Update::Text { offset: sent, text: st.text[sent..].to_string() },
@@ -157,6 +164,12 @@ impl Executor {
         request: impl FnOnce() -> PaneRequest,
         permit: impl FnOnce() -> Result<ClientPermit, LimitError>,
     ) -> BoxStream<'static, PaneEvent> {
+        // Made before the panes' lock is taken: a panic there must neither poison it nor leave the pane listed with
+        // nothing to end it.
+        let request = std::panic::catch_unwind(std::panic::AssertUnwindSafe(request)).unwrap_or_else(|_| {
+            tracing::error!(run = %key.run, pane = key.pane, "making the pane's request panicked");
+            Err(INTERNAL_ERROR.into())
+        });
         let mut map = self.live.lock().expect("not poisoned");
         if let Some(live) = map.get(&key) {
             return live.watch(key.pane);
@@ -180,26 +193,17 @@ impl Executor {
         map.insert(key.clone(), live.clone());
         drop(map);
         let watcher = live.watch(key.pane);
-        // A child of the request that started it: the engine's lines about this pane carry that request's id.
-        let span = tracing::info_span!("pane", run = %key.run, pane = key.pane);
-        let watchdog = Watchdog {
-            db: db.clone(),
-            panes: self.live.clone(),
-            key: key.clone(),
-            adapter: adapter.clone(),
-            live: live.clone(),
-        };
-        let task = Generation {
+        let generation = Generation {
             db: db.clone(),
             engine: engine.clone(),
             panes: self.live.clone(),
             key,
             adapter,
             live,
+            owns_row: AtomicBool::new(false),
             _permit: permit,
         };
-        let generation = tokio::spawn(tracing::Instrument::instrument(task.run(request()), span.clone()));
-        tokio::spawn(tracing::Instrument::instrument(watchdog.after(generation), span));
+        generation.spawn(request);
         watcher
     }
 
@@ -221,41 +225,6 @@ impl Executor {
     }
 }
 
-/// Ends a pane whose generation task died without ending it (it panicked): its watchers would otherwise wait for
-/// ever, and so would every stream that joined the pane later, since the dead generation stays listed.
-struct Watchdog {
-    db: Db,
-    panes: Arc<Mutex<HashMap<PaneKey, Arc<Live>>>>,
-    key: PaneKey,
-    adapter: Option<String>,
-    live: Arc<Live>,
-}
-
-impl Watchdog {
-    async fn after(self, generation: tokio::task::JoinHandle<()>) {
-        let Err(e) = generation.await else { return };
-        let ended = self.live.state.lock().is_ok_and(|s| s.end.is_some());
-        tracing::error!(run = %self.key.run, pane = self.key.pane, ended, "the pane's generation failed: {e}");
-        if !ended {
-            let view = PaneView {
-                pane: self.key.pane,
-                adapter: self.adapter.clone(),
-                text: self.live.text(),
-                status: PaneStatus::Error,
-                finish_reason: None,
-                error: Some("the server failed while generating this answer (an internal error)".into()),
-                timings: None,
-            };
-            if let Err(e) = store::finish_pane(&self.db, &self.key.run, &view).await {
-                tracing::error!(run = %self.key.run, pane = self.key.pane, "storing the pane's end: {e}");
-            }
-            self.live.end(view);
-        }
-        tokio::time::sleep(KEEP_ENDED).await;
-        self.panes.lock().expect("not poisoned").remove(&self.key);
-    }
-}
-
 /// One pane's generation task.
 struct Generation {
     db: Db,
@@ -265,9 +234,14 @@ struct Generation {
     key: PaneKey,
     adapter: Option<String>,
     live: Arc<Live>,
+    /// Whether this process claimed the pane's row (and so writes its end).
+    owns_row: AtomicBool,
     /// The pane's place in its client's limits, held until the generation ends.
     _permit: ClientPermit,
 }
+
+/// The message of a pane that an internal error ended.
+const INTERNAL_ERROR: &str = "the server failed while generating this answer (an internal error)";
 
 /// How a generation ended.
 enum Outcome {
@@ -275,11 +249,36 @@ enum Outcome {
     Final(PaneView),
     /// It could not run now (model loading, queue full): shown, not stored; the pane is pending again.
     Transient(String),
+    /// Another process ended the pane's row meanwhile (it took this process for dead): shown as interrupted, and
+    /// the row left as that process wrote it.
+    Taken,
 }
 
 impl Generation {
-    async fn run(self, request: PaneRequest) {
-        let Self { db, key, .. } = &self;
+    /// Runs the generation to its end in a task of its own, in a span under the request that started it (the
+    /// engine's lines about this pane carry that request's id).
+    fn spawn(self, request: PaneRequest) {
+        let span = tracing::info_span!("pane", run = %self.key.run, pane = self.key.pane);
+        let task = async move { self.guarded(self.run(request)).await };
+        tokio::spawn(tracing::Instrument::instrument(task, span));
+    }
+
+    /// Runs `body`; if it panics, the pane ends with an error (stored, when this process owns its row). Nothing
+    /// else would end it: every stream on it would wait for ever.
+    async fn guarded(&self, body: impl std::future::Future<Output = ()>) {
+        let Err(panic) = std::panic::AssertUnwindSafe(body).catch_unwind().await else { return };
+        let what =
+            panic.downcast_ref::<&str>().map(|m| m.to_string()).or_else(|| panic.downcast_ref::<String>().cloned());
+        let ended = self.live.lock().end.is_some();
+        tracing::error!(run = %self.key.run, pane = self.key.pane, ended, "the pane's generation panicked: {what:?}");
+        if !ended {
+            let view = self.view(PaneStatus::Error, self.live.text(), None, Some(INTERNAL_ERROR.into()));
+            self.end(view.clone(), Some(view), KEEP_ENDED).await;
+        }
+    }
+
+    async fn run(&self, request: PaneRequest) {
+        let (db, key) = (&self.db, &self.key);
         match store::claim_pane(db, &key.run, key.pane).await {
             Ok(true) => {}
             // Another replica read the row as pending at the same moment and claimed it first: follow it.
@@ -292,28 +291,44 @@ impl Generation {
             }
             Err(e) => tracing::error!(run = %key.run, pane = key.pane, "cannot mark the pane running: {e}"),
         }
-        let outcome = self.drive(request).await;
-        let (shown, stored, keep) = match outcome {
-            Outcome::Final(view) => (view.clone(), view, KEEP_ENDED),
+        self.owns_row.store(true, Ordering::SeqCst);
+        match self.drive(request).await {
+            Outcome::Final(view) => self.end(view.clone(), Some(view), KEEP_ENDED).await,
             // Forgotten at once: the pane is pending again, and the next stream to open it runs it.
             Outcome::Transient(message) => {
                 let pending = self.view(PaneStatus::Pending, String::new(), None, None);
-                (self.view(PaneStatus::Error, self.live.text(), None, Some(message)), pending, Duration::ZERO)
+                let shown = self.view(PaneStatus::Error, self.live.text(), None, Some(message));
+                self.end(shown, Some(pending), Duration::ZERO).await;
             }
-        };
-        if let Err(e) = store::finish_pane(db, &key.run, &stored).await {
-            tracing::error!(run = %key.run, pane = key.pane, "storing the pane's end: {e}");
+            Outcome::Taken => {
+                let shown = self.view(PaneStatus::Interrupted, self.live.text(), None, None);
+                self.end(shown, None, KEEP_ENDED).await;
+            }
+        }
+    }
+
+    /// Ends the pane: `stored` into its row (when this process owns it), `shown` to its watchers; forgotten after
+    /// `keep`.
+    async fn end(&self, shown: PaneView, stored: Option<PaneView>, keep: Duration) {
+        if let Some(stored) = stored.filter(|_| self.owns_row.load(Ordering::SeqCst)) {
+            if let Err(e) = store::finish_pane(&self.db, &self.key.run, &stored).await {
+                tracing::error!(run = %self.key.run, pane = self.key.pane, "storing the pane's end: {e}");
+            }
         }
         self.live.end(shown);
         self.forget_after(keep);
     }
 
-    /// Kept a while after its end, for streams that read the pane's row before it ended (see the module docs).
+    /// Kept a while after its end, for streams that read the pane's row before it ended (see the module docs); a
+    /// newer generation of the pane listed meanwhile stays.
     fn forget_after(&self, keep: Duration) {
-        let (panes, key) = (self.panes.clone(), self.key.clone());
+        let (panes, key, live) = (self.panes.clone(), self.key.clone(), self.live.clone());
         tokio::spawn(async move {
             tokio::time::sleep(keep).await;
-            panes.lock().expect("not poisoned").remove(&key);
+            let mut panes = panes.lock().expect("not poisoned");
+            if panes.get(&key).is_some_and(|listed| Arc::ptr_eq(listed, &live)) {
+                panes.remove(&key);
+            }
         });
     }
 
@@ -411,7 +426,10 @@ impl Generation {
                     if text.len() != saved || saved_at.elapsed() >= store::HEARTBEAT_EVERY {
                         match store::save_text(&self.db, &self.key.run, self.key.pane, &text).await {
                             Ok(true) => {}
-                            Ok(false) => tracing::warn!(run = %self.key.run, "the pane's row was ended by another process"),
+                            Ok(false) => {
+                                tracing::warn!(run = %self.key.run, "another process ended the pane's row; stopped");
+                                return Outcome::Taken;
+                            }
                             Err(e) => tracing::warn!(run = %self.key.run, "storing a pane's text: {e}"),
                         }
                         (saved, saved_at) = (text.len(), Instant::now());
@@ -513,10 +531,8 @@ mod tests {
         }
     }
 
-    /// A generation that dies (panics) before it ends its pane: the watchdog ends it with an error, stored, so
-    /// that its watchers, and streams that open it later, do not wait for ever (they did: nothing ended the pane).
-    #[tokio::test]
-    async fn a_pane_whose_generation_panics_ends_with_an_error() {
+    /// A stored run of one base pane, and the database it is in.
+    async fn one_pane_run() -> (Db, String) {
         let db = crate::db::connect("sqlite::memory:").await.unwrap();
         let request = crate::run::types::RunRequest {
             task: "glue_sst2".into(),
@@ -526,22 +542,60 @@ mod tests {
         };
         let session = crate::session::create_session(&db).await.unwrap();
         let run = store::insert_run(&db, &session, &request, "prompt").await.unwrap();
+        (db, run)
+    }
+
+    fn internal_error(event: Option<&PaneEvent>) -> bool {
+        let Some(PaneEvent::Status { status, error, .. }) = event else { return false };
+        *status == PaneStatus::Error && error.as_deref() == Some(INTERNAL_ERROR)
+    }
+
+    /// A generation that panics before it ends its pane: the pane ends with an error, stored in the row this process
+    /// claimed, so that its watchers, and streams that open it later, do not wait for ever (nothing else ends it).
+    #[tokio::test]
+    async fn a_pane_whose_generation_panics_ends_with_an_error() {
+        let (db, run) = one_pane_run().await;
+        assert!(store::claim_pane(&db, &run, 0).await.unwrap());
+        let key = PaneKey { run: run.clone(), pane: 0 };
         let live = Live::new();
         live.push("half an ans");
         let watcher = live.watch(0);
-        let key = PaneKey { run: run.clone(), pane: 0 };
         let panes = Arc::new(Mutex::new(HashMap::from([(key.clone(), live.clone())])));
-        let watchdog = Watchdog { db: db.clone(), panes: panes.clone(), key, adapter: None, live };
-        let generation = tokio::spawn(async { panic!("a bug in the generation") });
-        tokio::spawn(watchdog.after(generation));
+        let permit = crate::limits::ClientLimits::default().start([127, 0, 0, 1].into(), None).unwrap();
+        let generation = Generation {
+            db: db.clone(),
+            engine: EngineSlot::default(),
+            panes,
+            key,
+            adapter: None,
+            live,
+            owns_row: AtomicBool::new(true),
+            _permit: permit,
+        };
+        generation.guarded(async { panic!("a bug in the generation") }).await;
         let events: Vec<PaneEvent> = tokio::time::timeout(Duration::from_secs(5), watcher.collect()).await.unwrap();
         assert_eq!(texts(&events), "half an ans");
-        assert!(
-            matches!(events.last(), Some(PaneEvent::Status { status: PaneStatus::Error, error: Some(e), .. }) if e.contains("internal error")),
-            "{events:?}"
-        );
+        assert!(internal_error(events.last()), "{events:?}");
         let (stored, _) = store::load_pane(&db, &run, 0).await.unwrap().unwrap();
         assert_eq!((stored.status, stored.text.as_str()), (PaneStatus::Error, "half an ans"));
+    }
+
+    /// A pane whose request panics while it is made ends with an error; the pane is not left listed with nothing to
+    /// end it, and the executor's lock is not poisoned.
+    #[tokio::test]
+    async fn a_pane_whose_request_panics_ends_with_an_error() {
+        let (db, run) = one_pane_run().await;
+        let executor = Executor::default();
+        let key = PaneKey { run, pane: 0 };
+        let limits = crate::limits::ClientLimits::default();
+        let permit = || limits.start([127, 0, 0, 1].into(), None);
+        let engine = EngineSlot::default();
+        let request = || -> PaneRequest { panic!("a bug in the request") };
+        let watcher = executor.watch_or_start((&db, &engine), key.clone(), None, request, permit);
+        let events: Vec<PaneEvent> = tokio::time::timeout(Duration::from_secs(5), watcher.collect()).await.unwrap();
+        assert!(internal_error(events.last()), "{events:?}");
+        let again: Vec<PaneEvent> = executor.watch(&key).expect("ended, still joinable").collect().await;
+        assert!(internal_error(again.last()), "{again:?}");
     }
 
     #[tokio::test]
