@@ -256,8 +256,9 @@ pub enum Error {
 /// The engine's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// What a caught panic says (its `&str` or `String` payload), for the log line of a thread that caught it.
-pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+/// What a caught panic says (its `&str` or `String` payload), for the log line of a thread that caught it (the
+/// engine's and the loader's threads here, a pane's generation in the app).
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     (panic.downcast_ref::<&str>().map(|m| m.to_string()))
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_default()

@@ -366,7 +366,8 @@ impl Limits {
             return Err(Error::ContextExceeded { prompt: prompt.len(), max_new_tokens: wanted, context: self.context });
         }
         // A request larger than the batch's whole KV budget could never be admitted beside anything.
-        let (n, need) = (request.choices(), (prompt.len() + wanted) * request.choices());
+        let n = request.choices();
+        let need = (prompt.len() + wanted) * n;
         if need > self.max_kv_tokens {
             let reason = format!(
                 "with the prompt's {} tokens and {n} continuation(s), needs {need} tokens of KV cache, more than this \

@@ -164,12 +164,6 @@ impl Executor {
         request: impl FnOnce() -> PaneRequest,
         permit: impl FnOnce() -> Result<ClientPermit, LimitError>,
     ) -> BoxStream<'static, PaneEvent> {
-        // Made before the panes' lock is taken: a panic there must neither poison it nor leave the pane listed with
-        // nothing to end it.
-        let request = std::panic::catch_unwind(std::panic::AssertUnwindSafe(request)).unwrap_or_else(|_| {
-            tracing::error!(run = %key.run, pane = key.pane, "making the pane's request panicked");
-            Err(INTERNAL_ERROR.into())
-        });
         let mut map = self.live.lock().expect("not poisoned");
         if let Some(live) = map.get(&key) {
             return live.watch(key.pane);
@@ -193,6 +187,12 @@ impl Executor {
         map.insert(key.clone(), live.clone());
         drop(map);
         let watcher = live.watch(key.pane);
+        // Made once the panes' lock is given back (a panic must not poison it); a panic here ends the pane with an
+        // error, as its generation's would, instead of leaving it listed with nothing to end it.
+        let request = std::panic::catch_unwind(std::panic::AssertUnwindSafe(request)).unwrap_or_else(|_| {
+            tracing::error!(run = %key.run, pane = key.pane, "making the pane's request panicked");
+            Err(INTERNAL_ERROR.into())
+        });
         let generation = Generation {
             db: db.clone(),
             engine: engine.clone(),
@@ -267,10 +267,9 @@ impl Generation {
     /// else would end it: every stream on it would wait for ever.
     async fn guarded(&self, body: impl std::future::Future<Output = ()>) {
         let Err(panic) = std::panic::AssertUnwindSafe(body).catch_unwind().await else { return };
-        let what =
-            panic.downcast_ref::<&str>().map(|m| m.to_string()).or_else(|| panic.downcast_ref::<String>().cloned());
+        let what = engine::error::panic_message(&*panic);
         let ended = self.live.lock().end.is_some();
-        tracing::error!(run = %self.key.run, pane = self.key.pane, ended, "the pane's generation panicked: {what:?}");
+        tracing::error!(run = %self.key.run, pane = self.key.pane, ended, "the pane's generation panicked: {what}");
         if !ended {
             let view = self.view(PaneStatus::Error, self.live.text(), None, Some(INTERNAL_ERROR.into()));
             self.end(view.clone(), Some(view), KEEP_ENDED).await;

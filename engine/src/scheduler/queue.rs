@@ -112,7 +112,7 @@ impl<R: Waiting> Queue<R> {
                     continue;
                 }
                 let queue = self.queues.get_mut(key).expect("key listed");
-                let Some(front) = queue.front() else { continue };
+                let front = queue.front().expect("queues are never empty");
                 if !fits(front) || held_after.is_some_and(|t| front.submitted() > t) {
                     continue;
                 }
